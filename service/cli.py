@@ -1,0 +1,37 @@
+"""The ``adafocus`` command: one CLI, subcommands contributed by each package's ``commands`` module.
+
+Each module listed in ``COMMAND_MODULES`` exposes ``register(subparsers)``, which adds its subcommands and
+sets ``handler`` (a function of the parsed arguments returning an exit code). Handlers import heavy
+dependencies lazily so that ``adafocus --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+COMMAND_MODULES = (
+    "model.commands",  # cost, info
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="adafocus", description="AdaFocusV3 early-exit video recognition server")
+    parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return int(args.handler(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
