@@ -1,0 +1,391 @@
+"""The project's one video decoder: a file -> T uniformly sampled RGB frames, resized and centre-cropped.
+
+Used by training (class folders of video files) and by the service's decode workers, so both see the same
+pixels. Decoding is PyAV (FFmpeg):
+
+1. an index pass demuxes the video stream without decoding (cheap) to learn every frame's timestamp and the
+   keyframe positions, so that durations are exact even when the container's metadata is missing or wrong;
+2. T target times at the centres of T equal segments pick T frames (the nearest frame at or after each);
+3. a cost model picks seek-per-target (pays when keyframes are frequent) or one sequential pass (long GOPs:
+   seeking would re-decode a whole GOP per target); both return the same frames;
+4. only the picked frames are converted, in libswscale, straight to the scaled size (shorter side = ``size``,
+   rotation metadata applied), then centre-cropped to ``size`` x ``size``.
+
+Untrusted input: every failure is a ``DecodeError`` with a stable ``code``. FFmpeg can still crash the process on
+some malformed files (PyAV #2344), which is why the service runs this in worker processes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Literal
+
+import av
+import numpy as np
+
+# Demuxers that read single still images; such a file is "not a video" even though FFmpeg opens it.
+IMAGE_FORMATS = frozenset(
+    {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe", "jpegls_pipe",
+     "j2k_pipe", "qoi_pipe", "pam_pipe", "pgm_pipe", "ppm_pipe", "pbm_pipe", "svg_pipe", "dpx_pipe", "exr_pipe"}
+)
+# Frames decoded per seek, on top of the frames between the keyframe and the target (flush + demuxer restart).
+SEEK_OVERHEAD_FRAMES = 8
+
+DecodeCode = Literal[
+    "not_a_video", "no_video_stream", "undecodable", "zero_frames", "too_large", "too_long", "frame_too_large",
+    "decode_timeout",
+]
+
+
+class DecodeError(Exception):
+    """A file that cannot become a clip; ``code`` is stable (the HTTP layer maps it), ``str`` is for humans."""
+
+    def __init__(self, code: DecodeCode, message: str) -> None:
+        super().__init__(message)
+        self.code: DecodeCode = code
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # picklable across process pools
+        return (DecodeError, (self.code, self.message))
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_bytes: int = 256 * 1024 * 1024  # file size
+    max_pixels_per_frame: int = 4096 * 2160  # coded width x height
+    max_duration_s: float = 600.0  # stream duration
+    max_decode_s: float = 30.0  # wall time for one decode (checked between frames)
+    max_frames: int = 100_000  # packets in the video stream (bounds the index)
+    threads: int = 1  # FFmpeg decoder threads (the service parallelises across worker processes instead)
+    method: Literal["auto", "seek", "scan"] = "auto"  # seek per target, one sequential scan, or cost-based
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """What the index pass found and what the decode will fetch."""
+
+    targets: tuple[int, ...]  # per output frame, the pts (or ordinal, without timestamps) of the frame to take
+    timed: bool  # targets are pts (else ordinals in decode order)
+    method: Literal["seek", "scan"]
+    frames_in_stream: int
+    duration_s: float
+    decode_cost: int  # estimated frames to decode with ``method``
+
+
+def decode_clip(
+    path: str | os.PathLike[str], num_frames: int, size: int, limits: DecodeLimits = DecodeLimits()
+) -> np.ndarray:
+    """T uniformly sampled frames of the video at ``path`` as (T, size, size, 3) uint8 RGB."""
+    if num_frames < 1 or size < 1:
+        raise ValueError(f"num_frames and size must be positive, got {num_frames}, {size}")
+    started = time.monotonic()
+    file = Path(path)
+    nbytes = file.stat().st_size
+    if nbytes == 0:
+        raise DecodeError("not_a_video", "the file is empty")
+    if nbytes > limits.max_bytes:
+        raise DecodeError("too_large", f"the file has {nbytes} bytes; the limit is {limits.max_bytes}")
+    container = _open(file)
+    try:
+        stream = _video_stream(container, limits)
+        plan = plan_clip(container, stream, num_frames, limits)
+        container.seek(0)  # back to the start after the index pass (a no-op cost for the scan)
+        stream.codec_context.flush_buffers()
+        return _decode(container, stream, plan, size, limits, started)
+    except av.FFmpegError as exc:
+        raise DecodeError("undecodable", f"corrupt or unsupported video data: {exc}") from exc
+    finally:
+        container.close()
+
+
+def _open(file: Path) -> av.container.InputContainer:
+    try:
+        container = av.open(str(file), mode="r", metadata_errors="ignore")
+    except (av.FFmpegError, UnicodeDecodeError) as exc:
+        kind = container_kind(file)
+        if kind is not None:  # e.g. an MP4 cut before its index (moov): a video, but a broken one
+            raise DecodeError("undecodable", f"a truncated or corrupt {kind} file: {exc}") from exc
+        raise DecodeError("not_a_video", f"not a recognised video container: {exc}") from exc
+    if container.format.name in IMAGE_FORMATS:
+        name = container.format.name
+        container.close()
+        raise DecodeError("not_a_video", f"a still image ({name}), not a video")
+    return container
+
+
+def container_kind(file: Path) -> str | None:
+    """The container family named by the file's first bytes (magic numbers), or None."""
+    with file.open("rb") as fh:
+        head = fh.read(12)
+    if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
+        return "MP4/QuickTime"
+    if head[:4] == b"\x1a\x45\xdf\xa3":
+        return "Matroska/WebM"
+    if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
+        return "AVI"
+    if head[:4] == b"OggS":
+        return "Ogg"
+    if head[:3] == b"FLV":
+        return "FLV"
+    return None
+
+
+def _video_stream(container: av.container.InputContainer, limits: DecodeLimits) -> av.video.stream.VideoStream:
+    if not container.streams.video:
+        kinds = sorted({str(s.type) for s in container.streams}) or ["none"]
+        raise DecodeError("no_video_stream", f"the file has no video stream (streams: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    ctx = stream.codec_context
+    if ctx.width * ctx.height > limits.max_pixels_per_frame:
+        raise DecodeError(
+            "frame_too_large", f"frames are {ctx.width}x{ctx.height}; the limit is {limits.max_pixels_per_frame} pixels"
+        )
+    ctx.thread_count = limits.threads
+    ctx.thread_type = "AUTO" if limits.threads != 1 else "SLICE"
+    return stream
+
+
+def plan_clip(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, num_frames: int, limits: DecodeLimits
+) -> ClipPlan:
+    """Index pass (demux only) + target selection + seek-or-scan choice."""
+    pts: list[int | None] = []
+    keyframe: list[bool] = []
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        pts.append(packet.pts)
+        keyframe.append(packet.is_keyframe)
+        if len(pts) > limits.max_frames:
+            raise DecodeError("too_long", f"more than {limits.max_frames} frames in the video stream")
+    if not pts:
+        raise DecodeError("zero_frames", "the video stream holds no frames")
+    time_base = stream.time_base or Fraction(1, 1)
+    timed = all(p is not None for p in pts)
+    if timed:
+        order = sorted(range(len(pts)), key=lambda i: pts[i])  # type: ignore[arg-type,return-value]
+        keys = [int(pts[i]) for i in order]  # type: ignore[arg-type]  # presentation order
+        step = _frame_step(keys)
+        duration = (keys[-1] - keys[0] + step) * float(time_base)
+        tolerance = step / 2
+        span = keys[-1] - keys[0] + step
+        wanted = [keys[0] + (i + 0.5) * span / num_frames - tolerance for i in range(num_frames)]
+        targets = tuple(_first_at_or_after(keys, w) for w in wanted)
+    else:  # no timestamps (some AVI): frame ordinals in decode order, one sequential scan
+        order = list(range(len(pts)))
+        rate = stream.average_rate or stream.guessed_rate
+        duration = len(pts) / float(rate) if rate else 0.0
+        targets = tuple(min(len(pts) - 1, int((i + 0.5) * len(pts) / num_frames)) for i in range(num_frames))
+    if duration > limits.max_duration_s:
+        raise DecodeError("too_long", f"the video lasts {duration:.1f} s; the limit is {limits.max_duration_s:.1f} s")
+    scan_cost, seek_cost = _costs(targets, keys if timed else None, order, keyframe)
+    if not timed or limits.method == "scan":
+        method: Literal["seek", "scan"] = "scan"
+    elif limits.method == "seek":
+        method = "seek"
+    else:
+        method = "seek" if seek_cost < scan_cost else "scan"
+    return ClipPlan(targets, timed, method, len(pts), duration, seek_cost if method == "seek" else scan_cost)
+
+
+def _frame_step(keys: list[int]) -> int:
+    """The typical pts difference between consecutive frames (median), at least 1."""
+    if len(keys) < 2:
+        return 1
+    diffs = sorted(b - a for a, b in itertools.pairwise(keys) if b > a)
+    return max(1, diffs[len(diffs) // 2]) if diffs else 1
+
+
+def _first_at_or_after(keys: list[int], value: float) -> int:
+    """The first key >= value (keys sorted); the last key when none is."""
+    lo, hi = 0, len(keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if keys[mid] < value:
+            lo = mid + 1
+        else:
+            hi = mid
+    return keys[min(lo, len(keys) - 1)]
+
+
+def _costs(
+    targets: tuple[int, ...], keys: list[int] | None, order: list[int], keyframe: list[bool]
+) -> tuple[int, int]:
+    """Estimated frames to decode: (one scan up to the last target, one seek per target GOP)."""
+    if keys is None:
+        return max(targets) + 1, 1 << 60
+    # presentation position -> decode position, and the keyframe at or before each decode position
+    decode_pos = {keys[rank]: order[rank] for rank in range(len(keys))}
+    last_key: list[int] = []
+    current = 0
+    for i, is_key in enumerate(keyframe):
+        current = i if is_key else current
+        last_key.append(current)
+    scan = max(decode_pos[t] for t in targets) + 1
+    seek, position = 0, -1
+    for target in sorted(set(targets)):
+        pos = decode_pos[target]
+        start = last_key[pos]
+        if start <= position < pos:  # same GOP, ahead of where the decoder already is: keep decoding
+            seek += pos - position
+        else:
+            seek += pos - start + 1 + SEEK_OVERHEAD_FRAMES
+        position = max(position, pos)
+    return scan, seek
+
+
+def _decode(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    plan: ClipPlan,
+    size: int,
+    limits: DecodeLimits,
+    started: float,
+) -> np.ndarray:
+    picked: dict[int, np.ndarray] = {}
+    wanted = sorted(set(plan.targets))
+    if plan.method == "scan":
+        _scan(container, stream, wanted, picked, size, limits, started, plan.timed)
+    else:
+        for target in wanted:
+            if target not in picked:
+                _seek_one(container, stream, target, wanted, picked, size, limits, started)
+    if not picked:
+        raise DecodeError("zero_frames", "no frame of the video stream could be decoded")
+    last = picked[max(picked)]
+    # a target the decoder never produced (truncated tail): the nearest earlier decoded frame stands in
+    out = [picked.get(t, _nearest_before(picked, t, last)) for t in plan.targets]
+    return np.stack(out)  # (T, size, size, 3)
+
+
+def _nearest_before(picked: dict[int, np.ndarray], target: int, fallback: np.ndarray) -> np.ndarray:
+    earlier = [k for k in picked if k <= target]
+    return picked[max(earlier)] if earlier else fallback
+
+
+def _scan(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    wanted: list[int],
+    picked: dict[int, np.ndarray],
+    size: int,
+    limits: DecodeLimits,
+    started: float,
+    timed: bool,
+) -> None:
+    ordinal = 0
+    remaining = list(wanted)
+    for frame in container.decode(stream):
+        _check_time(started, limits)
+        key = frame.pts if timed else ordinal
+        ordinal += 1
+        if key is None:
+            continue
+        while remaining and key >= remaining[0]:  # this frame is the first at or after each such target
+            picked[remaining.pop(0)] = to_rgb(frame, size)
+        if not remaining:
+            return
+
+
+def _seek_one(
+    container: av.container.InputContainer,
+    stream: av.video.stream.VideoStream,
+    target: int,
+    wanted: list[int],
+    picked: dict[int, np.ndarray],
+    size: int,
+    limits: DecodeLimits,
+    started: float,
+) -> None:
+    container.seek(target, backward=True, any_frame=False, stream=stream)
+    for frame in container.decode(stream):
+        _check_time(started, limits)
+        if frame.pts is None:
+            continue
+        hits = [t for t in wanted if t not in picked and t <= frame.pts and t >= target]
+        if hits:
+            rgb = to_rgb(frame, size)
+            for t in hits:
+                picked[t] = rgb
+        if frame.pts >= target:
+            return
+
+
+def _check_time(started: float, limits: DecodeLimits) -> None:
+    if time.monotonic() - started > limits.max_decode_s:
+        raise DecodeError("decode_timeout", f"decoding took longer than {limits.max_decode_s:.1f} s")
+
+
+def to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
+    """Scale in libswscale so the displayed shorter side is ``size``, apply rotation, centre-crop: (size, size, 3)."""
+    rotation = round((frame.rotation or 0) / 90.0) % 4  # counter-clockwise quarter turns for display
+    width, height = frame.width, frame.height
+    if width < 1 or height < 1:
+        raise DecodeError("undecodable", f"a decoded frame has size {width}x{height}")
+    scale = size / min(width, height)
+    out_w, out_h = max(size, round(width * scale)), max(size, round(height * scale))
+    rgb = frame.reformat(width=out_w, height=out_h, format="rgb24", interpolation="AREA").to_ndarray()  # (h, w, 3)
+    if rotation:
+        rgb = np.rot90(rgb, k=rotation)  # (w, h, 3) for quarter turns
+    top = (rgb.shape[0] - size) // 2
+    left = (rgb.shape[1] - size) // 2
+    return np.ascontiguousarray(rgb[top : top + size, left : left + size])  # (size, size, 3)
+
+
+def video_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Container and stream facts (for logs and tools); raises DecodeError like ``decode_clip``."""
+    container = _open(Path(path))
+    try:
+        stream = _video_stream(container, DecodeLimits())
+        rate = stream.average_rate
+        return {
+            "format": container.format.name,
+            "codec": stream.codec_context.name,
+            "width": stream.codec_context.width,
+            "height": stream.codec_context.height,
+            "fps": float(rate) if rate else None,
+            "frames": stream.frames,
+            "duration_s": float(container.duration / av.time_base) if container.duration else None,
+        }
+    finally:
+        container.close()
+
+
+__all__ = [
+    "ClipPlan", "DecodeError", "DecodeLimits", "decode_clip", "encode_video", "plan_clip", "to_rgb", "video_info",
+]
+
+
+def encode_video(
+    path: str | os.PathLike[str],
+    frames: np.ndarray,
+    codec: str = "libx264",
+    fps: int = 8,
+    rotation: int = 0,
+    gop: int | None = None,
+    options: dict[str, str] | None = None,
+    container_options: dict[str, str] | None = None,
+) -> Path:
+    """Write (T, H, W, 3) uint8 RGB frames as a video (container from the file suffix); for tests and tools.
+
+    ``rotation`` stores a display-matrix rotation (counter-clockwise degrees, as ``VideoFrame.rotation`` reads it).
+    """
+    out = Path(path)
+    pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    with av.open(str(out), mode="w", options=container_options or {}) as container:
+        stream: av.video.stream.VideoStream = container.add_stream(codec, rate=fps, options=options or {})  # type: ignore[assignment]
+        stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+        stream.pix_fmt = pix_fmt
+        if gop is not None:
+            stream.codec_context.gop_size = gop
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        container.mux(stream.encode(None))
+    return out
