@@ -370,13 +370,14 @@ def encode_video(
     gop: int | None = None,
     options: dict[str, str] | None = None,
     container_options: dict[str, str] | None = None,
+    pix_fmt: str | None = None,
 ) -> Path:
     """Write (T, H, W, 3) uint8 RGB frames as a video (container from the file suffix); for tests and tools.
 
     ``rotation`` stores a display-matrix rotation (counter-clockwise degrees, as ``VideoFrame.rotation`` reads it).
     """
     out = Path(path)
-    pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+    pix_fmt = pix_fmt or ("yuvj420p" if codec == "mjpeg" else "yuv420p")
     with av.open(str(out), mode="w", options=container_options or {}) as container:
         stream: av.video.stream.VideoStream = container.add_stream(codec, rate=fps, options=options or {})  # type: ignore[assignment]
         stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])

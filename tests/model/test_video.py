@@ -1,0 +1,140 @@
+"""The video decoder on real files encoded by PyAV: codecs, containers, sampling, seek vs scan, rotation, limits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from model.video import DecodeError, DecodeLimits, decode_clip, encode_video, plan_clip
+
+
+def ramp(frames: int, height: int, width: int) -> np.ndarray:
+    """Frame t is uniformly red = 15 * t, with a green marker at the top centre: (T, H, W, 3)."""
+    video = np.zeros((frames, height, width, 3), np.uint8)
+    video[..., 0] = (np.arange(frames, dtype=np.uint8) * 15)[:, None, None]
+    video[:, : height // 4, width // 2 - 4 : width // 2 + 4, 1] = 255
+    return video
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"),
+    [("a.mp4", "libx264"), ("b.webm", "libvpx-vp9"), ("c.mkv", "libsvtav1"), ("d.avi", "mpeg4"), ("e.avi", "mjpeg")],
+)
+def test_codecs_and_containers_sample_segment_centres(tmp_path: Path, name: str, codec: str) -> None:
+    path = encode_video(tmp_path / name, ramp(16, 48, 64), codec)
+    clip = decode_clip(path, num_frames=4, size=32)
+    assert clip.shape == (4, 32, 32, 3)
+    assert clip.dtype == np.uint8
+    # 16 frames, 4 segments: the frames at the segment centres are 2, 6, 10, 14 (red 30, 90, 150, 210)
+    np.testing.assert_allclose(clip[:, 24, 16, 0], [30, 90, 150, 210], atol=8)
+
+
+def test_seek_and_scan_return_the_same_frames(tmp_path: Path) -> None:
+    path = encode_video(tmp_path / "gop4.mp4", ramp(24, 32, 32), "libx264", gop=4)
+    seek = decode_clip(path, 6, 32, DecodeLimits(method="seek"))
+    scan = decode_clip(path, 6, 32, DecodeLimits(method="scan"))
+    np.testing.assert_array_equal(seek, scan)
+
+
+def test_cost_model_scans_long_gops_and_seeks_when_every_frame_is_a_keyframe(tmp_path: Path) -> None:
+    long_gop = encode_video(tmp_path / "long.mp4", ramp(96, 32, 32), "libx264", gop=250)
+    intra = encode_video(tmp_path / "intra.avi", ramp(96, 32, 32), "mjpeg")
+    with av.open(str(long_gop)) as container:
+        assert plan_clip(container, container.streams.video[0], 4, DecodeLimits()).method == "scan"
+    with av.open(str(intra)) as container:
+        plan = plan_clip(container, container.streams.video[0], 4, DecodeLimits())
+    assert (plan.method, plan.frames_in_stream) == ("seek", 96)
+
+
+def test_rotation_metadata_is_applied(tmp_path: Path) -> None:
+    video = ramp(4, 32, 64)  # landscape, marker at the top centre
+    upright = decode_clip(encode_video(tmp_path / "r0.mp4", video, "libx264"), 2, 32)
+    turned = decode_clip(encode_video(tmp_path / "r90.mp4", video, "libx264", rotation=90), 2, 32)
+    rows, cols = np.nonzero(upright[0, :, :, 1] > 128)
+    assert (rows.max() < 8, 12 <= cols.min(), cols.max() <= 19) == (True, True, True)
+    rows, cols = np.nonzero(turned[0, :, :, 1] > 128)  # a quarter turn counter-clockwise: the marker is on the left
+    assert (cols.max() < 8, 12 <= rows.min(), rows.max() <= 19) == (True, True, True)
+
+
+def test_odd_sized_frames_are_resized_and_centre_cropped(tmp_path: Path) -> None:
+    path = encode_video(tmp_path / "odd.mkv", ramp(8, 37, 45), "libx264", pix_fmt="yuv444p")
+    clip = decode_clip(path, 4, 24)
+    assert clip.shape == (4, 24, 24, 3)
+
+
+def write_still(path: Path, codec: str, pix_fmt: str) -> Path:
+    with av.open(str(path), "w", format="image2") as container:
+        stream = container.add_stream(codec, rate=1)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, pix_fmt  # type: ignore[union-attr]
+        frame = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24")
+        container.mux(stream.encode(frame))  # type: ignore[union-attr,arg-type]
+        container.mux(stream.encode(None))  # type: ignore[union-attr]
+    return path
+
+
+def write_audio_only(path: Path) -> Path:
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for _ in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            container.mux(stream.encode(frame))  # type: ignore[union-attr,arg-type]
+        container.mux(stream.encode(None))  # type: ignore[union-attr]
+    return path
+
+
+def test_bad_inputs_raise_stable_codes(tmp_path: Path) -> None:
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("not a video\n" * 50)
+    whole = encode_video(tmp_path / "whole.mp4", ramp(16, 32, 32), "libx264").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(whole[: len(whole) // 2])  # moov (at the end) is lost
+    fast = encode_video(
+        tmp_path / "fast.mp4", np.random.default_rng(0).integers(0, 255, (16, 64, 64, 3), np.uint8), "libx264",
+        container_options={"movflags": "faststart"},
+    ).read_bytes()
+    (tmp_path / "cut_fast.mp4").write_bytes(fast[: len(fast) * 6 // 10])  # index intact, data cut
+    cases = {
+        "empty.mp4": "not_a_video",
+        "text.mp4": "not_a_video",
+        "cut.mp4": "undecodable",
+        "cut_fast.mp4": "undecodable",
+        "audio.m4a": "no_video_stream",
+        "still.png": "not_a_video",
+        "still.jpg": "not_a_video",
+    }
+    write_audio_only(tmp_path / "audio.m4a")
+    write_still(tmp_path / "still.png", "png", "rgb24")
+    write_still(tmp_path / "still.jpg", "mjpeg", "yuvj420p")
+    codes = {}
+    for name in cases:
+        with pytest.raises(DecodeError) as info:
+            decode_clip(tmp_path / name, 4, 32)
+        codes[name] = info.value.code
+    assert codes == cases
+
+
+def test_limits(tmp_path: Path) -> None:
+    path = encode_video(tmp_path / "v.mp4", ramp(16, 32, 48), "libx264", fps=8)  # 2 s
+    cases = {
+        "too_large": DecodeLimits(max_bytes=100),
+        "frame_too_large": DecodeLimits(max_pixels_per_frame=32 * 47),
+        "too_long": DecodeLimits(max_duration_s=1.5),
+        "decode_timeout": DecodeLimits(max_decode_s=0.0),
+    }
+    codes = {}
+    for expected, limits in cases.items():
+        with pytest.raises(DecodeError) as info:
+            decode_clip(path, 4, 32, limits)
+        codes[expected] = info.value.code
+    assert codes == {code: code for code in cases}
+    assert decode_clip(path, 4, 32, DecodeLimits(max_duration_s=2.0)).shape == (4, 32, 32, 3)
+
+
+def test_decode_error_pickles_with_its_code() -> None:
+    import pickle
+
+    error = pickle.loads(pickle.dumps(DecodeError("zero_frames", "nothing")))
+    assert (error.code, str(error)) == ("zero_frames", "nothing")
