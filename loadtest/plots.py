@@ -1,0 +1,114 @@
+"""PNG plots of load-test and benchmark results (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+
+def _by_budget(phases: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for phase in phases:
+        groups[phase.get("budget_level") or "active"].append(phase)
+    return dict(groups)
+
+
+def plot_load_vs_offered(result: dict[str, Any], out: Path, title: str = "") -> Path | None:
+    """Latency (p50, p99) and throughput against offered rate, one line per budget level (open-loop sweeps)."""
+    groups = {
+        k: sorted((p for p in v if p.get("offered_rate")), key=lambda p: p["offered_rate"])
+        for k, v in _by_budget(result["phases"]).items()
+    }
+    groups = {k: v for k, v in groups.items() if v}
+    if not groups:
+        return None
+    fig, (ax_lat, ax_thr) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, phases in groups.items():
+        rates = [p["offered_rate"] for p in phases]
+        for q, style in (("p50", "-o"), ("p99", "--s")):
+            values = [p["latency_s"][q] * 1e3 if p["latency_s"][q] is not None else float("nan") for p in phases]
+            ax_lat.plot(rates, values, style, label=f"{name} {q}")
+        ax_thr.plot(rates, [p["throughput"] for p in phases], "-o", label=name)
+    top = max(p["offered_rate"] for v in groups.values() for p in v)
+    ax_thr.plot([0, top], [0, top], ":", color="grey", label="offered = served")
+    ax_lat.set(xlabel="offered load (videos/s)", ylabel="latency (ms)", yscale="log", title="latency vs load")
+    ax_thr.set(xlabel="offered load (videos/s)", ylabel="throughput (videos/s)", title="throughput vs load")
+    for ax in (ax_lat, ax_thr):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_accuracy_vs_throughput(result: dict[str, Any], out: Path, title: str = "") -> Path | None:
+    """Accuracy against throughput, one point per budget level (the best-throughput phase of each level)."""
+    points = []
+    for name, phases in _by_budget(result["phases"]).items():
+        best = max(phases, key=lambda p: p["throughput"])
+        if best.get("accuracy") is not None:
+            points.append((name, best["throughput"], best["accuracy"], best.get("gmacs_per_video")))
+    if len(points) < 1:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([p[1] for p in points], [p[2] for p in points], "-o")
+    for name, thr, acc, gmacs in points:
+        extra = f" ({gmacs:.3f} GMACs)" if gmacs is not None else ""
+        ax.annotate(f"{name}{extra}", (thr, acc), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set(xlabel="throughput (videos/s)", ylabel="accuracy", title="accuracy vs throughput across budgets")
+    ax.grid(True, alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_engine_modes(result: dict[str, Any], out: Path, title: str = "") -> Path | None:
+    """Engine benchmark: p99 latency vs offered rate per mode (one panel per budget level) and saturation
+    throughput per mode and level."""
+    levels = result.get("levels", [])
+    if not levels:
+        return None
+    fig, axes = plt.subplots(1, len(levels) + 1, figsize=(4 * (len(levels) + 1), 3.6), squeeze=False)
+    modes = result.get("modes", [])
+    for ax, level in zip(axes[0][:-1], levels, strict=True):
+        for mode in modes:
+            runs = sorted(
+                (r for r in level["runs"] if r["mode"] == mode and r["offered_rate"] is not None),
+                key=lambda r: r["offered_rate"],
+            )
+            if runs:
+                ax.plot(
+                    [r["offered_rate"] for r in runs], [r["latency_s"]["p99"] * 1e3 for r in runs], "-o", label=mode
+                )
+        ax.set(xlabel="offered load (videos/s)", ylabel="p99 latency (ms)", yscale="log", title=level["budget"])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    ax = axes[0][-1]
+    width = 0.8 / max(len(modes), 1)
+    for i, mode in enumerate(modes):
+        values = [
+            next((r["videos_per_s"] for r in lvl["runs"] if r["mode"] == mode and r["offered_rate"] is None), 0.0)
+            for lvl in levels
+        ]
+        ax.bar([j + i * width for j in range(len(levels))], values, width, label=mode)
+    ax.set_xticks([j + width * (len(modes) - 1) / 2 for j in range(len(levels))], [lvl["budget"] for lvl in levels])
+    ax.set(ylabel="videos/s at saturation", title="saturation throughput")
+    ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
