@@ -1,12 +1,14 @@
-"""Real encoded test videos made with PyAV, for the decode benchmark and load-test corpora."""
+"""Real encoded test videos (PyAV, through the project's ``model.video.encode_video``) for the decode benchmark
+and load-test corpora."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
+
+from model.video import encode_video
 
 
 @dataclass(frozen=True)
@@ -43,24 +45,10 @@ def moving_frames(count: int, height: int, width: int, seed: int = 0) -> np.ndar
     return frames
 
 
-def encode_video(path: str | Path, frames: np.ndarray, spec: EncodeSpec, fps: int = 30) -> Path:
+def encode_spec(path: str | Path, frames: np.ndarray, spec: EncodeSpec, fps: int = 30) -> Path:
     """Encode (T, H, W, 3) uint8 RGB frames to ``path`` with ``spec``'s codec and keyframe interval."""
-    out = Path(path)
-    with av.open(str(out), mode="w") as container:
-        stream = container.add_stream(spec.codec, rate=fps)
-        assert isinstance(stream, av.VideoStream)
-        stream.width = int(frames.shape[2])
-        stream.height = int(frames.shape[1])
-        stream.pix_fmt = spec.pix_fmt
-        stream.codec_context.gop_size = spec.gop
-        if spec.codec == "libx264":
-            stream.options = {"preset": "veryfast", "keyint_min": str(spec.gop), "sc_threshold": "0"}
-        elif spec.codec == "libvpx-vp9":
-            stream.options = {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"}
-        for rgb in frames:
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return out
+    options = {
+        "libx264": {"preset": "veryfast", "keyint_min": str(spec.gop), "sc_threshold": "0"},
+        "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "row-mt": "1"},
+    }.get(spec.codec, {})
+    return encode_video(path, frames, codec=spec.codec, fps=fps, gop=spec.gop, options=options, pix_fmt=spec.pix_fmt)

@@ -18,7 +18,7 @@ import uvicorn
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.responses import JSONResponse
 
-from loadtest.encode import EncodeSpec, encode_video, moving_frames
+from loadtest.encode import EncodeSpec, encode_spec, moving_frames
 
 TOKEN = "s3cret"
 LEVELS = {"low": (0.1, 1), "high": (0.3, 3)}  # name -> (GMACs/video, exit step) the fake answers with
@@ -135,7 +135,7 @@ def corpus_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec = EncodeSpec("h264", "libx264", "mp4", 4)
     rows = []
     for i in range(CORPUS_SIZE):
-        encode_video(root / f"clip_{i}.mp4", moving_frames(4, 32, 32, seed=i), spec)
+        encode_spec(root / f"clip_{i}.mp4", moving_frames(4, 32, 32, seed=i), spec)
         truth = (i + 1) % 3 if i == 0 else i % 3
         rows.append({"filename": f"clip_{i}.mp4", "label": f"class_{truth}"})
     with (root / "labels.csv").open("w", newline="") as fh:
