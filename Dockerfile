@@ -1,0 +1,57 @@
+# syntax=docker/dockerfile:1
+# AdaFocusV3 inference server for a GPU host.
+#   docker build -t adafocus-serve .
+#   docker run --gpus all -p 8000:8000 -e ADAFOCUS_OPERATOR_TOKEN_FILE=/run/secrets/operator_token ... adafocus-serve
+# torch==2.13.0's default PyPI wheel is its CUDA 13.0 build (it brings its own CUDA libraries as wheels);
+# the base image supplies the matching CUDA runtime and the NVIDIA container-toolkit labels.
+ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
+
+# ---- builder: a virtual environment with torch (CUDA build) and the package, bundle included ----
+FROM ${CUDA_IMAGE} AS builder
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The biggest layer first, so that a source change does not download torch again.
+RUN pip install torch==2.13.0
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY model/ model/
+COPY service/ service/
+COPY exporters/ exporters/
+COPY loadtest/ loadtest/
+# A regular (non-editable) install: the shipped bundle model/bundles/default travels as package data.
+RUN pip install . \
+    && python -c "from model.bundle import DEFAULT_BUNDLE; assert (DEFAULT_BUNDLE / 'config.json').is_file(), DEFAULT_BUNDLE"
+
+# ---- runtime: the CUDA runtime, Python and the virtual environment; no compilers, no sources ----
+FROM ${CUDA_IMAGE} AS runtime
+ENV DEBIAN_FRONTEND=noninteractive
+# NOTE: apt packages follow the base image's Ubuntu release (its security updates), so they are not pinned.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 \
+    && rm -rf /var/lib/apt/lists/*
+RUN groupadd --system --gid 10001 adafocus \
+    && useradd --system --uid 10001 --gid adafocus --home-dir /home/adafocus --create-home --shell /usr/sbin/nologin adafocus
+COPY --from=builder /opt/venv /opt/venv
+COPY --chmod=0755 service/deploy/entrypoint.sh /usr/local/bin/adafocus-entrypoint
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    ADAFOCUS_HOST=0.0.0.0 \
+    ADAFOCUS_PORT=8000 \
+    ADAFOCUS_DEVICE=auto
+USER 10001:10001
+WORKDIR /home/adafocus
+EXPOSE 8000
+# /healthz answers as soon as the process serves HTTP; the model loads and warms up behind /readyz.
+HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ADAFOCUS_PORT', '8000'), timeout=2)"]
+ENTRYPOINT ["adafocus-entrypoint"]
+CMD ["serve"]

@@ -1,0 +1,30 @@
+"""Paths of the deployment files and the system tools that check them (skipped, with the reason, when missing)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "service" / "deploy"
+INSTALL_HINT = "run `make tools` as root (apt-get install prometheus docker-compose)"
+
+
+def require_tool(name: str) -> str:
+    """Absolute path of the executable ``name``, or skip the test saying how to install it."""
+    path = shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} is not installed; {INSTALL_HINT}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def deploy_dir() -> Path:
+    return DEPLOY
