@@ -1,0 +1,246 @@
+"""The engine's scheduling policy: a pure, synchronous state machine (no I/O, no torch, no clock of its own).
+
+Each step the engine calls ``plan()`` to learn which waiting requests get their glance and which active requests
+get their next cube, runs the model, and hands the per-request outcomes to ``apply(plan, outputs)``, which
+returns the requests that finished. As in vLLM's v1 scheduler there are no phases: a request's one progress
+counter is its exit index (-1 before the glance, then 0..K), and requests at different exit indices share one
+focus batch because f_L's weights are shared by every step.
+
+Modes (same code, different admission rule):
+- ``continuous``: a slot freed by an exit is refilled by a waiting request at the very next step;
+- ``drain``: admit a batch only when nothing is active, then run it until every sample has left (batched exit);
+- ``single``: one request at a time end to end (batch size 1).
+
+Cancellation and deadlines are state transitions; they may happen between ``plan`` and ``apply`` (the outputs
+of a request that left meanwhile are ignored).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from service.engine.errors import QueueFull
+from service.engine.types import EngineConfig, EngineMode
+
+
+class RequestStatus(enum.IntEnum):
+    """Ordered so that every terminal status sorts after RUNNING (``is_finished``)."""
+
+    WAITING = 0  # in the admission queue
+    RUNNING = 1  # admitted: holds an active slot (frames on the device) until it leaves
+    FINISHED_CONFIDENT = 2  # met its exit threshold
+    FINISHED_MAX_CUBES = 3  # used all K cubes
+    FINISHED_CANCELLED = 4  # cancelled (client gone, or shutdown without drain)
+    FINISHED_DEADLINE = 5  # deadline passed before it finished
+    FINISHED_FAILED = 6  # the model step failed for it
+
+    @property
+    def is_finished(self) -> bool:
+        return self > RequestStatus.RUNNING
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    num_cubes: int  # K: exits 0..K
+    mode: EngineMode = "continuous"
+    max_batch: int = 32  # per stage: glance batch and focus batch each hold at most this many
+    max_active: int = 64  # admitted requests at once (the memory cap)
+    max_queue: int = 256  # waiting requests at once
+
+    @classmethod
+    def from_engine(cls, config: EngineConfig, num_cubes: int) -> SchedulerConfig:
+        return cls(num_cubes, config.mode, config.max_batch, config.max_active, config.max_queue)
+
+    @property
+    def batch_cap(self) -> int:
+        return 1 if self.mode == "single" else self.max_batch
+
+    @property
+    def active_cap(self) -> int:
+        return 1 if self.mode == "single" else self.max_active
+
+
+@dataclass
+class SchedRequest:
+    request_id: int
+    arrival: int  # admission-queue order, for FIFO ties
+    deadline: float | None
+    status: RequestStatus = RequestStatus.WAITING
+    exit_index: int = -1  # last exit evaluated: -1 before the glance, then 0..K
+    cubes_run: int = 0  # cubes computed through f_L (skipped cubes advance exit_index only)
+    last_step: int = -1  # last step that scheduled it, for round-robin when more are active than fit a batch
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    step: int  # step counter, from 0
+    glance: tuple[int, ...]  # request ids admitted this step: run the glance (exit 0) for them
+    focus: tuple[int, ...]  # active request ids that get their next cube this step
+
+
+@dataclass(frozen=True)
+class RequestOutput:
+    """What the step did for one planned request (the engine builds it; tests build it by hand)."""
+
+    exit_index: int  # exit reached this step: 0 after the glance; after a cube, its exit plus any skipped cubes
+    exited: bool = False  # met its threshold at ``exit_index``
+    cubes_run: int = 0  # cubes computed through f_L this step (0 for the glance, 1 for a focus step)
+    failed: bool = False  # the model call failed for it; the rest of the fields are ignored
+
+
+@dataclass(frozen=True)
+class Finished:
+    request_id: int
+    status: RequestStatus
+    exit_index: int  # -1 if it left before its glance
+    cubes_run: int
+
+
+@dataclass
+class Scheduler:
+    config: SchedulerConfig
+    step: int = 0
+    waiting: deque[int] = field(default_factory=deque)
+    running: dict[int, SchedRequest] = field(default_factory=dict)  # insertion order = admission order
+    requests: dict[int, SchedRequest] = field(default_factory=dict)  # every unfinished request
+    in_flight: StepPlan | None = None
+    _arrivals: int = 0
+
+    # ------------------------------------------------------------------------------------------ queries
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def status(self, request_id: int) -> RequestStatus | None:
+        req = self.requests.get(request_id)
+        return None if req is None else req.status
+
+    # ------------------------------------------------------------------------------------------ transitions
+    def add(self, request_id: int, deadline: float | None = None) -> None:
+        """Queue a request; raises QueueFull when ``max_queue`` are already waiting."""
+        if request_id in self.requests:
+            raise ValueError(f"request {request_id} is already scheduled")
+        if len(self.waiting) >= self.config.max_queue:
+            raise QueueFull(f"admission queue is full ({self.config.max_queue} waiting)")
+        self.requests[request_id] = SchedRequest(request_id, self._arrivals, deadline)
+        self._arrivals += 1
+        self.waiting.append(request_id)
+        self.check_invariants()
+
+    def plan(self) -> StepPlan:
+        """Admit waiting requests (glance) and pick active ones for their next cube (focus)."""
+        assert self.in_flight is None, "plan() called twice without apply()"
+        cap = self.config.batch_cap
+        # requests already active before this step, least recently scheduled first (round-robin past ``cap``)
+        ready = sorted(self.running.values(), key=lambda r: (r.last_step, r.arrival))
+        assert all(r.exit_index >= 0 for r in ready), "an active request has no glance"
+        focus = tuple(r.request_id for r in ready[:cap])
+        glance = tuple(self.waiting.popleft() for _ in range(self._admissible()))
+        for rid in glance:
+            req = self.requests[rid]
+            req.status = RequestStatus.RUNNING
+            self.running[rid] = req
+        for rid in glance + focus:
+            self.requests[rid].last_step = self.step
+        plan = StepPlan(self.step, glance, focus)
+        self.in_flight = plan
+        self.step += 1
+        assert len(plan.glance) <= cap and len(plan.focus) <= cap, f"batch over {cap}: {plan}"
+        assert not set(plan.glance) & set(plan.focus), f"request in both stages: {plan}"
+        self.check_invariants()
+        return plan
+
+    def apply(self, plan: StepPlan, outputs: Mapping[int, RequestOutput]) -> list[Finished]:
+        """Record the step's outcome; returns the requests that left (exited, ran out of cubes, or failed)."""
+        assert plan is self.in_flight, "apply() must get the plan of the step in flight"
+        self.in_flight = None
+        finished: list[Finished] = []
+        K = self.config.num_cubes
+        for stage, rids in (("glance", plan.glance), ("focus", plan.focus)):
+            for rid in rids:
+                req = self.running.get(rid)
+                if req is None:  # cancelled or expired while the step ran
+                    continue
+                out = outputs.get(rid)
+                assert out is not None, f"no output for planned request {rid}"
+                if out.failed:
+                    finished.append(self._finish(req, RequestStatus.FINISHED_FAILED))
+                    continue
+                if stage == "glance":
+                    assert req.exit_index == -1 and out.cubes_run == 0, f"bad glance output {out} for {req}"
+                else:
+                    assert out.cubes_run == 1, f"a focus step runs one cube, got {out}"
+                assert req.exit_index < out.exit_index <= K, f"exit index must advance within 0..{K}: {out}, {req}"
+                req.exit_index = out.exit_index
+                req.cubes_run += out.cubes_run
+                assert req.cubes_run <= req.exit_index, f"more cubes than exits: {req}"
+                if out.exited:
+                    finished.append(self._finish(req, RequestStatus.FINISHED_CONFIDENT))
+                elif out.exit_index == K:
+                    finished.append(self._finish(req, RequestStatus.FINISHED_MAX_CUBES))
+        self.check_invariants()
+        return finished
+
+    def cancel(self, request_id: int) -> Finished | None:
+        """Remove a waiting or active request; None if it is unknown or already finished."""
+        req = self.requests.get(request_id)
+        if req is None:
+            return None
+        done = self._finish(req, RequestStatus.FINISHED_CANCELLED)
+        self.check_invariants()
+        return done
+
+    def expire(self, now: float) -> list[Finished]:
+        """Remove every request whose deadline is at or before ``now``."""
+        late = [r for r in self.requests.values() if r.deadline is not None and r.deadline <= now]
+        finished = [self._finish(r, RequestStatus.FINISHED_DEADLINE) for r in late]
+        self.check_invariants()
+        return finished
+
+    def abort_all(self) -> list[Finished]:
+        """Cancel everything (shutdown without drain)."""
+        finished = [self._finish(r, RequestStatus.FINISHED_CANCELLED) for r in list(self.requests.values())]
+        self.check_invariants()
+        return finished
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _admissible(self) -> int:
+        """How many waiting requests this step may admit."""
+        if self.config.mode != "continuous" and self.running:
+            return 0  # drain and single: the current batch must leave entirely first
+        free = self.config.active_cap - len(self.running)
+        return max(0, min(free, self.config.batch_cap, len(self.waiting)))
+
+    def _finish(self, req: SchedRequest, status: RequestStatus) -> Finished:
+        assert status.is_finished and not req.status.is_finished, f"{req} cannot become {status.name}"
+        if req.status == RequestStatus.WAITING:
+            self.waiting.remove(req.request_id)
+        else:
+            del self.running[req.request_id]
+        del self.requests[req.request_id]
+        req.status = status
+        return Finished(req.request_id, status, req.exit_index, req.cubes_run)
+
+    def check_invariants(self) -> None:
+        assert len(self.running) <= self.config.active_cap, f"{len(self.running)} active > {self.config.active_cap}"
+        assert len(self.waiting) <= self.config.max_queue, f"{len(self.waiting)} waiting > {self.config.max_queue}"
+        waiting = set(self.waiting)
+        assert len(waiting) == len(self.waiting), "a request is queued twice"
+        assert not waiting & self.running.keys(), "a request is both waiting and running"
+        assert waiting | self.running.keys() == self.requests.keys(), "a request is in neither or an unknown set"
+        for rid in waiting:
+            assert self.requests[rid].status == RequestStatus.WAITING
+        for req in self.running.values():
+            assert req.status == RequestStatus.RUNNING, f"{req} in the running set"
+            assert -1 <= req.exit_index < self.config.num_cubes, f"{req} should have finished"
