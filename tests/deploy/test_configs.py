@@ -149,3 +149,21 @@ def test_grafana_datasource_matches_the_dashboard(deploy_dir):
 @pytest.mark.parametrize("path", ["service/deploy/entrypoint.sh"])
 def test_entrypoint_is_executable(root, path):
     assert (root / path).stat().st_mode & 0o111
+
+
+def test_entrypoint_reads_the_operator_token_from_the_secret_file(root, tmp_path):
+    # A stand-in `adafocus` on PATH shows what the real one would receive: its arguments and the token variable.
+    fake = tmp_path / "bin" / "adafocus"
+    fake.parent.mkdir()
+    fake.write_text('#!/bin/sh\necho "args=$* token=$ADAFOCUS_OPERATOR_TOKEN file=${ADAFOCUS_OPERATOR_TOKEN_FILE:-}"\n')
+    fake.chmod(0o755)
+    secret = tmp_path / "operator_token"
+    secret.write_text("s3cret-value\n")
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin", "ADAFOCUS_OPERATOR_TOKEN_FILE": str(secret)}
+    script = str(root / "service" / "deploy" / "entrypoint.sh")
+    proc = subprocess.run([script, "serve", "--port", "9"], env=env, capture_output=True, text=True, check=False)
+    assert (proc.returncode, proc.stdout) == (0, "args=serve --port 9 token=s3cret-value file=\n")
+    env["ADAFOCUS_OPERATOR_TOKEN_FILE"] = str(tmp_path / "missing")
+    proc = subprocess.run([script, "serve"], env=env, capture_output=True, text=True, check=False)
+    assert proc.returncode == 64
+    assert "is not readable" in proc.stderr
