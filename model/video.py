@@ -17,6 +17,7 @@ some malformed files (PyAV #2344), which is why the service runs this in worker 
 
 from __future__ import annotations
 
+import io
 import itertools
 import os
 import time
@@ -77,20 +78,20 @@ class ClipPlan:
     decode_cost: int  # estimated frames to decode with ``method``
 
 
-def decode_clip(
-    path: str | os.PathLike[str], num_frames: int, size: int, limits: DecodeLimits = DecodeLimits()
-) -> np.ndarray:
-    """T uniformly sampled frames of the video at ``path`` as (T, size, size, 3) uint8 RGB."""
+Source = str | os.PathLike[str] | bytes  # a file path, or the whole file in memory
+
+
+def decode_clip(source: Source, num_frames: int, size: int, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
+    """T uniformly sampled frames of the video at ``source`` as (T, size, size, 3) uint8 RGB."""
     if num_frames < 1 or size < 1:
         raise ValueError(f"num_frames and size must be positive, got {num_frames}, {size}")
     started = time.monotonic()
-    file = Path(path)
-    nbytes = file.stat().st_size
+    nbytes = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
     if nbytes == 0:
         raise DecodeError("not_a_video", "the file is empty")
     if nbytes > limits.max_bytes:
         raise DecodeError("too_large", f"the file has {nbytes} bytes; the limit is {limits.max_bytes}")
-    container = _open(file)
+    container = _open(source)
     try:
         stream = _video_stream(container, limits)
         plan = plan_clip(container, stream, num_frames, limits)
@@ -103,11 +104,12 @@ def decode_clip(
         container.close()
 
 
-def _open(file: Path) -> av.container.InputContainer:
+def _open(source: Source) -> av.container.InputContainer:
     try:
-        container = av.open(str(file), mode="r", metadata_errors="ignore")
+        file: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
+        container = av.open(file, mode="r", metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
-        kind = container_kind(file)
+        kind = container_kind(source)
         if kind is not None:  # e.g. an MP4 cut before its index (moov): a video, but a broken one
             raise DecodeError("undecodable", f"a truncated or corrupt {kind} file: {exc}") from exc
         raise DecodeError("not_a_video", f"not a recognised video container: {exc}") from exc
@@ -118,10 +120,13 @@ def _open(file: Path) -> av.container.InputContainer:
     return container
 
 
-def container_kind(file: Path) -> str | None:
+def container_kind(source: Source) -> str | None:
     """The container family named by the file's first bytes (magic numbers), or None."""
-    with file.open("rb") as fh:
-        head = fh.read(12)
+    if isinstance(source, bytes):
+        head = source[:12]
+    else:
+        with Path(source).open("rb") as fh:
+            head = fh.read(12)
     if head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"wide", b"skip"):
         return "MP4/QuickTime"
     if head[:4] == b"\x1a\x45\xdf\xa3":
@@ -337,9 +342,9 @@ def to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:
     return np.ascontiguousarray(rgb[top : top + size, left : left + size])  # (size, size, 3)
 
 
-def video_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+def video_info(source: Source) -> dict[str, Any]:
     """Container and stream facts (for logs and tools); raises DecodeError like ``decode_clip``."""
-    container = _open(Path(path))
+    container = _open(source)
     try:
         stream = _video_stream(container, DecodeLimits())
         rate = stream.average_rate
