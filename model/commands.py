@@ -1,4 +1,4 @@
-"""Model subcommands of the ``adafocus`` CLI: ``cost`` and ``info``."""
+"""Model subcommands of the ``adafocus`` CLI: ``cost``, ``info``, ``synth``, ``train`` and ``calibrate``."""
 
 from __future__ import annotations
 
@@ -20,6 +20,63 @@ def register(sub: Any) -> None:
     info.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle)")
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(handler=run_info)
+
+    synth = sub.add_parser("synth", help="write synthetic benchmark clips as H.264 MP4 files plus labels.csv")
+    synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--count", type=int, default=32, help="number of clips")
+    synth.add_argument("--seed", type=int, default=2, help="stream seed (train 0, calibration 1, test 2)")
+    synth.add_argument("--preset", default="hard", choices=("hard", "easy"), help="benchmark setting")
+    synth.add_argument("--fps", type=int, default=8)
+    synth.set_defaults(handler=run_synth)
+
+    train = sub.add_parser("train", help="train a model (staged recipe) and write a bundle")
+    train.add_argument("--config", default="default", help="named architecture: tiny, default, paper-mn2-r50")
+    _add_data_args(train)
+    train.add_argument("--train-seed", type=int, default=0, help="synthetic stream of the training clips")
+    train.add_argument(
+        "--stages", default="pretrain_local:300,policy:1500,deep_feature:600", help="comma list of stage:steps"
+    )
+    train.add_argument("--batch-size", type=int, default=32)
+    train.add_argument("--lr", type=float, default=1e-3)
+    train.add_argument("--weight-decay", type=float, default=1e-4)
+    train.add_argument(
+        "--lr-mult", default="policy=0.1", help="paper-stage lr multipliers, e.g. policy=0.1,classifier=2"
+    )
+    train.add_argument("--entropy-bonus", type=float, default=0.01)
+    train.add_argument("--centred-fraction", type=float, default=0.25)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--workers", type=int, default=1, help="data worker processes")
+    train.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    train.add_argument("--device", default="cpu", help="cpu or cuda")
+    train.add_argument("--run-dir", default="runs/train", help="checkpoints and state (resumable)")
+    train.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
+    train.add_argument("--checkpoint-every", type=int, default=50)
+    train.add_argument("--out", required=True, help="bundle directory to write")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(handler=run_train)
+
+    cal = sub.add_parser("calibrate", help="solve budget threshold sets on the calibration split; Figure 6")
+    cal.add_argument("--bundle", required=True, help="bundle directory (budgets.json and model_card.md rewritten)")
+    _add_data_args(cal)
+    cal.add_argument("--calib-seed", type=int, default=1)
+    cal.add_argument("--calib-count", type=int, default=1024)
+    cal.add_argument("--test-seed", type=int, default=2)
+    cal.add_argument("--test-count", type=int, default=1024)
+    cal.add_argument("--calib-data", default=None, help="class-folder calibration set (real data)")
+    cal.add_argument("--test-data", default=None, help="class-folder test set (real data)")
+    cal.add_argument("--criterion", default="entropy", choices=("entropy", "max_prob"))
+    cal.add_argument("--default-level", default="balanced")
+    cal.add_argument("--batch-size", type=int, default=64)
+    cal.add_argument("--workers", type=int, default=1)
+    cal.add_argument("--threads", type=int, default=1)
+    cal.add_argument("--device", default="cpu")
+    cal.add_argument("--plot", default=None, help="PNG path (default: <bundle>/figure6.png)")
+    cal.set_defaults(handler=run_calibrate)
+
+
+def _add_data_args(parser: Any) -> None:
+    parser.add_argument("--data", default="synth", help="'synth' or a folder of class folders root/<class>/<video>")
+    parser.add_argument("--preset", default="hard", choices=("hard", "easy"), help="synthetic benchmark setting")
 
 
 def run_cost(args: argparse.Namespace) -> int:
@@ -59,3 +116,86 @@ def run_info(args: argparse.Namespace) -> int:
             f"acc {level['expected_accuracy']:.3f}\n"
         )
     return 0
+
+
+def run_synth(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from model.synth import SYNTH_PRESETS, write_dataset
+
+    labels = write_dataset(Path(args.out), SYNTH_PRESETS[args.preset], args.count, args.seed, fps=args.fps)
+    sys.stdout.write(f"wrote {args.count} clips and {labels}\n")
+    return 0
+
+
+def _command_line(prog: str = "adafocus") -> str:
+    import shlex
+
+    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from model.budgets import BudgetLevel, BudgetTable
+    from model.bundle import save_bundle
+    from model.config import get_config
+    from model.cost import cost_report
+    from model.data import DataSpec, VideoFolderDataset
+    from model.synth import SYNTH_PRESETS
+    from model.train import TrainConfig, train, training_section
+
+    torch.set_num_threads(args.threads)
+    model_cfg = get_config(args.config)
+    stages = tuple((name, int(steps)) for name, steps in (item.split(":") for item in args.stages.split(",")))
+    total_steps = sum(steps for _, steps in stages)
+    if args.data == "synth":
+        preset = SYNTH_PRESETS[args.preset]
+        data = DataSpec("synth", args.train_seed, total_steps * args.batch_size, preset)
+        model_cfg = model_cfg.replace(num_classes=preset.num_classes, labels=preset.class_names)
+    else:
+        data = DataSpec(args.data)
+        names = VideoFolderDataset(args.data, model_cfg.num_frames, model_cfg.frame_size).class_names
+        model_cfg = model_cfg.replace(num_classes=len(names), labels=names)
+    lr_mult = tuple((k, float(v)) for k, v in (item.split("=") for item in args.lr_mult.split(",") if item))
+    cfg = TrainConfig(
+        model=model_cfg,
+        data=data,
+        stages=stages,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        lr_mult=lr_mult,
+        entropy_bonus=args.entropy_bonus,
+        centred_fraction=args.centred_fraction,
+        seed=args.seed,
+        workers=args.workers,
+        device=args.device,
+        checkpoint_every=args.checkpoint_every,
+    )
+    model, state = train(cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
+    model.cpu()
+    cost = cost_report(model)
+    # provisional table until `adafocus calibrate` solves the real one: every video takes all K cubes
+    budgets = BudgetTable(
+        criterion="entropy",
+        levels=(BudgetLevel("max", (0.0,) * (model_cfg.num_cubes + 1), cost.exit_gmacs[-1], 0.0),),
+        default="max",
+    )
+    cost_line = ", ".join(f"exit {k}: {g * 1000:.1f} MMACs" for k, g in enumerate(cost.exit_gmacs))
+    card = (
+        f"# AdaFocusV3 `{model_cfg.name}` bundle\n\n"
+        "Not calibrated yet: run `adafocus calibrate --bundle <this dir>`.\n\n"
+        + training_section(cfg, state, _command_line(), cost_line)
+    )
+    out = save_bundle(args.out, model, budgets, card)
+    sys.stdout.write(f"wrote bundle {out} after {state.seconds / 60:.1f} min of training\n")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from model.calibrate import calibrate_command
+
+    return calibrate_command(args, _command_line())

@@ -103,6 +103,7 @@ def _default() -> AdaFocusConfig:
         num_cubes=4,
         policy_hidden=16,
         classifier_hidden=256,
+        labels=tuple(f"pattern_{i:02d}" for i in range(10)),  # the synthetic benchmark's classes (model/synth.py)
     )
 
 
