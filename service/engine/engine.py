@@ -200,8 +200,10 @@ class Engine:
             rid = self._by_future.get(future)
             done = None if rid is None else self._scheduler.cancel(rid)
             entry = None if rid is None else self._pop_entry(rid)
-        if done is not None and entry is not None:
-            self._fail([entry], RequestCancelled("the request was cancelled"), "cancelled")
+        if done is None or entry is None:
+            return
+        if _resolve(entry.future, error=RequestCancelled("the request was cancelled")) or future.cancelled():
+            self.observer.on_reject("cancelled")
 
     # ------------------------------------------------------------------------------------------ budgets
     def budget_state(self) -> BudgetState:

@@ -1,0 +1,360 @@
+"""The engine with the tiny model on CPU: batch-composition independence, budgets, backpressure, shutdown."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+
+from model.adafocus import AdaFocusV3, FocusState
+from model.budgets import BudgetError, BudgetLevel, BudgetTable, exit_scores
+from model.config import AdaFocusConfig, get_config
+from model.cost import CostReport, cost_report
+from service.engine.engine import Engine, run_offline
+from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
+from service.engine.observer import StatsObserver
+from service.engine.runner import Runner, RunnerGlance, TorchRunner
+from service.engine.types import EngineConfig, EngineRequest, EngineResult
+
+NUM_CLIPS = 12
+GAP = 1e-5  # no exit score may sit closer than this to a threshold: float noise must not flip an exit
+
+
+@dataclass
+class World:
+    config: AdaFocusConfig
+    model: AdaFocusV3
+    costs: CostReport
+    clips: np.ndarray  # (N, T, H, W, 3) uint8
+    scores: torch.Tensor  # (N, K + 1) entropy at every exit, from the reference full forward pass
+    labels: torch.Tensor  # (N, K + 1) argmax at every exit
+    probs: torch.Tensor  # (N, K + 1) max probability at every exit
+    skip: torch.Tensor  # (N, K) cubes skipped because earlier cubes covered their frames
+    budgets: BudgetTable
+
+    def expected(self, i: int, thresholds: tuple[float, ...]) -> tuple[int, int, int]:
+        """(class id, exit step, cubes used) of clip ``i`` under ``thresholds``, from the full forward pass."""
+        K = self.config.num_cubes
+        step = next((k for k in range(K + 1) if self.scores[i, k] <= thresholds[k]), K)
+        used = step - int(self.skip[i, :step].sum())
+        return int(self.labels[i, step]), step, used
+
+
+def greedy_thresholds(scores: torch.Tensor, per_exit: int) -> tuple[float, ...]:
+    """Thresholds that let about ``per_exit`` of the remaining clips leave at each exit, between two scores."""
+    N, E = scores.shape
+    remaining = torch.ones(N, dtype=torch.bool)
+    out = []
+    for k in range(E - 1):
+        s = scores[remaining, k].sort().values
+        eta = float((s[per_exit - 1] + s[per_exit]) / 2) if len(s) > per_exit else float(s[-1]) + 1.0
+        remaining &= scores[:, k] > eta
+        out.append(eta)
+    return (*out, 0.0)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    torch.manual_seed(0)
+    cfg = get_config("tiny").replace(skip_covered_frames=True)
+    model = AdaFocusV3(cfg)
+    with torch.no_grad():  # random weights that spread predictions, exit scores and cube positions
+        torch.nn.init.normal_(model.classifier.head_weight, std=1.0)
+        torch.nn.init.normal_(model.policy.head.weight, std=1.0)
+    model.eval()
+    g = torch.Generator().manual_seed(1)
+    shape = (NUM_CLIPS, cfg.num_frames, cfg.frame_size, cfg.frame_size, 3)
+    clips = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
+    with torch.no_grad():
+        out = model(clips.permute(0, 4, 1, 2, 3))  # eval forward: integer crops and skips, as at inference
+    logits = out.exit_logits  # (N, K + 1, classes)
+    scores = exit_scores(logits.flatten(0, 1), "entropy").view(NUM_CLIPS, -1)  # (N, K + 1)
+    probs = logits.softmax(-1)
+    fast = greedy_thresholds(scores, per_exit=3)
+    mid = greedy_thresholds(scores, per_exit=1)
+    full = (0.0,) * (cfg.num_cubes + 1)
+    for eta in (fast, mid):
+        assert float((scores[:, :-1] - torch.tensor(eta[:-1])).abs().min()) > GAP
+    levels = (
+        BudgetLevel("fast", fast, 0.0003, 0.5),
+        BudgetLevel("mid", mid, 0.0004, 0.6),
+        BudgetLevel("full", full, 0.0006, 0.7),
+    )
+    return World(
+        config=cfg,
+        model=model,
+        costs=cost_report(model),
+        clips=clips.numpy(),
+        scores=scores,
+        labels=probs.argmax(-1),
+        probs=probs.max(-1).values,
+        skip=model.skip_mask(out.centres),
+        budgets=BudgetTable("entropy", levels, default="fast"),
+    )
+
+
+def make_engine(world: World, runner: Runner | None = None, **kwargs: object) -> tuple[Engine, StatsObserver]:
+    clock = kwargs.pop("clock", None)
+    obs = StatsObserver()
+    config = EngineConfig(**kwargs)  # type: ignore[arg-type]
+    runner = runner or TorchRunner(world.model)
+    if clock is None:
+        return Engine(runner, world.config, world.budgets, world.costs, config, obs), obs
+    return Engine(runner, world.config, world.budgets, world.costs, config, obs, clock=clock), obs  # type: ignore[arg-type]
+
+
+def requests(world: World, **kwargs: object) -> list[EngineRequest]:
+    return [EngineRequest(frames=clip, **kwargs) for clip in world.clips]  # type: ignore[arg-type]
+
+
+def check(world: World, results: list[EngineResult], thresholds: tuple[float, ...]) -> None:
+    for i, r in enumerate(results):
+        label, step, used = world.expected(i, thresholds)
+        assert (r.class_id, r.exit_step, r.cubes_used) == (label, step, used), f"clip {i}"
+        assert r.confidence == pytest.approx(float(world.probs[i, step]), abs=1e-5)
+        assert r.exit_reason == ("confident" if world.scores[i, step] <= thresholds[step] else "max_cubes")
+        assert r.gmacs == pytest.approx(world.costs.glance_gmacs + used * world.costs.focus_step_gmacs)
+
+
+@pytest.mark.parametrize(
+    "mode,max_batch,max_active",
+    [("single", 8, 8), ("continuous", 4, 6), ("continuous", 32, 64), ("drain", 5, 8)],
+)
+def test_same_label_and_exit_step_in_every_mode(world: World, mode: str, max_batch: int, max_active: int) -> None:
+    engine, obs = make_engine(world, mode=mode, max_batch=max_batch, max_active=max_active)
+    engine.warmup()
+    results = run_offline(engine, requests(world, explain=True))
+    engine.shutdown()
+    fast = world.budgets.get("fast").thresholds
+    check(world, results, fast)
+    steps = sorted({r.exit_step for r in results})
+    assert len(steps) >= 3, f"the budget must make clips exit at different steps, got {steps}"
+    assert {r.budget for r in results} == {"fast"} and {r.budget_version for r in results} == {1}
+    for r in results:
+        assert r.cubes is not None and len(r.cubes) == r.exit_step
+        assert sum(not c.skipped for c in r.cubes) == r.cubes_used
+        assert r.queue_seconds >= 0 and r.compute_seconds >= 0
+    cap = 1 if mode == "single" else max_batch
+    for stage in ("glance", "focus"):
+        sizes = obs.batch_sizes(stage)
+        assert sizes and max(sizes) <= cap
+    assert len(obs.results) == NUM_CLIPS and obs.busy_seconds() > 0
+    if mode == "single":
+        assert set(obs.batch_sizes("focus")) == {1}
+    if mode == "continuous" and max_batch == 4:
+        assert max(obs.batch_sizes("focus")) == 4  # mixed step indices shared focus batches
+
+
+def test_drain_batches_run_until_every_sample_exits(world: World) -> None:
+    engine, obs = make_engine(world, mode="drain", max_batch=6, max_active=6)
+    run_offline(engine, requests(world))
+    engine.shutdown()
+    assert obs.batch_sizes("glance") == [6, 6]  # the second batch only starts once the first has drained
+
+
+def test_continuous_refills_freed_slots_at_the_next_step(world: World) -> None:
+    engine, obs = make_engine(world, mode="continuous", max_batch=6, max_active=6)
+    run_offline(engine, requests(world))
+    engine.shutdown()
+    glances = obs.batch_sizes("glance")
+    assert glances[0] == 6 and len(glances) > 2  # waiting clips joined as soon as the first ones exited
+
+
+def test_per_request_budget_level(world: World) -> None:
+    engine, _ = make_engine(world, max_batch=4)
+    results = run_offline(engine, requests(world, budget="mid"))
+    engine.shutdown()
+    check(world, results, world.budgets.get("mid").thresholds)
+    assert {r.budget for r in results} == {"mid"}
+
+
+def test_budget_swaps_are_atomic_under_concurrent_submits(world: World) -> None:
+    engine, obs = make_engine(world, max_batch=4, max_active=8)
+    engine.start()
+    versions = {1: world.budgets.get("fast").thresholds}
+    results: list[tuple[int, EngineResult]] = []
+    lock = threading.Lock()
+
+    def client(offset: int) -> None:
+        for n in range(2 * NUM_CLIPS):
+            i = (n + offset) % NUM_CLIPS
+            r = engine.submit_blocking(EngineRequest(frames=world.clips[i])).result(timeout=30)
+            with lock:
+                results.append((i, r))
+
+    threads = [threading.Thread(target=client, args=(k * 5,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    custom = world.budgets.get("mid").thresholds
+    swaps = [
+        lambda: engine.set_budget_level("full"),
+        lambda: engine.set_budget_thresholds(list(custom)),
+        lambda: engine.set_budget_gmacs(0.00035),  # best within: "fast"
+        lambda: engine.set_budget_level("mid"),
+    ]
+    for n in range(12):
+        state = swaps[n % len(swaps)]()
+        versions[state.version] = state.thresholds
+        threading.Event().wait(0.01)
+    for t in threads:
+        t.join()
+    engine.shutdown()
+    assert len(results) == 3 * 2 * NUM_CLIPS
+    for i, r in results:
+        label, step, _ = world.expected(i, versions[r.budget_version])
+        assert (r.class_id, r.exit_step) == (label, step), f"clip {i} under version {r.budget_version}"
+        assert r.budget == {1: "fast"}.get(r.budget_version, r.budget)
+    assert len({r.budget_version for _, r in results}) > 2
+    assert obs.budgets[0] == ("fast", 1) and obs.budgets[-1][1] == 13
+
+
+def test_budget_api_validation(world: World) -> None:
+    engine, _ = make_engine(world)
+    assert engine.budget_state().name == "fast" and engine.budget_state().version == 1
+    assert engine.set_budget_gmacs(0.00045).name == "mid"
+    assert engine.set_budget_gmacs(1.0).name == "full"
+    state = engine.set_budget_thresholds([0.5, 0.5, 0.5, 0.0])
+    assert (state.name, state.thresholds, state.version) == ("custom", (0.5, 0.5, 0.5, 0.0), 4)
+    with pytest.raises(BudgetError, match="no level fits"):
+        engine.set_budget_gmacs(0.0001)
+    with pytest.raises(BudgetError, match="expected 4 thresholds"):
+        engine.set_budget_thresholds([0.1, 0.2])
+    with pytest.raises(BudgetError, match="finite and non-negative"):
+        engine.set_budget_thresholds([0.1, float("nan"), -1.0, 0.0])
+    with pytest.raises(BudgetError, match="unknown budget level"):
+        engine.set_budget_level("turbo")
+    with pytest.raises(BudgetError, match="unknown budget level"):
+        engine.submit(EngineRequest(frames=world.clips[0], budget="turbo"))
+    with pytest.raises(ValueError, match="uint8 array of shape"):
+        engine.submit(EngineRequest(frames=world.clips[0][:2]))
+    assert engine.budget_state().version == 4  # failed swaps change nothing
+
+
+def test_queue_full_and_start_later(world: World) -> None:
+    engine, obs = make_engine(world, max_queue=2)
+    futures = [engine.submit(r) for r in requests(world)[:2]]
+    with pytest.raises(QueueFull):
+        engine.submit(EngineRequest(frames=world.clips[2]))
+    assert engine.queue_depth == 2 and obs.rejects == {"queue_full": 1}
+    engine.start()
+    assert [f.result(timeout=30).exit_step for f in futures] == [
+        world.expected(i, world.budgets.get("fast").thresholds)[1] for i in range(2)
+    ]
+    engine.shutdown()
+
+
+def test_cancel_in_queue_and_by_future_cancel(world: World) -> None:
+    engine, obs = make_engine(world)
+    futures = [engine.submit(r) for r in requests(world)[:4]]
+    engine.cancel(futures[1])
+    assert futures[2].cancel()  # e.g. an asyncio wrapper cancelled: the engine drops it too
+    assert engine.queue_depth == 2
+    engine.start()
+    with pytest.raises(RequestCancelled):
+        futures[1].result(timeout=30)
+    assert futures[0].result(timeout=30).request_id == 0 and futures[3].result(timeout=30).request_id == 3
+    engine.cancel(futures[0])  # already answered: no-op
+    engine.shutdown()
+    assert obs.rejects == {"cancelled": 2}
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TickingRunner:
+    """A real TorchRunner whose every model call moves a fake clock forward by one second."""
+
+    name = "torch"
+
+    def __init__(self, inner: TorchRunner, clock: FakeClock) -> None:
+        self.inner, self.clock, self.device = inner, clock, inner.device
+
+    def glance(self, frames_small: torch.Tensor) -> RunnerGlance:
+        self.clock.now += 1.0
+        return self.inner.glance(frames_small)
+
+    def focus(self, cubes: torch.Tensor, state: FocusState) -> tuple[torch.Tensor, FocusState]:
+        self.clock.now += 1.0
+        return self.inner.focus(cubes, state)
+
+
+def test_deadline_in_queue_and_in_flight(world: World) -> None:
+    clock = FakeClock()
+    runner = TickingRunner(TorchRunner(world.model), clock)
+    engine, obs = make_engine(world, runner=runner, clock=clock, max_batch=1, max_active=2)
+    engine.set_budget_level("full")  # every clip runs all K cubes
+    late = engine.submit(EngineRequest(frames=world.clips[0], deadline=clock.now - 1))
+    mid_flight = engine.submit(EngineRequest(frames=world.clips[1], deadline=clock.now + 2.5))
+    free = engine.submit(EngineRequest(frames=world.clips[2]))
+    engine.start()
+    with pytest.raises(DeadlineExceeded):
+        late.result(timeout=30)
+    with pytest.raises(DeadlineExceeded):
+        mid_flight.result(timeout=30)
+    assert free.result(timeout=30).exit_step == world.config.num_cubes
+    engine.shutdown()
+    assert obs.rejects == {"deadline": 2}
+
+
+class PoisonRunner:
+    """Fails any glance batch that holds an all-white clip (a stand-in for one bad sample breaking a batch)."""
+
+    name = "torch"
+
+    def __init__(self, inner: TorchRunner) -> None:
+        self.inner, self.device = inner, inner.device
+
+    def glance(self, frames_small: torch.Tensor) -> RunnerGlance:
+        if bool((frames_small.flatten(1).min(1).values == 255).any()):
+            raise RuntimeError("poisoned clip")
+        return self.inner.glance(frames_small)
+
+    def focus(self, cubes: torch.Tensor, state: FocusState) -> tuple[torch.Tensor, FocusState]:
+        return self.inner.focus(cubes, state)
+
+
+def test_a_failing_sample_fails_alone_and_the_engine_keeps_serving(world: World) -> None:
+    engine, obs = make_engine(world, runner=PoisonRunner(TorchRunner(world.model)), max_batch=4)
+    reqs = requests(world)[:6]
+    white = np.full_like(world.clips[0], 255)
+    reqs.insert(2, EngineRequest(frames=white))
+    engine.start()
+    futures = engine.submit_many(reqs)
+    with pytest.raises(EngineError, match="poisoned clip"):
+        futures[2].result(timeout=30)
+    good = [f.result(timeout=30) for k, f in enumerate(futures) if k != 2]
+    check(world, good, world.budgets.get("fast").thresholds)
+    assert run_offline(engine, requests(world)[:1])[0].exit_step == good[0].exit_step
+    engine.shutdown()
+    assert obs.rejects == {"error": 1}
+
+
+def test_shutdown_drains_in_flight_and_queued_work(world: World) -> None:
+    engine, _ = make_engine(world, max_batch=2, max_active=2)
+    engine.start()
+    futures = [engine.submit(r) for r in requests(world)]
+    engine.shutdown(drain=True)
+    assert engine.draining
+    results = [f.result(timeout=0) for f in futures]
+    check(world, results, world.budgets.get("fast").thresholds)
+    with pytest.raises(EngineDraining):
+        engine.submit(EngineRequest(frames=world.clips[0]))
+
+
+def test_shutdown_without_drain_fails_what_is_left(world: World) -> None:
+    engine, obs = make_engine(world)
+    futures: list[Future[EngineResult]] = [engine.submit(r) for r in requests(world)[:3]]
+    engine.shutdown(drain=False)
+    for f in futures:
+        with pytest.raises(EngineDraining):
+            f.result(timeout=0)
+    assert obs.rejects == {"draining": 3}
