@@ -289,7 +289,14 @@ class Engine:
                 except BaseException as exc:
                     done.set_exception(exc)
             if self._scheduler.has_work:
-                self._step()
+                try:
+                    self._step()
+                except Exception:  # an engine bug (e.g. a broken invariant): fail what is in flight, keep serving
+                    log.exception("engine step failed; failing every queued and active request")
+                    with self._lock:
+                        self._scheduler.in_flight = None
+                        aborted = self._abort_locked()
+                    self._fail(aborted, EngineError("internal engine error"), "error")
 
     def _step(self) -> None:
         with self._lock:
@@ -326,10 +333,15 @@ class Engine:
                 error = EngineError(f"the model step failed for this request: {entry.error!r}")
                 error.__cause__ = entry.error
                 self._fail([entry], error, "error")
-            else:
+                continue
+            try:
                 result = self._result(entry, fin, now)
-                if _resolve(entry.future, result=result):
-                    self.observer.on_result(result)
+            except Exception as exc:
+                log.exception("building the result of request %d failed", entry.request_id)
+                self._fail([entry], EngineError(f"could not build the result: {exc!r}"), "error")
+                continue
+            if _resolve(entry.future, result=result):
+                self.observer.on_result(result)
         self.observer.on_queue(depth, active)
 
     def _run_stage(self, stage: Stage, entries: list[_Entry], snapshot: BudgetState) -> dict[int, RequestOutput]:
@@ -351,7 +363,7 @@ class Engine:
 
     def _glance(self, entries: list[_Entry], snapshot: BudgetState, start: float) -> dict[int, RequestOutput]:
         dev = self.runner.device
-        frames = [torch.from_numpy(e.request.frames).to(dev) for e in entries]  # each (T, H, W, 3) uint8
+        frames = [torch.from_numpy(np.ascontiguousarray(e.request.frames)).to(dev) for e in entries]  # (T, H, W, 3)
         clips = torch.stack([f.permute(3, 0, 1, 2) for f in frames])  # (B, 3, T, H, W)
         out = self.runner.glance(glance_frames(clips, self.model_config.glance_size))  # (B, 3, T, g, g) in
         starts = integer_starts(out.centres, self.video_shape, self.cube_shape)  # (B, K, 3) as (x0, y0, t0)
@@ -359,22 +371,23 @@ class Engine:
             skip = covered_cube_mask(starts[..., 2], self.model_config.cube_frames)  # (B, K)
         else:
             skip = torch.zeros(starts.shape[:2], dtype=torch.bool)  # (B, K)
-        scores = exit_scores(out.logits, snapshot.criterion).cpu()  # (B,)
+        budgets = [
+            _Budget(snapshot.name, snapshot.version, snapshot.thresholds)
+            if e.level is None
+            else _Budget(e.level.name, snapshot.version, e.level.thresholds)
+            for e in entries
+        ]
+        exits = self._exits(out.logits, [b.thresholds[0] for b in budgets], snapshot)  # (B,)
         starts_l, skip_l = starts.cpu().tolist(), skip.cpu().tolist()
         outputs = {}
         for i, e in enumerate(entries):  # commit per sample only once the whole batch has succeeded
-            level = e.level
-            e.budget = (
-                _Budget(snapshot.name, snapshot.version, snapshot.thresholds)
-                if level is None
-                else _Budget(level.name, snapshot.version, level.thresholds)
-            )
+            e.budget = budgets[i]
             e.glance_start, e.frames = start, frames[i]
             e.starts = [(int(x), int(y), int(t)) for x, y, t in starts_l[i]]
             e.skip = [bool(s) for s in skip_l[i]]
             e.state = (out.state.global_feats[i], out.state.pooled[i], out.state.step[i])
             e.logits = out.logits[i]
-            outputs[e.request_id] = self._advance(e, 0, float(scores[i]), snapshot, cubes_run=0)
+            outputs[e.request_id] = self._advance(e, 0, exits[i], snapshot, cubes_run=0)
         return outputs
 
     def _focus(self, entries: list[_Entry]) -> dict[int, RequestOutput]:
@@ -384,36 +397,48 @@ class Engine:
         state = FocusState(*(torch.stack(parts) for parts in zip(*rows, strict=True)))  # (B, Cg), (B, D), (B,)
         logits, new = self.runner.focus(cubes, state)  # (B, classes)
         snapshot = self._budget  # only the criterion is read: it never changes
-        scores = exit_scores(logits, snapshot.criterion).cpu()  # (B,)
+        thresholds = []
+        for e in entries:
+            assert e.budget is not None
+            thresholds.append(e.budget.thresholds[e.exit_index + 1])
+        exits = self._exits(logits, thresholds, snapshot)  # (B,)
         outputs = {}
         for i, e in enumerate(entries):
             e.state = (new.global_feats[i], new.pooled[i], new.step[i])
             e.logits = logits[i]
-            outputs[e.request_id] = self._advance(e, e.exit_index + 1, float(scores[i]), snapshot, cubes_run=1)
+            outputs[e.request_id] = self._advance(e, e.exit_index + 1, exits[i], snapshot, cubes_run=1)
         return outputs
 
     def _crop(self, entry: _Entry) -> torch.Tensor:
         """The next cube of ``entry``, (3, t, h, w) uint8.
 
         NOTE(engine): the same integer crop as ``model.cubes.integer_crop`` (same ``integer_starts``), done as a
-        slice of this request's own frames so a focus batch never gathers whole clips (tests check equality).
+        slice of this request's own frames so a focus batch never gathers whole clips. The engine tests compare
+        every exit with the model's own forward pass, which crops with ``integer_crop``.
         """
         assert entry.frames is not None
         x0, y0, t0 = entry.starts[entry.exit_index]  # cube c = exit_index gives exit c + 1
         t, h, w = self.cube_shape
         return entry.frames[t0 : t0 + t, y0 : y0 + h, x0 : x0 + w].permute(3, 0, 1, 2)  # (3, t, h, w)
 
-    def _advance(self, entry: _Entry, index: int, score: float, snapshot: BudgetState, cubes_run: int) -> RequestOutput:
-        """Exit check at ``index``; cubes covered by earlier ones are skipped without compute (same logits)."""
+    def _exits(self, logits: torch.Tensor, thresholds: list[float], snapshot: BudgetState) -> list[tuple[bool, float]]:
+        """Per sample: (meets its threshold, exit score), from logits (B, classes) and one threshold each."""
+        scores = exit_scores(logits, snapshot.criterion).cpu()  # (B,)
+        meets = should_exit(scores, torch.tensor(thresholds, dtype=scores.dtype), snapshot.criterion)  # (B,)
+        return list(zip(meets.tolist(), scores.tolist(), strict=True))
+
+    def _advance(
+        self, entry: _Entry, index: int, decision: tuple[bool, float], snapshot: BudgetState, cubes_run: int
+    ) -> RequestOutput:
+        """Exit decision at ``index``; cubes covered by earlier ones are skipped without compute (same logits)."""
         assert entry.budget is not None and entry.state is not None
         K = self.num_exits - 1
-        while True:
-            exited = self._meets(score, entry.budget.thresholds[index], snapshot)
-            if exited or index == K or not entry.skip[index]:
-                break
-            index += 1  # cube index-1 was skipped: f_C is untouched, but its step counter still advances
+        exited, score = decision
+        while not exited and index < K and entry.skip[index]:
+            index += 1  # cube index-1 is skipped: f_C is untouched, but its step counter still advances
             gf, pooled, step = entry.state
             entry.state = (gf, pooled, step + 1)
+            exited = self._meets(score, entry.budget.thresholds[index], snapshot)
         entry.exit_index = index
         return RequestOutput(exit_index=index, exited=exited, cubes_run=cubes_run)
 
