@@ -16,6 +16,7 @@ from collections.abc import Sequence
 COMMAND_MODULES = (
     "model.commands",  # cost, info
     "loadtest.commands",  # loadtest, bench engine|decode
+    "exporters.commands",  # export onnx, bench-runners
 )
 
 

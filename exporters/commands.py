@@ -1,0 +1,95 @@
+"""Exporter subcommands of the ``adafocus`` CLI: ``export onnx`` and ``bench-runners``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def register(sub: Any) -> None:
+    export = sub.add_parser("export", help="export the model's stages for other runtimes")
+    targets = export.add_subparsers(dest="target", required=True, metavar="TARGET")
+    onnx = targets.add_parser("onnx", help="glance and focus graphs as ONNX, checked against PyTorch")
+    onnx.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle)")
+    onnx.add_argument("--out", required=True, help="export directory (created; an earlier export is replaced)")
+    onnx.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    onnx.add_argument(
+        "--exporter",
+        choices=("auto", "torchscript", "dynamo"),
+        default="auto",
+        help="torch.onnx exporter; auto tries the fast legacy one first, then dynamo",
+    )
+    onnx.add_argument("--clips", type=int, default=16, help="synthetic clips for the parity check (default 16)")
+    onnx.set_defaults(handler=run_export_onnx)
+
+    bench = sub.add_parser(
+        "bench-runners", help="PyTorch vs ONNX Runtime runner: per-step latency and engine throughput, one run"
+    )
+    bench.add_argument("--bundle", default=None, help="bundle or ONNX export directory (default: shipped bundle)")
+    bench.add_argument("--export", default=None, help="ONNX export directory (default: export into a temp dir)")
+    bench.add_argument("--batches", default="1,4,8,16,32", help="stage batch sizes to time (default 1,4,8,16,32)")
+    bench.add_argument("--repeats", type=int, default=7, help="timed calls per stage and batch size (default 7)")
+    bench.add_argument("--videos", type=int, default=128, help="clips through the engine per runner (default 128)")
+    bench.add_argument("--max-batch", type=int, default=32, help="engine max_batch (default 32)")
+    bench.add_argument("--rounds", type=int, default=2, help="engine runs per runner, interleaved (default 2)")
+    bench.add_argument("--budget", default=None, help="budget level for the engine runs (default: the bundle's)")
+    bench.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
+    bench.add_argument("--json", default=None, help="write the full results as JSON to this file")
+    bench.add_argument("--markdown", action="store_true", help="print the results as markdown tables")
+    bench.set_defaults(handler=run_bench_runners)
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from exporters.onnx_export import ExportOptions, export_bundle
+    from model.bundle import load_bundle
+
+    bundle = load_bundle(args.bundle)
+    manifest, report = export_bundle(bundle, args.out, ExportOptions(args.opset, args.exporter), args.clips)
+    out = Path(args.out)
+    sys.stdout.write(f"exported bundle {manifest.bundle_sha256[:12]}... ({manifest.config_name}) to {out}\n")
+    sys.stdout.write(f"exporter {manifest.exporter}, opset {manifest.opset}\n")
+    for graph in manifest.graphs.values():
+        size = (out / graph.file).stat().st_size / 1e6
+        ins = ", ".join(f"{t.name}{list(t.shape)}" for t in graph.inputs)
+        sys.stdout.write(f"  {graph.file:12s} {size:7.2f} MB  ({ins})\n")
+    worst = max({**report["random"], **report["real"]}.values())
+    sys.stdout.write(
+        f"parity: max abs diff {worst:.3g} (tolerance {report['tolerance']:g}) on {report['clips']} clips\n"
+    )
+    for level, decision in report["decisions"].items():
+        same = decision["labels_identical"] and decision["exit_steps_identical"]
+        sys.stdout.write(
+            f"  budget {level:10s} labels+exit steps {'identical' if same else 'DIFFER'}"
+            f" (exit steps {decision['exit_step_counts']})\n"
+        )
+    if not report["passed"]:
+        sys.stdout.write("PARITY FAILED:\n" + "".join(f"  {f}\n" for f in report["failures"]))
+        return 1
+    sys.stdout.write(f"parity passed; report in {out / 'parity_report.json'}\n")
+    return 0
+
+
+def run_bench_runners(args: argparse.Namespace) -> int:
+    from exporters.bench import BenchConfig, format_markdown, run_bench
+
+    cfg = BenchConfig(
+        batches=tuple(int(b) for b in args.batches.split(",")),
+        repeats=args.repeats,
+        videos=args.videos,
+        max_batch=args.max_batch,
+        rounds=args.rounds,
+        budget=args.budget,
+        threads=args.threads,
+    )
+    results = run_bench(args.bundle, args.export, cfg)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        sys.stdout.write(format_markdown(results))
+    else:
+        json.dump(results, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0
