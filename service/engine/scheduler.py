@@ -136,7 +136,8 @@ class Scheduler:
         self.requests[request_id] = SchedRequest(request_id, self._arrivals, deadline)
         self._arrivals += 1
         self.waiting.append(request_id)
-        self.check_invariants()
+        # NOTE(engine): O(1) here (called per submit, from request threads); the full O(n) check runs per step
+        assert len(self.waiting) + len(self.running) == len(self.requests), "request sets out of sync"
 
     def plan(self) -> StepPlan:
         """Admit waiting requests (glance) and pick active ones for their next cube (focus)."""
