@@ -109,10 +109,11 @@ def _open(source: Source) -> av.container.InputContainer:
         file: Any = io.BytesIO(source) if isinstance(source, bytes) else str(source)
         container = av.open(file, mode="r", metadata_errors="ignore")
     except (av.FFmpegError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
         kind = container_kind(source)
         if kind is not None:  # e.g. an MP4 cut before its index (moov): a video, but a broken one
-            raise DecodeError("undecodable", f"a truncated or corrupt {kind} file: {exc}") from exc
-        raise DecodeError("not_a_video", f"not a recognised video container: {exc}") from exc
+            raise DecodeError("undecodable", f"a truncated or corrupt {kind} file (FFmpeg: {reason})") from exc
+        raise DecodeError("not_a_video", f"not a recognised video container (FFmpeg: {reason})") from exc
     if container.format.name in IMAGE_FORMATS:
         name = container.format.name
         container.close()

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 COMMAND_MODULES = (
     "model.commands",  # cost, info
+    "service.commands",  # serve
     "loadtest.commands",  # loadtest, bench engine|decode
     "exporters.commands",  # export onnx, bench-runners
 )

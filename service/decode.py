@@ -1,0 +1,389 @@
+"""Uploads and decoding: a size-capped spooled upload, and a supervised pool of PyAV decoder processes.
+
+FFmpeg can crash its process on malformed input (SIGSEGV, PyAV #2344), so every decode runs in a worker
+process. Each worker serves one job at a time over its own pipe, watched by one supervisor thread: when a worker
+dies (any signal) or overruns its time limit, only the job it held fails (``DecoderCrashed`` /
+``DecodeError("decode_timeout")``), and the supervisor starts a fresh process. Workers are started with
+``spawn``: the server process holds torch threads, which a fork would copy in an unusable state.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import logging
+import multiprocessing as mp
+import queue
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from model.video import DecodeError, DecodeLimits, Source, decode_clip
+from service.errors import BadUpload, DecodeBusy, DecoderCrashed, UploadTooLarge
+
+log = logging.getLogger(__name__)
+
+JobFn = Callable[[Source, int, int, DecodeLimits], np.ndarray]
+# Extra wall time a worker gets past the decoder's own max_decode_s check before it is killed.
+KILL_GRACE_S = 2.0
+
+
+class UploadSpool:
+    """Collects an upload chunk by chunk: in memory up to ``spool_bytes``, then in a temporary file on disk.
+
+    ``write`` raises ``UploadTooLarge`` as soon as the total passes ``max_bytes``, so an oversized upload is
+    rejected without reading the rest of it. ``source()`` is what a decoder process can read: the bytes, or the
+    temporary file's path.
+    """
+
+    def __init__(self, max_bytes: int, spool_bytes: int = 8 * 1024 * 1024, directory: str | None = None) -> None:
+        self.max_bytes, self.spool_bytes, self.directory = max_bytes, spool_bytes, directory
+        self.size = 0
+        self._memory: io.BytesIO | None = io.BytesIO()
+        self._file: IO[bytes] | None = None
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            raise UploadTooLarge(self.max_bytes)
+        if self._memory is not None and self.size > self.spool_bytes:
+            self._file = tempfile.NamedTemporaryFile(prefix="adafocus-upload-", dir=self.directory)  # noqa: SIM115
+            self._file.write(self._memory.getvalue())
+            self._memory = None
+        if self._file is not None:
+            self._file.write(chunk)
+        else:
+            assert self._memory is not None
+            self._memory.write(chunk)
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
+
+    def source(self) -> Source:
+        if self._file is not None:
+            self._file.flush()
+            return self._file.name
+        assert self._memory is not None
+        return self._memory.getvalue()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # deletes the temporary file
+        self._memory = None
+        self._file = None
+
+    def __enter__(self) -> UploadSpool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class DecodeJob:
+    source: Source
+    num_frames: int
+    size: int
+
+
+@dataclass(frozen=True)
+class Decoded:
+    frames: np.ndarray  # (T, size, size, 3) uint8
+    seconds: float  # decode wall time inside the worker
+
+
+def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
+    """Worker process: decode jobs from the pipe until it closes; errors go back as values."""
+    while True:
+        try:
+            job: DecodeJob = conn.recv()
+        except (EOFError, OSError):
+            return
+        started = time.monotonic()
+        try:
+            frames = job_fn(job.source, job.num_frames, job.size, limits)
+            conn.send(("ok", frames, time.monotonic() - started))
+        except DecodeError as exc:
+            conn.send(("decode_error", exc.code, exc.message))
+        except Exception as exc:  # a decoder bug must not kill the worker: report it as undecodable input
+            conn.send(("decode_error", "undecodable", f"decoder failure: {type(exc).__name__}: {exc}"))
+
+
+class _Worker:
+    """One decoder process and its pipe; restarted by its supervisor thread when it dies."""
+
+    def __init__(self, ctx: Any, job_fn: JobFn, limits: DecodeLimits) -> None:
+        self.ctx, self.job_fn, self.limits = ctx, job_fn, limits
+        self.process: Any = None
+        self.conn: Connection | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        parent, child = self.ctx.Pipe()
+        self.process = self.ctx.Process(
+            target=_worker_main, args=(child, self.job_fn, self.limits), name="adafocus-decoder", daemon=True
+        )
+        self.process.start()
+        child.close()
+        self.conn = parent
+
+    def stop(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        if self.process is not None:
+            self.process.join(timeout=1.0)
+            if self.process.is_alive():
+                self.process.kill()
+                self.process.join(timeout=1.0)
+
+    def kill_and_restart(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            self.process.kill()
+        if self.process is not None:
+            self.process.join(timeout=2.0)
+        if self.conn is not None:
+            self.conn.close()
+        self.restarts += 1
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else int(self.process.pid)
+
+
+class DecodePool:
+    """``workers`` supervised decoder processes; ``submit`` returns a future of ``Decoded``."""
+
+    def __init__(
+        self,
+        workers: int,
+        limits: DecodeLimits,
+        max_pending: int = 256,
+        job_fn: JobFn = decode_clip,
+        on_restart: Callable[[str], None] | None = None,
+        start_method: str = "spawn",
+    ) -> None:
+        self.limits = limits
+        self.max_pending = max_pending
+        self.on_restart = on_restart or (lambda reason: None)
+        ctx = mp.get_context(start_method)
+        self._workers = [_Worker(ctx, job_fn, limits) for _ in range(workers)]
+        self._jobs: queue.Queue[tuple[DecodeJob, concurrent.futures.Future[Decoded]] | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._pending = 0
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self) -> None:
+        for i, worker in enumerate(self._workers):
+            worker.start()
+            name = f"decode-supervisor-{i}"
+            thread = threading.Thread(target=self._supervise, args=(worker,), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, job: DecodeJob) -> concurrent.futures.Future[Decoded]:
+        """Queue a decode; raises ``DecodeBusy`` when ``max_pending`` jobs already wait or run."""
+        future: concurrent.futures.Future[Decoded] = concurrent.futures.Future()
+        with self._lock:
+            if self._closed:
+                raise DecodeBusy("the decoder pool is shut down")
+            if self._pending >= self.max_pending:
+                raise DecodeBusy(f"{self._pending} uploads are waiting for a decoder; retry later")
+            self._pending += 1
+        future.add_done_callback(self._done)
+        self._jobs.put((job, future))
+        return future
+
+    def _done(self, _: concurrent.futures.Future[Decoded]) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def worker_pids(self) -> list[int]:
+        return [pid for pid in (w.pid for w in self._workers) if pid is not None]
+
+    @property
+    def restarts(self) -> int:
+        return sum(w.restarts for w in self._workers)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            self._closed = True
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join(timeout=self.limits.max_decode_s + KILL_GRACE_S + 1.0)
+        for worker in self._workers:
+            worker.stop()
+
+    def _supervise(self, worker: _Worker) -> None:
+        while True:
+            item = self._jobs.get()
+            if item is None:
+                return
+            job, future = item
+            if not future.set_running_or_notify_cancel():
+                continue  # cancelled while waiting
+            try:
+                future.set_result(self._run(worker, job))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+    def _run(self, worker: _Worker, job: DecodeJob) -> Decoded:
+        assert worker.conn is not None
+        try:
+            worker.conn.send(job)
+        except (BrokenPipeError, OSError):  # the idle worker had died: the job never started, so retry it
+            log.warning("decoder worker %s was dead before a job; restarting it", worker.pid)
+            worker.kill_and_restart()
+            self.on_restart("died_idle")
+            assert worker.conn is not None
+            worker.conn.send(job)
+        try:
+            if not worker.conn.poll(self.limits.max_decode_s + KILL_GRACE_S):
+                log.warning("decoder worker %s overran %.1f s; killing it", worker.pid, self.limits.max_decode_s)
+                worker.kill_and_restart()
+                self.on_restart("timeout")
+                raise DecodeError("decode_timeout", f"decoding took longer than {self.limits.max_decode_s:.1f} s")
+            reply = worker.conn.recv()
+        except (EOFError, OSError, ConnectionResetError):
+            code = worker.process.exitcode if worker.process is not None else None
+            log.warning("decoder worker %s died (exit code %s) decoding an upload; replacing it", worker.pid, code)
+            worker.kill_and_restart()
+            self.on_restart("crashed")
+            raise DecoderCrashed(f"the video decoder crashed on this file (exit code {code})") from None
+        if reply[0] == "ok":
+            return Decoded(reply[1], float(reply[2]))
+        raise DecodeError(reply[1], reply[2])
+
+
+MAX_FIELD_BYTES = 1024  # non-file form fields (budget, explain)
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries on top of the file, for the Content-Length check
+
+
+@dataclass
+class Upload:
+    spool: UploadSpool
+    fields: dict[str, str]  # the small form fields, decoded as UTF-8
+    has_video: bool  # a part named ``video`` was present
+
+
+class _MultipartSink:
+    """python-multipart callbacks: the ``video`` part goes to the spool, other parts to small capped buffers."""
+
+    def __init__(self, spool: UploadSpool) -> None:
+        self.spool = spool
+        self.fields: dict[str, str] = {}
+        self.has_video = False
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._buffer = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+        }
+
+    def on_part_begin(self) -> None:
+        self._headers, self._name, self._buffer = {}, None, bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        from python_multipart.multipart import parse_options_header
+
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        self._name = name.decode("utf-8", "replace") if name is not None else None
+        if self._name == "video":
+            if self.has_video:
+                raise BadUpload("more than one `video` part")
+            self.has_video = True
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == "video":
+            self.spool.write(data[start:end])
+        else:
+            self._buffer += data[start:end]
+            if len(self._buffer) > MAX_FIELD_BYTES:
+                raise BadUpload(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end(self) -> None:
+        if self._name is not None and self._name != "video":
+            self.fields[self._name] = self._buffer.decode("utf-8", "replace")
+
+
+async def read_upload(
+    content_type: str | None,
+    content_length: str | None,
+    chunks: Any,
+    max_bytes: int,
+    spool_bytes: int,
+) -> Upload:
+    """Stream a multipart/form-data body (``chunks``: an async iterator of bytes) into an ``UploadSpool``.
+
+    Rejects at once when Content-Length already says the body is too large, and otherwise as soon as the
+    ``video`` part passes ``max_bytes``; only one chunk at a time is held in the event loop.
+    """
+    from python_multipart.exceptions import MultipartParseError
+    from python_multipart.multipart import MultipartParser, parse_options_header
+
+    kind, options = parse_options_header(content_type or "")
+    if kind != b"multipart/form-data" or b"boundary" not in options:
+        raise BadUpload("send the video as multipart/form-data with a `video` part", 415, "unsupported_media_type")
+    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes + MULTIPART_OVERHEAD:
+        raise UploadTooLarge(max_bytes)
+    spool = UploadSpool(max_bytes, spool_bytes)
+    sink = _MultipartSink(spool)
+    parser = MultipartParser(options[b"boundary"], sink.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in chunks:
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        spool.close()
+        raise BadUpload(f"malformed multipart body: {exc}") from exc
+    except BaseException:
+        spool.close()
+        raise
+    if not sink.has_video:
+        spool.close()
+        raise BadUpload("the form has no `video` part")
+    return Upload(spool, sink.fields, sink.has_video)
+
+
+def self_test_video(directory: Path, num_frames: int, size: int) -> Path:
+    """A tiny H.264 MP4 encoded now with PyAV, for the start-up decoder self-test."""
+    from model.video import encode_video
+
+    frames = np.zeros((max(4, num_frames), 2 * size, 2 * size, 3), np.uint8)  # (T, H, W, 3)
+    frames[..., 0] = np.linspace(0, 255, frames.shape[0], dtype=np.uint8)[:, None, None]
+    return encode_video(directory / "self-test.mp4", frames, "libx264", fps=8)

@@ -1,0 +1,121 @@
+"""Prometheus metrics (own registry): HTTP-side timings plus the engine's ``EngineObserver`` hooks.
+
+Names follow DESIGN.md and Prometheus conventions: base units, ``_total`` counters, histograms.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from service.engine.observer import Stage
+from service.engine.types import EngineResult
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+GMACS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """Every metric of the service; thread-safe (prometheus_client locks), cheap to call from the runner thread."""
+
+    def __init__(self, num_exits: int, registry: CollectorRegistry | None = None) -> None:
+        disable_created_metrics()  # no `_created` series: they double the exposition for no dashboard use
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        exit_buckets = tuple(float(k) for k in range(num_exits))
+        self.requests = Counter(
+            "adafocus_requests", "Answered /classify requests by HTTP status", ["status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "adafocus_request_duration_seconds", "Time from request start to answer (/classify)",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "adafocus_queue_wait_seconds", "Engine admission wait: submit to glance start",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.decode_duration = Histogram(
+            "adafocus_decode_duration_seconds", "Decode time of one upload in a worker process",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.step_duration = Histogram(
+            "adafocus_step_duration_seconds", "Model call time per engine step", ["stage"],
+            buckets=STEP_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "adafocus_batch_size", "Samples per model call", ["stage"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.exit_step = Histogram(
+            "adafocus_exit_step", "Exit index 0..K at which a video stopped", buckets=exit_buckets, registry=r
+        )
+        self.cubes_used = Histogram(
+            "adafocus_cubes_per_video", "Cubes run through the local network per video",
+            buckets=exit_buckets, registry=r,
+        )
+        self.gmacs = Histogram(
+            "adafocus_gmacs_per_video", "Compute spent per video (GMACs)", buckets=GMACS_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("adafocus_queue_depth", "Requests waiting for admission", registry=r)
+        self.active = Gauge("adafocus_active_requests", "Requests admitted to the engine", registry=r)
+        self.decode_pending = Gauge(
+            "adafocus_decode_pending", "Uploads waiting for or in a decoder worker", registry=r
+        )
+        self.budget_info = Gauge(
+            "adafocus_budget_info", "The active budget level (value 1)", ["budget"], registry=r
+        )
+        self.budget_version = Gauge("adafocus_budget_version", "Version of the active budget", registry=r)
+        self.rejected = Counter(
+            "adafocus_rejected", "Requests refused or dropped, by reason", ["reason"], registry=r
+        )
+        self.decoder_restarts = Counter(
+            "adafocus_decoder_restarts", "Decoder worker processes replaced, by cause", ["reason"], registry=r
+        )
+        self.exits = Counter(
+            "adafocus_exits", "Answered videos by exit reason and budget", ["reason", "budget"], registry=r
+        )
+        self.ready = Gauge("adafocus_ready", "1 when the server reports ready", registry=r)
+        self._budget_lock = threading.Lock()
+
+    # EngineObserver
+    def on_step(self, stage: Stage, batch_size: int, seconds: float) -> None:
+        self.step_duration.labels(stage).observe(seconds)
+        self.batch_size.labels(stage).observe(batch_size)
+
+    def on_result(self, result: EngineResult) -> None:
+        self.queue_wait.observe(result.queue_seconds)
+        self.exit_step.observe(result.exit_step)
+        self.cubes_used.observe(result.cubes_used)
+        self.gmacs.observe(result.gmacs)
+        self.exits.labels(result.exit_reason, result.budget).inc()
+
+    def on_queue(self, queue_depth: int, active: int) -> None:
+        self.queue_depth.set(queue_depth)
+        self.active.set(active)
+
+    def on_budget(self, name: str, version: int) -> None:
+        with self._budget_lock:
+            self.budget_info.clear()
+            self.budget_info.labels(name).set(1)
+            self.budget_version.set(version)
+
+    def on_reject(self, reason: str) -> None:
+        self.rejected.labels(reason).inc()
+
+    # HTTP side
+    def on_request(self, status: int, seconds: float) -> None:
+        self.requests.labels(str(status)).inc()
+        self.request_duration.observe(seconds)
+
+    def on_decode(self, seconds: float) -> None:
+        self.decode_duration.observe(seconds)
+
+    def on_decoder_restart(self, reason: str) -> None:
+        self.decoder_restarts.labels(reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

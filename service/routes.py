@@ -1,0 +1,186 @@
+"""HTTP routes: thin wrappers over ``ServiceState`` (service/app.py); errors are mapped in service/errors.py."""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.app import ClientGone, ServiceState
+from service.engine.types import BudgetState
+from service.errors import AuthError, error_response, to_api_error
+from service.metrics import CONTENT_TYPE
+from service.schemas import (
+    BudgetLevelBody,
+    BudgetResponse,
+    BudgetUpdate,
+    ClassifyResponse,
+    Health,
+    Readiness,
+    error_responses,
+)
+
+router = APIRouter()
+
+# The body is streamed by service.decode.read_upload (declaring File/Form parameters would make FastAPI buffer
+# the whole form first), so the multipart schema is written out for the OpenAPI document here.
+CLASSIFY_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["video"],
+                "properties": {
+                    "video": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "the video file (MP4, WebM, MKV, AVI, MOV ...: any container FFmpeg reads)",
+                    },
+                    "budget": {"type": "string", "description": "budget level name for this request only"},
+                    "explain": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "include the cubes the policy chose in the answer",
+                    },
+                },
+            }
+        }
+    },
+}
+# Invalid inputs that count as `invalid_input` rejections.
+INPUT_STATUSES = frozenset({413, 415, 422})
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_operator(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """`Authorization: Bearer <ADAFOCUS_OPERATOR_TOKEN>`, compared in constant time."""
+    token = state.settings.operator_token
+    if token is None:
+        raise AuthError(
+            403, "budget_changes_disabled", "budget changes are disabled: the server has no ADAFOCUS_OPERATOR_TOKEN"
+        )
+    scheme, _, given = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        raise AuthError(401, "unauthorized", "send `Authorization: Bearer <operator token>`")
+    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
+        raise AuthError(403, "forbidden", "wrong operator token")
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(413, 415, 422, 503, 504),
+    openapi_extra={"requestBody": CLASSIFY_BODY},
+)
+async def classify(request: Request, state: StateDep) -> ClassifyResponse | Response:
+    """Classify one uploaded video (multipart field `video`)."""
+    started = time.monotonic()
+    state.inflight += 1
+    status = 500
+    try:
+        answer = await state.classify(request, started)
+        status = 200
+        return answer
+    except ClientGone:
+        status = 499  # nobody reads this answer; the engine already dropped the request
+        if state.metrics is not None:
+            state.metrics.on_reject("cancelled")
+        return Response(status_code=499)
+    except Exception as exc:
+        error = to_api_error(exc, state.settings.retry_after_s)
+        status = error.status
+        if status in INPUT_STATUSES and state.metrics is not None:
+            state.metrics.on_reject("invalid_input")
+        if status == 500:
+            raise
+        return error_response(error)
+    finally:
+        state.inflight -= 1
+        if state.metrics is not None:
+            state.metrics.on_request(status, time.monotonic() - started)
+
+
+def budget_body(budget: BudgetState, default: str) -> BudgetResponse:
+    return BudgetResponse(
+        name=budget.name,
+        version=budget.version,
+        thresholds=list(budget.thresholds),
+        criterion=budget.criterion,
+        default=default,
+        levels=[
+            BudgetLevelBody(
+                name=lvl.name,
+                thresholds=list(lvl.thresholds),
+                expected_gmacs=lvl.expected_gmacs,
+                expected_accuracy=lvl.expected_accuracy,
+            )
+            for lvl in budget.levels.levels
+        ],
+    )
+
+
+@router.get("/budget", response_model=BudgetResponse)
+def get_budget(state: StateDep) -> BudgetResponse:
+    """The active threshold set and every available level."""
+    assert state.engine is not None
+    budget = state.engine.budget_state()
+    return budget_body(budget, budget.levels.default)
+
+
+@router.put(
+    "/budget",
+    response_model=BudgetResponse,
+    responses=error_responses(401, 403, 422),
+    dependencies=[Depends(require_operator)],
+)
+def put_budget(state: StateDep, update: Annotated[BudgetUpdate, Body()]) -> BudgetResponse:
+    """Switch the budget by level name, by a GMACs/video target, or with explicit thresholds (operator token)."""
+    assert state.engine is not None
+    if update.level is not None:
+        budget = state.engine.set_budget_level(update.level)
+    elif update.gmacs is not None:
+        budget = state.engine.set_budget_gmacs(update.gmacs)
+    else:
+        assert update.thresholds is not None
+        budget = state.engine.set_budget_thresholds(update.thresholds)
+    return budget_body(budget, budget.levels.default)
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
+def readyz(state: StateDep) -> JSONResponse:
+    """Readiness: model loaded, warmed up, decoder self-tested, engine running, not draining."""
+    checks = state.readiness()
+    ready = all(checks.values())
+    body = Readiness(ready=ready, checks=checks).model_dump()
+    headers = {} if ready else {"Retry-After": str(state.settings.retry_after_s)}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+def metrics(state: StateDep) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    if state.metrics is None:
+        return Response(b"", media_type=CONTENT_TYPE)
+    if state.engine is not None:
+        state.metrics.on_queue(state.engine.queue_depth, state.engine.active_count)
+    if state.pool is not None:
+        state.metrics.decode_pending.set(state.pool.pending)
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE)

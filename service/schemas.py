@@ -1,0 +1,119 @@
+"""Response and request bodies of the HTTP API; every field is described for the OpenAPI document."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable error code, e.g. `not_a_video`, `queue_full`")
+    message: str = Field(description="human-readable explanation")
+
+
+class TopK(BaseModel):
+    class_id: int = Field(description="class index")
+    label: str = Field(description="class name")
+    probability: float = Field(description="softmax probability at the exit the video stopped at")
+
+
+class Timings(BaseModel):
+    queue: float = Field(description="seconds from engine submission to the start of the video's glance")
+    decode: float = Field(description="seconds spent decoding the upload in a worker process")
+    compute: float = Field(description="seconds from the glance start to the answer (all steps it took part in)")
+    total: float = Field(description="seconds from the start of the request (before the upload) to the answer")
+
+
+class Cube(BaseModel):
+    t: int = Field(description="start frame of the cube (0-based, in the sampled clip)")
+    y: int = Field(description="start row, in pixels of the model's frames")
+    x: int = Field(description="start column, in pixels of the model's frames")
+    size: int = Field(description="cube side (height = width) in pixels")
+    frames: int = Field(description="cube duration in frames")
+    skipped: bool = Field(description="true when earlier cubes already covered its frames and it was not run")
+
+
+class ClassifyResponse(BaseModel):
+    label: str = Field(description="predicted class name")
+    class_id: int = Field(description="predicted class index")
+    confidence: float = Field(description="softmax probability of the predicted class")
+    top_k: list[TopK] = Field(description="the most probable classes, best first (up to 5)")
+    cubes_used: int = Field(description="cubes processed by the local network (the glance is not a cube)")
+    exit_step: int = Field(description="exit index 0..K at which the video stopped (0 = after the glance)")
+    exit_reason: Literal["confident", "max_cubes"] = Field(
+        description="`confident`: the exit criterion met its threshold; `max_cubes`: every cube was used"
+    )
+    gmacs: float = Field(description="compute spent on this video, in GMACs (multiply-adds)")
+    budget: str = Field(description="budget level the video ran under (`custom` for explicit thresholds)")
+    budget_version: int = Field(description="version of the threshold set that decided the exit")
+    timings: Timings = Field(description="per-stage wall times in seconds")
+    cubes: list[Cube] | None = Field(
+        default=None, description="the cubes chosen by the policy, in order (with `explain`)"
+    )
+
+
+class BudgetLevelBody(BaseModel):
+    name: str = Field(description="level name")
+    thresholds: list[float] = Field(description="exit thresholds eta_0..eta_K")
+    expected_gmacs: float = Field(description="mean GMACs/video on the calibration split")
+    expected_accuracy: float = Field(description="accuracy on the calibration split, in [0, 1]")
+
+
+class BudgetResponse(BaseModel):
+    name: str = Field(description="the active level (`custom` for explicit thresholds)")
+    version: int = Field(description="incremented by every change; results report the version they ran under")
+    thresholds: list[float] = Field(description="the active exit thresholds eta_0..eta_K")
+    criterion: Literal["entropy", "max_prob"] = Field(
+        description="`entropy`: exit when entropy <= eta_k; `max_prob`: exit when max probability >= eta_k"
+    )
+    default: str = Field(description="the level the server started with")
+    levels: list[BudgetLevelBody] = Field(description="every named level, cheapest first")
+
+
+class BudgetUpdate(BaseModel):
+    """Exactly one of `level`, `gmacs` or `thresholds`."""
+
+    level: str | None = Field(default=None, description="switch to this named level")
+    gmacs: float | None = Field(
+        default=None, description="switch to the most accurate level expected within this GMACs/video"
+    )
+    thresholds: list[float] | None = Field(
+        default=None, description="explicit thresholds eta_0..eta_K (finite, >= 0)"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetUpdate:
+        given = [name for name in ("level", "gmacs", "thresholds") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of level, gmacs, thresholds (got {given or 'none'})")
+        if self.gmacs is not None and not (math.isfinite(self.gmacs) and self.gmacs > 0):
+            raise ValueError("gmacs must be a positive finite number")
+        return self
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = Field(description="the process is alive and its event loop answers")
+
+
+class Readiness(BaseModel):
+    ready: bool = Field(description="true when every check passes and the server is not draining")
+    checks: dict[str, bool] = Field(
+        description="model_loaded, warmed_up, decoder_self_test, engine_running, not_draining"
+    )
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the listed error statuses."""
+    texts = {
+        401: "missing or malformed `Authorization: Bearer` header",
+        403: "wrong operator token, or budget changes are disabled (no token configured)",
+        413: "the upload exceeds `ADAFOCUS_MAX_UPLOAD_BYTES` (code `too_large`)",
+        415: "not a video container (`not_a_video`: empty, text, still image ...), or not multipart form data",
+        422: "undecodable video or outside limits (`no_video_stream`, `zero_frames`, `undecodable`, `too_long`, "
+        "`frame_too_large`, `decode_timeout`, `decoder_crashed`), an unknown budget level, or an invalid request",
+        503: "the admission queue is full (`queue_full`) or the server is draining (`draining`); see Retry-After",
+        504: "the request passed its deadline (`deadline_exceeded`)",
+    }
+    return {status: {"model": ErrorBody, "description": texts[status]} for status in statuses}

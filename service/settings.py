@@ -1,0 +1,99 @@
+"""Service settings: the one place that reads the environment (``ADAFOCUS_*`` variables), validated at start-up.
+
+Every field is documented in the README's configuration table. Bad values fail fast with a message naming the
+variable, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model.video import DecodeLimits
+from service.engine.types import EngineConfig
+
+MIN_TOKEN_CHARS = 16
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ADAFOCUS_", extra="ignore", frozen=True)
+
+    host: str = Field(default="0.0.0.0", description="address to bind")
+    port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port)")
+    bundle: Path | None = Field(default=None, description="model bundle directory; unset = the shipped bundle")
+    device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N")
+    backend: Literal["torch", "onnx", "auto"] = Field(default="torch", description="model runner")
+    torch_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; unset = default")
+
+    mode: Literal["continuous", "drain", "single"] = Field(default="continuous", description="engine batching mode")
+    max_batch: int = Field(default=32, ge=1, description="max samples per model call, per stage")
+    max_active: int = Field(default=64, ge=1, description="max admitted requests holding frames on the device")
+    max_queue: int = Field(default=256, ge=1, description="admission queue length; beyond it requests get 503")
+    request_timeout_s: float = Field(default=30.0, gt=0, description="deadline per /classify request")
+    retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 answers")
+
+    max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="uploads above this get 413")
+    spool_bytes: int = Field(default=8 * 1024 * 1024, ge=0, description="larger uploads spool to disk")
+    max_pixels_per_frame: int = Field(default=3840 * 2160, ge=1, description="coded width x height limit")
+    max_duration_s: float = Field(default=600.0, gt=0, description="video duration limit")
+    max_decode_s: float = Field(default=20.0, gt=0, description="wall-time limit of one decode (the worker is killed)")
+    decode_workers: int = Field(default=2, ge=1, le=64, description="decoder worker processes")
+
+    operator_token: SecretStr | None = Field(default=None, description="bearer token for PUT /budget; unset = refused")
+    drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, max wait for in-flight requests")
+    warmup: bool = Field(default=True, description="run the model at the batch sizes used before reporting ready")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"ADAFOCUS_DEVICE must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("operator_token")
+    @classmethod
+    def _token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None  # an empty variable means "no token": budget changes are refused
+        if len(value.get_secret_value()) < MIN_TOKEN_CHARS:
+            raise ValueError(f"ADAFOCUS_OPERATOR_TOKEN must have at least {MIN_TOKEN_CHARS} characters")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.bundle is not None and not self.bundle.is_dir():
+            raise ValueError(f"ADAFOCUS_BUNDLE={self.bundle} is not a directory")
+        if self.max_active < self.max_batch and self.mode != "single":
+            raise ValueError(f"max_active ({self.max_active}) must be >= max_batch ({self.max_batch})")
+        return self
+
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_bytes=self.max_upload_bytes,
+            max_pixels_per_frame=self.max_pixels_per_frame,
+            max_duration_s=self.max_duration_s,
+            max_decode_s=self.max_decode_s,
+        )
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            mode=self.mode, max_batch=self.max_batch, max_active=self.max_active, max_queue=self.max_queue
+        )
+
+    def resolved_device(self) -> str:
+        """``auto`` -> cuda when torch sees a GPU, else cpu."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"

@@ -1,0 +1,116 @@
+"""Fixtures for the HTTP tests: a tiny bundle, a video corpus encoded by PyAV, and a real `adafocus serve` process."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from model.adafocus import AdaFocusV3
+from model.budgets import BudgetLevel, BudgetTable
+from model.bundle import save_bundle
+from model.config import get_config
+from model.cost import cost_report
+
+OPERATOR_TOKEN = "test-operator-token-0123456789"
+
+
+def make_bundle(path: Path, config_name: str = "tiny") -> Path:
+    """A randomly initialised bundle with three levels: `low` always exits after the glance, `high` never
+    exits early (all K cubes), `mid` in between."""
+    torch.manual_seed(0)
+    model = AdaFocusV3(get_config(config_name)).eval()
+    costs = cost_report(model)
+    exits = model.config.num_cubes + 1
+    ln_c = math.log(model.config.num_classes)
+    levels = (
+        BudgetLevel("low", (ln_c + 1.0,) * exits, costs.exit_gmacs[0], 0.3),
+        BudgetLevel("mid", (0.0,) + (ln_c + 1.0,) * (exits - 1), costs.exit_gmacs[1], 0.5),
+        BudgetLevel("high", (0.0,) * exits, costs.exit_gmacs[-1], 0.7),
+    )
+    budgets = BudgetTable(criterion="entropy", levels=levels, default="high")
+    return save_bundle(path, model, budgets, f"# random {config_name} bundle for tests\n")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Server:
+    """A real `adafocus serve` subprocess on a free local port."""
+
+    def __init__(self, bundle: Path, log_path: Path, **env: Any) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("ADAFOCUS_")}
+        environ.update({"ADAFOCUS_DECODE_WORKERS": "2", "ADAFOCUS_TORCH_THREADS": "1", "ADAFOCUS_DEVICE": "cpu"})
+        environ.update({f"ADAFOCUS_{k.upper()}": str(v) for k, v in env.items()})
+        entry = Path(sys.executable).parent / "adafocus"  # the installed console script, as a user runs it
+        cmd = [str(entry), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--bundle", str(bundle)]
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=environ)
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        limit = time.monotonic() + timeout
+        while time.monotonic() < limit:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+        return int(self.process.returncode)
+
+
+def ramp(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A moving pattern (different per seed) so that videos differ: (T, H, W, 3) uint8."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (height // 4 + 1, width // 4 + 1, 3), dtype=np.uint8).repeat(4, 0).repeat(4, 1)
+    return np.stack([np.roll(base, 2 * t, axis=1)[:height, :width] for t in range(frames)])
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "tiny")
+
+
+def serve(bundle: Path, tmp: Path, **env: Any) -> Iterator[Server]:
+    server = Server(bundle, tmp / "server.log", **env)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
