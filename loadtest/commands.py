@@ -54,6 +54,57 @@ def register(sub: Any) -> None:
     lt.add_argument("--quick", action="store_true", help=f"short phases: under {QUICK_TOTAL_S:.0f}s of sending in all")
     lt.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
     lt.set_defaults(handler=run_loadtest)
+    _register_bench(sub)
+
+
+def _register_bench(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="in-process benchmarks: the batching engine, the decoder")
+    kinds = bench.add_subparsers(dest="bench", required=True, metavar="KIND")
+    eng = kinds.add_parser(
+        "engine",
+        help="continuous vs drain vs single on pre-decoded clips, at saturation and fixed arrival rates",
+        description="Runs the engine in-process (decoding out of the measurement) in every mode side by side, for "
+        "each budget level; reports videos/s, latency, batch sizes, GMACs, runner busy fraction and mode ratios.",
+    )
+    src = eng.add_mutually_exclusive_group()
+    src.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle, if present)")
+    src.add_argument("--config", default=None, help="named config with RANDOM weights: tiny, default, paper-mn2-r50")
+    eng.add_argument("--modes", type=_names, default=("continuous", "drain", "single"), help="engine modes")
+    eng.add_argument("--levels", type=_names, default=(), help="budget levels (default: all)")
+    eng.add_argument("--requests", type=int, default=256, help="requests per saturation run (default 256)")
+    eng.add_argument("--repeats", type=int, default=3, help="saturation runs per mode; median reported (default 3)")
+    eng.add_argument("--rates", type=_floats, default=(), help="arrival rates in videos/s (default: fractions)")
+    eng.add_argument(
+        "--rate-fractions", type=_floats, default=(0.3, 0.6, 0.9), help="rates as fractions of continuous saturation"
+    )
+    eng.add_argument("--rate-duration", type=float, default=5.0, help="seconds of arrivals per rate run (default 5)")
+    eng.add_argument("--deadline", type=float, default=5.0, help="per-request deadline in rate runs (default 5 s)")
+    eng.add_argument("--max-batch", type=int, default=32)
+    eng.add_argument("--max-active", type=int, default=64)
+    eng.add_argument("--clips", type=int, default=64, help="distinct pre-decoded clips (default 64)")
+    eng.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    eng.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    eng.add_argument("--seed", type=int, default=0)
+    eng.add_argument("--plot", default=None, help="write a PNG of p99 vs load and saturation throughput here")
+    eng.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    eng.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    eng.set_defaults(handler=run_bench_engine)
+
+    dec = kinds.add_parser(
+        "decode",
+        help="clips/s of the decoder in 1..N worker processes on H.264 (short/long GOP) and VP9 files",
+    )
+    dec.add_argument("--seconds", type=float, default=10.0, help="length of the encoded videos (default 10)")
+    dec.add_argument("--width", type=int, default=640)
+    dec.add_argument("--height", type=int, default=360)
+    dec.add_argument("--fps", type=int, default=30)
+    dec.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip (default 16)")
+    dec.add_argument("--size", type=int, default=96, help="side of the decoded clip (default 96)")
+    dec.add_argument("--max-workers", type=int, default=None, help="up to this many processes (default: CPU count)")
+    dec.add_argument("--clips-per-worker", type=int, default=6)
+    dec.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    dec.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    dec.set_defaults(handler=run_bench_decode)
 
 
 def _quick_duration(args: argparse.Namespace, phases: int) -> float:
@@ -127,4 +178,75 @@ def run_loadtest(args: argparse.Namespace) -> int:
             sys.stdout.write(format_phase(phase) + "\n")
         for path in result.get("plots", []):
             sys.stdout.write(f"plot: {path}\n")
+    return 0
+
+
+def run_bench_engine(args: argparse.Namespace) -> int:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return _bench_engine(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _bench_engine(args: argparse.Namespace) -> int:
+    from loadtest.engine_bench import EngineBenchConfig, format_engine, load_workload, run_engine_bench
+
+    work = load_workload(args.bundle, args.config, args.clips, args.seed)
+    levels = tuple(args.levels)
+    if args.quick and not levels:
+        names = [lvl.name for lvl in work.budgets.levels]  # cheapest and most expensive
+        levels = tuple(dict.fromkeys([names[0], names[-1]]))
+    cfg = EngineBenchConfig(
+        modes=tuple(args.modes),
+        levels=levels,
+        saturation_requests=64 if args.quick else args.requests,
+        repeats=1 if args.quick else args.repeats,
+        rates=tuple(args.rates),
+        rate_fractions=(0.5,) if args.quick else tuple(args.rate_fractions),
+        rate_duration_s=1.5 if args.quick else args.rate_duration,
+        deadline_s=2.0 if args.quick else args.deadline,
+        max_batch=args.max_batch,
+        max_active=args.max_active,
+        clips=args.clips,
+        seed=args.seed,
+        device=args.device,
+    )
+
+    def log(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    result = run_engine_bench(work, cfg, log)
+    if args.plot:
+        from loadtest.plots import plot_engine_modes
+
+        made = plot_engine_modes(result, Path(args.plot), title=f"{result['model']}: {result['source']}")
+        result["plot"] = str(made) if made else None
+    if args.json:
+        write_json(result)
+    else:
+        sys.stdout.write(format_engine(result) + "\n")
+    return 0
+
+
+def run_bench_decode(args: argparse.Namespace) -> int:
+    import os
+
+    from loadtest.decode_bench import DecodeBenchConfig, format_decode, run_decode_bench
+
+    workers = args.max_workers or os.cpu_count() or 1
+    if args.quick:
+        cfg = DecodeBenchConfig(2.0, args.fps, 320, 180, args.num_frames, args.size, min(workers, 2), 3)
+    else:
+        cfg = DecodeBenchConfig(
+            args.seconds, args.fps, args.width, args.height, args.num_frames, args.size, workers, args.clips_per_worker
+        )
+    result = run_decode_bench(cfg)
+    if args.json:
+        write_json(result)
+    else:
+        sys.stdout.write(format_decode(result) + "\n")
     return 0

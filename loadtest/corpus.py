@@ -65,11 +65,12 @@ def _read_labels(path: Path) -> dict[str, tuple[str | None, int | None]]:
             raise CorpusError(f"{path}: needs a 'filename' column, has {sorted(fields)}")
         out: dict[str, tuple[str | None, int | None]] = {}
         for row in reader:
-            name = (row.get("class_name") or row.get("label") or "").strip() or None
-            raw_id = (row.get("class_id") or "").strip()
-            class_id = int(raw_id) if raw_id.lstrip("-").isdigit() else None
-            if class_id is None and name is not None and name.isdigit():
-                class_id, name = int(name), None  # a numeric ``label`` column is a class id
+            name = (row.get("class_name") or "").strip() or None
+            label = (row.get("label") or "").strip()
+            raw_id = (row.get("class_id") or "").strip() or label  # a numeric ``label`` column is a class id
+            class_id = int(raw_id) if raw_id.isdigit() else None
+            if name is None and label and not label.isdigit():
+                name = label
             out[Path(row["filename"]).name] = (name, class_id)
     return out
 

@@ -1,0 +1,390 @@
+"""``adafocus bench engine``: the batching engine in-process on pre-decoded clips, every mode in one run.
+
+For each budget level, the same clips go through one engine per mode (``continuous``, ``drain``, ``single``),
+run side by side in this process so that machine noise hits every mode alike:
+- at saturation: every request submitted at once; videos/s from the first submit to the last answer;
+- at fixed Poisson arrival rates (by default fractions of the continuous saturation throughput just measured):
+  latency counts from the intended arrival time, and a request that misses its deadline counts as an error and
+  as a latency of at least the deadline (so an overloaded mode cannot look fast by dropping work).
+Reported per run: videos/s, latency p50/p90/p99/max, mean batch size per stage, GMACs/video, achieved GMACs/s,
+the runner's busy fraction (seconds inside glance/focus steps over the run's wall time), accuracy when the clips
+have labels; and the ratios of continuous to the other modes. Decoding is out of the measurement.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from loadtest.report import latency_summary
+from loadtest.schedule import Bound, poisson_arrivals
+from model.adafocus import AdaFocusV3
+from model.budgets import BudgetLevel, BudgetTable, exit_scores
+from model.config import AdaFocusConfig, get_config
+from model.cost import CostReport, cost_report
+from service.engine.engine import Engine
+from service.engine.errors import EngineError
+from service.engine.observer import StatsObserver
+from service.engine.runner import TorchRunner
+from service.engine.types import ENGINE_MODES, EngineConfig, EngineMode, EngineRequest, EngineResult
+
+
+@dataclass(frozen=True)
+class EngineBenchConfig:
+    modes: tuple[EngineMode, ...] = ENGINE_MODES
+    levels: tuple[str, ...] = ()  # budget levels to run; () = every level of the table
+    saturation_requests: int = 256  # requests submitted at once per saturation run
+    repeats: int = 1  # saturation runs per mode (interleaved across modes); the median is reported
+    rates: tuple[float, ...] = ()  # absolute arrival rates (videos/s); () = rate_fractions of continuous saturation
+    rate_fractions: tuple[float, ...] = (0.3, 0.6, 0.9)
+    rate_duration_s: float = 5.0  # arrivals per rate run: a Poisson stream this long
+    deadline_s: float = 5.0  # per request in rate runs (engine deadline); late = error, latency >= deadline
+    max_batch: int = 32
+    max_active: int = 64
+    clips: int = 64  # distinct pre-decoded clips, reused round-robin
+    seed: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class _Recorder:
+    """An EngineObserver that forwards to a StatsObserver swapped in per run."""
+
+    current: StatsObserver = field(default_factory=StatsObserver)
+
+    def reset(self) -> StatsObserver:
+        self.current = StatsObserver()
+        return self.current
+
+    def on_step(self, stage: Any, batch_size: int, seconds: float) -> None:
+        self.current.on_step(stage, batch_size, seconds)
+
+    def on_result(self, result: EngineResult) -> None:
+        self.current.on_result(result)
+
+    def on_queue(self, queue_depth: int, active: int) -> None:
+        self.current.on_queue(queue_depth, active)
+
+    def on_budget(self, name: str, version: int) -> None:
+        self.current.on_budget(name, version)
+
+    def on_reject(self, reason: str) -> None:
+        self.current.on_reject(reason)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the bench serves: the model, its budget table and costs, and pre-decoded clips."""
+
+    model: AdaFocusV3
+    budgets: BudgetTable
+    costs: CostReport
+    frames: np.ndarray  # (N, T, H, W, 3) uint8
+    labels: np.ndarray | None  # (N,) int64 ground truth, when the clips have it
+    source: str  # where the weights and budgets came from, for the report
+    clip_source: str
+
+
+# ---------------------------------------------------------------------------------------------- workload
+def make_clips(config: AdaFocusConfig, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Synthetic-benchmark clips at the model's input size (test split seed), else random pixels."""
+    try:
+        from model.synth import SynthConfig, make_batch
+
+        synth = SynthConfig(num_frames=config.num_frames, size=config.frame_size, num_classes=config.num_classes)
+        frames, labels, _ = make_batch(synth, 2 + seed, list(range(count)))
+        return frames, labels, f"model.synth clips (seed {2 + seed}), {count} distinct"
+    except (ImportError, ValueError) as exc:
+        rng = np.random.default_rng(seed)
+        shape = (count, config.num_frames, config.frame_size, config.frame_size, 3)
+        return rng.integers(0, 256, shape, dtype=np.uint8), None, f"random uint8 clips ({exc})"
+
+
+def quantile_budgets(model: AdaFocusV3, costs: CostReport, frames: np.ndarray) -> BudgetTable:
+    """A hand-made budget table for a model without calibrated thresholds (random weights): at level ``q`` the
+    threshold of every exit is the ``q``-quantile of that exit's entropy on these clips, so cheaper levels stop
+    earlier. ``max`` (all zeros) runs every cube. Expected GMACs come from the same clips; accuracy is unknown."""
+    with torch.inference_mode():
+        video = torch.from_numpy(frames).permute(0, 4, 1, 2, 3)  # (N, 3, T, H, W) uint8
+        logits = model.eval()(video).exit_logits  # (N, K + 1, C)
+    entropy = torch.stack([exit_scores(logits[:, k], "entropy") for k in range(logits.shape[1])], 1)  # (N, K + 1)
+    K = logits.shape[1] - 1
+    levels = []
+    for name, q in (("min", 0.8), ("low", 0.5), ("balanced", 0.3), ("high", 0.1), ("max", 0.0)):
+        thresholds = [float(torch.quantile(entropy[:, k], q)) if q > 0 else 0.0 for k in range(K)] + [0.0]
+        meets = entropy <= torch.tensor(thresholds)  # (N, K + 1)
+        meets[:, K] = True
+        exit_at = meets.float().argmax(1)  # (N,) first exit that meets its threshold
+        gmacs = float(np.mean([costs.exit_gmacs[int(k)] for k in exit_at]))
+        levels.append(BudgetLevel(name, tuple(thresholds), gmacs, 0.0))
+    return BudgetTable("entropy", tuple(sorted(levels, key=lambda lvl: lvl.expected_gmacs)), "balanced")
+
+
+def load_workload(bundle: str | None, config: str | None, clips: int, seed: int) -> Workload:
+    """The shipped (or named) bundle; with ``config``, that named config with random weights."""
+    if config is None:
+        from model.bundle import DEFAULT_BUNDLE, load_bundle
+
+        path = bundle or (str(DEFAULT_BUNDLE) if (DEFAULT_BUNDLE / "manifest.json").exists() else None)
+        if path is not None:
+            loaded = load_bundle(path)
+            frames, labels, clip_source = make_clips(loaded.config, clips, seed)
+            costs = cost_report(loaded.model)
+            source = f"bundle {loaded.path} (sha256 {loaded.sha256[:12]})"
+            return Workload(loaded.model.eval(), loaded.budgets, costs, frames, labels, source, clip_source)
+        config = "default"
+    torch.manual_seed(seed)
+    model = AdaFocusV3(get_config(config)).eval()
+    costs = cost_report(model)
+    frames, labels, clip_source = make_clips(model.config, clips, seed)
+    budgets = quantile_budgets(model, costs, frames)
+    source = f"config {config!r} with RANDOM weights (no bundle); budget levels hand-made from entropy quantiles"
+    return Workload(model, budgets, costs, frames, labels, source, clip_source)
+
+
+# ---------------------------------------------------------------------------------------------- one run
+@dataclass
+class _Run:
+    """The futures and times of one run; done times are stamped by the engine's runner thread."""
+
+    intended: list[float] = field(default_factory=list)
+    done: list[float | None] = field(default_factory=list)
+    futures: list[Future[EngineResult]] = field(default_factory=list)
+    rejected: int = 0
+
+    def track(self, future: Future[EngineResult], intended: float) -> None:
+        index = len(self.done)
+        self.intended.append(intended)
+        self.done.append(None)
+        self.futures.append(future)
+
+        def stamp(_: Future[EngineResult]) -> None:
+            self.done[index] = time.monotonic()
+
+        future.add_done_callback(stamp)
+
+
+def _request(work: Workload, i: int, deadline: float | None) -> EngineRequest:
+    n = len(work.frames)
+    label = None if work.labels is None else int(work.labels[i % n])
+    return EngineRequest(frames=work.frames[i % n], deadline=deadline, label=label)
+
+
+def _summarize(
+    run: _Run, stats: StatsObserver, work: Workload, deadline_s: float | None, started: float
+) -> dict[str, Any]:
+    results: list[EngineResult] = []
+    labels: list[int | None] = []
+    latencies: list[float] = []
+    failed: dict[str, int] = {}
+    for i, future in enumerate(run.futures):
+        exc = future.exception()
+        if exc is not None:
+            failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
+            latencies.append(deadline_s if deadline_s is not None else float("nan"))
+            continue
+        results.append(future.result())
+        labels.append(None if work.labels is None else int(work.labels[i % len(work.labels)]))
+        done = run.done[i]
+        assert done is not None
+        latencies.append(done - run.intended[i])
+    end = max((d for d in run.done if d is not None), default=started)
+    wall = max(end - started, 1e-9)
+    gmacs = [r.gmacs for r in results]
+    glance, focus = stats.batch_sizes("glance"), stats.batch_sizes("focus")
+    judged = [r.class_id == y for r, y in zip(results, labels, strict=True) if y is not None]
+    exits: dict[str, int] = {}
+    for r in results:
+        exits[str(r.exit_step)] = exits.get(str(r.exit_step), 0) + 1
+    return {
+        "submitted": len(run.futures),
+        "completed": len(results),
+        "failed": failed,
+        "rejected": run.rejected,
+        "wall_s": wall,
+        "videos_per_s": len(results) / wall,
+        "latency_s": latency_summary(latencies),
+        "latency_lower_bound": bool(failed),  # failures counted as the deadline: true latency is higher
+        "mean_batch": {
+            "glance": statistics.fmean(glance) if glance else 0.0,
+            "focus": statistics.fmean(focus) if focus else 0.0,
+        },
+        "steps": {"glance": len(glance), "focus": len(focus)},
+        "gmacs_per_video": statistics.fmean(gmacs) if gmacs else 0.0,
+        "gmacs_per_s": sum(gmacs) / wall,
+        "busy_fraction": min(1.0, stats.busy_seconds() / wall),
+        "exit_steps": dict(sorted(exits.items())),
+        "accuracy": statistics.fmean(judged) if judged else None,
+    }
+
+
+def saturation_run(engine: Engine, recorder: _Recorder, work: Workload, count: int) -> dict[str, Any]:
+    """Every request submitted at once; the engine's queue holds them all."""
+    stats = recorder.reset()
+    run = _Run()
+    started = time.monotonic()
+    for i in range(count):
+        run.track(engine.submit(_request(work, i, None)), started)
+    for future in run.futures:
+        future.exception()  # wait
+    return _summarize(run, stats, work, None, started)
+
+
+def rate_run(
+    engine: Engine, recorder: _Recorder, work: Workload, rate: float, cfg: EngineBenchConfig, seed: int
+) -> dict[str, Any]:
+    """Poisson arrivals at ``rate``; latency from the intended arrival time; deadline misses are errors."""
+    stats = recorder.reset()
+    run = _Run()
+    arrivals = poisson_arrivals(rate, Bound(duration_s=cfg.rate_duration_s), seed)
+    started = time.monotonic()
+    for i, offset in enumerate(arrivals):
+        intended = started + float(offset)
+        delay = intended - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            run.track(engine.submit(_request(work, i, intended + cfg.deadline_s)), intended)
+        except EngineError:
+            run.rejected += 1
+    for future in run.futures:
+        future.exception()
+    return _summarize(run, stats, work, cfg.deadline_s, started)
+
+
+# ---------------------------------------------------------------------------------------------- the bench
+def _engines(work: Workload, cfg: EngineBenchConfig) -> dict[EngineMode, tuple[Engine, _Recorder]]:
+    runner = TorchRunner(work.model, cfg.device)  # one model, one runner: the engines run one at a time
+    queue = max(cfg.saturation_requests, 4096)
+    engines = {}
+    for mode in cfg.modes:
+        recorder = _Recorder()
+        config = EngineConfig(mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue)
+        engine = Engine(runner, work.model.config, work.budgets, work.costs, config, recorder)
+        engine.start()
+        engine.warmup()
+        engines[mode] = (engine, recorder)
+    return engines
+
+
+def _ratios(runs: Sequence[dict[str, Any]], modes: Sequence[EngineMode]) -> dict[str, Any]:
+    if "continuous" not in modes:
+        return {}
+    sat = {r["mode"]: r for r in runs if r["offered_rate"] is None}
+    out: dict[str, Any] = {"saturation_videos_per_s": {}, "p99_at_rate": {}}
+    for mode in modes:
+        if mode != "continuous":
+            out["saturation_videos_per_s"][f"continuous/{mode}"] = (
+                sat["continuous"]["videos_per_s"] / sat[mode]["videos_per_s"]
+            )
+    for rate in sorted({r["offered_rate"] for r in runs if r["offered_rate"] is not None}):
+        at = {r["mode"]: r for r in runs if r["offered_rate"] == rate}
+        cont = at["continuous"]["latency_s"]["p99"]
+        out["p99_at_rate"][f"{rate:.4g}"] = {
+            f"{mode}/continuous": at[mode]["latency_s"]["p99"] / cont for mode in modes if mode != "continuous"
+        }
+    return out
+
+
+def run_level(
+    engines: dict[EngineMode, tuple[Engine, _Recorder]],
+    work: Workload,
+    cfg: EngineBenchConfig,
+    level: str,
+    log: Any,
+) -> dict[str, Any]:
+    for engine, _ in engines.values():
+        engine.set_budget_level(level)
+    samples: dict[EngineMode, list[dict[str, Any]]] = {m: [] for m in engines}
+    for engine, recorder in engines.values():  # unmeasured: first calls at new batch sizes are slow (oneDNN set-up)
+        saturation_run(engine, recorder, work, min(cfg.saturation_requests, 4 * cfg.max_batch))
+    for rep in range(cfg.repeats):
+        for mode, (engine, recorder) in engines.items():
+            samples[mode].append(saturation_run(engine, recorder, work, cfg.saturation_requests))
+            log(f"{level:>10s} {mode:>10s} saturation #{rep + 1}: {samples[mode][-1]['videos_per_s']:.1f} videos/s")
+    runs = []
+    for mode, reps in samples.items():
+        best = sorted(reps, key=lambda r: r["videos_per_s"])[len(reps) // 2]  # the median run
+        runs.append(
+            best | {"mode": mode, "offered_rate": None, "repeats_videos_per_s": [r["videos_per_s"] for r in reps]}
+        )
+    base = next((r["videos_per_s"] for r in runs if r["mode"] == "continuous"), runs[0]["videos_per_s"])
+    rates = cfg.rates or tuple(round(f * base, 2) for f in cfg.rate_fractions)
+    for j, rate in enumerate(rates):
+        for mode, (engine, recorder) in engines.items():
+            run = rate_run(engine, recorder, work, rate, cfg, cfg.seed + j)
+            runs.append(run | {"mode": mode, "offered_rate": rate})
+            p99, served = run["latency_s"]["p99"] * 1e3, run["videos_per_s"]
+            log(f"{level:>10s} {mode:>10s} rate {rate:.1f}/s: p99 {p99:.0f} ms, {served:.1f} videos/s")
+    return {"budget": level, "runs": runs, "ratios": _ratios(runs, list(engines))}
+
+
+def run_engine_bench(work: Workload, cfg: EngineBenchConfig, log: Any = lambda _: None) -> dict[str, Any]:
+    names = list(cfg.levels) or [lvl.name for lvl in work.budgets.levels]
+    engines = _engines(work, cfg)
+    try:
+        levels = [run_level(engines, work, cfg, name, log) for name in names]
+    finally:
+        for engine, _ in engines.values():
+            engine.shutdown(drain=True, timeout=30)
+    return {
+        "model": work.model.config.name,
+        "source": work.source,
+        "clips": work.clip_source,
+        "device": _device_name(cfg.device),
+        "torch_threads": torch.get_num_threads(),
+        "engine": {"max_batch": cfg.max_batch, "max_active": cfg.max_active},
+        "settings": {
+            "saturation_requests": cfg.saturation_requests,
+            "repeats": cfg.repeats,
+            "rate_duration_s": cfg.rate_duration_s,
+            "deadline_s": cfg.deadline_s,
+        },
+        "modes": list(cfg.modes),
+        "levels": levels,
+    }
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(torch.device(device))
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {threading.active_count()} threads alive)"
+
+
+# ---------------------------------------------------------------------------------------------- text
+def format_engine(result: dict[str, Any]) -> str:
+    lines = [
+        f"model {result['model']}: {result['source']}",
+        f"clips: {result['clips']}; device {result['device']}; torch threads {result['torch_threads']}",
+        f"{'budget':<10s} {'mode':<10s} {'load':>10s} {'videos/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'glance b':>8s} {'focus b':>8s} {'GMACs/v':>8s} {'GMACs/s':>8s} {'busy':>5s} {'err':>4s}",
+    ]
+    for level in result["levels"]:
+        for r in level["runs"]:
+            load = "saturate" if r["offered_rate"] is None else f"{r['offered_rate']:.1f}/s"
+            lat = r["latency_s"]
+            err = sum(r["failed"].values()) + r["rejected"]
+            mark = ">" if r["latency_lower_bound"] else " "
+            lines.append(
+                f"{level['budget']:<10s} {r['mode']:<10s} {load:>10s} {r['videos_per_s']:>9.1f} "
+                f"{lat['p50'] * 1e3:>8.1f} {mark}{lat['p99'] * 1e3:>7.1f} {r['mean_batch']['glance']:>8.1f} "
+                f"{r['mean_batch']['focus']:>8.1f} {r['gmacs_per_video']:>8.4f} {r['gmacs_per_s']:>8.2f} "
+                f"{r['busy_fraction']:>5.2f} {err:>4d}"
+            )
+        ratios = level["ratios"]
+        if ratios:
+            sat = ", ".join(f"{k} {v:.2f}x" for k, v in ratios["saturation_videos_per_s"].items())
+            lines.append(f"{'':<10s} saturation throughput: {sat}")
+            for rate, vals in ratios["p99_at_rate"].items():
+                lines.append(f"{'':<10s} p99 at {rate}/s: " + ", ".join(f"{k} {v:.2f}x" for k, v in vals.items()))
+    return "\n".join(lines)
