@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -521,12 +521,14 @@ def build_engine(
     device: str | torch.device = "cpu",
     observer: EngineObserver | None = None,
     clock: Callable[[], float] = time.monotonic,
+    **runner_options: Any,
 ) -> Engine:
-    """An engine over ``model`` with the chosen backend (not started)."""
+    """An engine over ``model`` with the chosen backend (not started); ``runner_options`` go to
+    ``service.engine.backends.create_runner`` (e.g. ``cache_dir`` for the on-the-fly ONNX export)."""
     from service.engine.backends import create_runner
 
     costs = cost_report(model)
-    runner = create_runner(model.eval(), backend, device)
+    runner = create_runner(model.eval(), backend, device, max_batch=config.max_batch, **runner_options)
     return Engine(runner, model.config, budgets, costs, config, observer, clock)
 
 
