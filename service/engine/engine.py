@@ -161,10 +161,10 @@ class Engine:
         if self._thread is None:
             fn()
             return
-        if self._stopping:
-            raise EngineDraining("the engine is shutting down")
         done: Future[None] = Future()
-        with self._lock:
+        with self._lock:  # the runner thread only exits under the lock, once stopping with no jobs left
+            if self._stopping:
+                raise EngineDraining("the engine is shutting down")
             self._jobs.append((fn, done))
             self._work.notify()
         done.result()
