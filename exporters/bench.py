@@ -28,9 +28,11 @@ import torch
 from exporters.onnx_export import export_bundle, model_specs
 from exporters.validate import load_clips
 from model.adafocus import AdaFocusV3, FocusState
-from model.bundle import Bundle
+from model.budgets import BudgetLevel, BudgetTable, exit_scores
+from model.bundle import Bundle, load_bundle, save_bundle
+from model.config import get_config
 from model.cost import cost_report
-from service.engine.backends import load_model_source, probe_inputs
+from service.engine.backends import ModelSource, load_model_source, probe_inputs
 from service.engine.engine import Engine, run_offline
 from service.engine.observer import StatsObserver
 from service.engine.onnx_runner import OnnxRunner, OrtOptions
@@ -140,14 +142,63 @@ def engine_throughput(runners: list[Runner], bundle: Bundle, cfg: BenchConfig) -
     }
 
 
-def run_bench(bundle_path: str | None, export_dir: str | None, cfg: BenchConfig) -> dict[str, Any]:
+def random_bundle(config_name: str, path: Path, clips: int = 32) -> Bundle:
+    """An untrained bundle of a named config whose exits spread like a trained one's (for timing only).
+
+    Random f_C heads and policy scaled up so that predictions, exit scores and cube positions vary; threshold
+    sets at the median (``fast``) and the 20% quantile (``mid``) of each exit's entropy, and ``full`` (no exit).
+    """
+    torch.manual_seed(0)
+    config = get_config(config_name)
+    model = AdaFocusV3(config)
+    with torch.no_grad():
+        torch.nn.init.normal_(model.classifier.head_weight, std=1.0)
+        torch.nn.init.normal_(model.policy.head.weight, std=1.0)
+    model.eval()
+    frames, _ = load_clips(config, clips, seed=1)
+    with torch.inference_mode():
+        logits = model(frames).exit_logits  # (N, K + 1, classes)
+    scores = exit_scores(logits.flatten(0, 1), "entropy").view(clips, -1).sort(dim=0).values  # (N, K + 1)
+    K = config.num_cubes
+
+    def quantile(q: float) -> tuple[float, ...]:  # exit k stops the q-fraction of clips with the lowest entropy
+        return (*(float(scores[int(q * (clips - 1)), k]) for k in range(K)), 0.0)
+
+    levels = (
+        BudgetLevel("fast", quantile(0.5), 0.0, 0.0),
+        BudgetLevel("mid", quantile(0.2), 0.0, 0.0),
+        BudgetLevel("full", (0.0,) * (K + 1), 0.0, 0.0),
+    )
+    card = f"# untrained {config_name} bundle for runner benchmarks (random weights)\n"
+    save_bundle(path, model, BudgetTable("entropy", levels, "mid"), card)
+    return load_bundle(path)
+
+
+def run_bench(
+    bundle_path: str | None, export_dir: str | None, cfg: BenchConfig, config_name: str | None = None
+) -> dict[str, Any]:
+    """``config_name`` benchmarks an untrained bundle of that config instead of ``bundle_path``."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
-    source = load_model_source(bundle_path)
-    bundle = source.bundle
+    try:
+        return _run_bench(bundle_path, export_dir, cfg, config_name)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_bench(
+    bundle_path: str | None, export_dir: str | None, cfg: BenchConfig, config_name: str | None
+) -> dict[str, Any]:
+    load_start = os.getloadavg()[0]  # the machine is shared: report how busy it was
     with tempfile.TemporaryDirectory(prefix="adafocus-bench-onnx-") as tmp:
+        if config_name is not None:
+            source = ModelSource(random_bundle(config_name, Path(tmp) / "bundle"), None)
+        else:
+            source = load_model_source(bundle_path)
+        bundle = source.bundle
         export = Path(export_dir) if export_dir else source.export_dir
         if export is None:
-            export = Path(tmp)
+            export = Path(tmp) / "onnx"
             export_bundle(bundle, export, parity_clips=4)
         runners: list[Runner] = [
             TorchRunner(bundle.model, "cpu"),
@@ -161,8 +212,13 @@ def run_bench(bundle_path: str | None, export_dir: str | None, cfg: BenchConfig)
         "command": "adafocus " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
         "date_utc": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
         "machine": f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU",
+        "load_average_1m": {"start": load_start, "end": os.getloadavg()[0]},
         "versions": {"torch": torch.__version__, "onnxruntime": ort.__version__},
-        "bundle": {"path": str(bundle.path), "sha256": bundle.sha256, "config": bundle.config.name},
+        "bundle": {
+            "path": str(bundle.path) if config_name is None else f"untrained {config_name} (--config)",
+            "sha256": bundle.sha256,
+            "config": bundle.config.name,
+        },
         "budget": cfg.budget or bundle.budgets.default,
         "config": asdict(cfg),
         "stages": stages,
@@ -175,7 +231,8 @@ def format_markdown(results: dict[str, Any]) -> str:
         f"`{results['command']}` ({results['date_utc']} UTC, {results['machine']}, torch "
         f"{results['versions']['torch']}, onnxruntime {results['versions']['onnxruntime']}, "
         f"{results['config']['threads']} threads each; bundle `{results['bundle']['config']}` "
-        f"{results['bundle']['sha256'][:12]}, budget `{results['budget']}`)",
+        f"{results['bundle']['sha256'][:12]}, budget `{results['budget']}`; 1-minute load average "
+        f"{results['load_average_1m']['start']:.1f} at the start, {results['load_average_1m']['end']:.1f} at the end)",
         "",
         "Per-stage latency, median ms per call (focus batches mix step indices):",
         "",

@@ -28,7 +28,9 @@ def register(sub: Any) -> None:
     bench = sub.add_parser(
         "bench-runners", help="PyTorch vs ONNX Runtime runner: per-step latency and engine throughput, one run"
     )
-    bench.add_argument("--bundle", default=None, help="bundle or ONNX export directory (default: shipped bundle)")
+    src = bench.add_mutually_exclusive_group()
+    src.add_argument("--bundle", default=None, help="bundle or ONNX export directory (default: shipped bundle)")
+    src.add_argument("--config", default=None, help="time an untrained bundle of this named config instead")
     bench.add_argument("--export", default=None, help="ONNX export directory (default: export into a temp dir)")
     bench.add_argument("--batches", default="1,4,8,16,32", help="stage batch sizes to time (default 1,4,8,16,32)")
     bench.add_argument("--repeats", type=int, default=7, help="timed calls per stage and batch size (default 7)")
@@ -84,7 +86,7 @@ def run_bench_runners(args: argparse.Namespace) -> int:
         budget=args.budget,
         threads=args.threads,
     )
-    results = run_bench(args.bundle, args.export, cfg)
+    results = run_bench(args.bundle, args.export, cfg, args.config)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.markdown:
