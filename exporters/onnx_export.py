@@ -125,14 +125,17 @@ def export_graph(
             )
 
 
-def check_graph(path: Path, spec: GraphSpec) -> None:
-    """ONNX checker (full, with shape inference) plus the input/output names the runner binds to."""
+def check_graph(path: Path, spec: GraphSpec) -> int:
+    """ONNX checker (full, with shape inference) plus the input/output names the runner binds to.
+
+    Returns the graph's actual default-domain opset (the dynamo exporter may raise the one asked for)."""
     graph_model = onnx.load(str(path))
     onnx.checker.check_model(graph_model, full_check=True)
     inputs = [i.name for i in graph_model.graph.input]
     outputs = [o.name for o in graph_model.graph.output]
     if inputs != [t.name for t in spec.inputs] or outputs != [t.name for t in spec.outputs]:
         raise ExportError(f"{path.name}: graph has inputs {inputs} / outputs {outputs}, expected {spec}")
+    return max(o.version for o in graph_model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 @dataclass(frozen=True)
@@ -151,16 +154,18 @@ def export_model(
     modules = {"glance": GlanceGraph(model).eval(), "focus": FocusGraph(model).eval()}
     order: list[Exporter] = ["torchscript", "dynamo"] if options.exporter == "auto" else [options.exporter]
     used: Exporter | None = None
+    opsets: list[int] = []
     for exporter in order:
         try:
             for name, module in modules.items():
                 start = time.perf_counter()
                 export_graph(module, inputs[name], specs[name], out_dir / GRAPH_FILES[name], options.opset, exporter)
-                check_graph(out_dir / GRAPH_FILES[name], specs[name])
+                opsets.append(check_graph(out_dir / GRAPH_FILES[name], specs[name]))
                 log.info("exported %s with the %s exporter in %.1f s", name, exporter, time.perf_counter() - start)
             used = exporter
             break
         except Exception as exc:  # try the next exporter, report all failures together
+            opsets.clear()
             log.warning("the %s ONNX exporter failed: %s", exporter, exc)
         finally:
             model.eval()  # torch.onnx.export restores the wrapper's training flag onto the model: undo it
@@ -169,7 +174,7 @@ def export_model(
     manifest = ExportManifest(
         bundle_sha256=bundle_sha256,
         config_name=model.config.name,
-        opset=options.opset,
+        opset=max(opsets),
         exporter=used,
         torch_version=torch.__version__,
         onnx_version=onnx.__version__,
