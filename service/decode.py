@@ -31,6 +31,7 @@ from service.errors import BadUpload, DecodeBusy, DecoderCrashed, UploadTooLarge
 log = logging.getLogger(__name__)
 
 JobFn = Callable[[Source, int, int, DecodeLimits], np.ndarray]
+STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports numpy and PyAV before it reports ready
 # Extra wall time a worker gets past the decoder's own max_decode_s check before it is killed.
 KILL_GRACE_S = 2.0
 
@@ -102,6 +103,7 @@ class Decoded:
 
 def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
     """Worker process: decode jobs from the pipe until it closes; errors go back as values."""
+    conn.send(("ready",))  # imports done: from here on, time limits measure decoding only
     while True:
         try:
             job: DecodeJob = conn.recv()
@@ -135,6 +137,15 @@ class _Worker:
         child.close()
         self.conn = parent
 
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> None:
+        assert self.conn is not None
+        try:
+            if self.conn.poll(timeout) and self.conn.recv() == ("ready",):
+                return
+        except (EOFError, OSError):
+            pass
+        raise RuntimeError(f"decoder worker {self.pid} did not start (exit code {self.process.exitcode})")
+
     def stop(self) -> None:
         if self.conn is not None:
             self.conn.close()
@@ -153,6 +164,7 @@ class _Worker:
             self.conn.close()
         self.restarts += 1
         self.start()
+        self.wait_ready()
 
     @property
     def pid(self) -> int | None:
@@ -170,8 +182,10 @@ class DecodePool:
         job_fn: JobFn = decode_clip,
         on_restart: Callable[[str], None] | None = None,
         start_method: str = "spawn",
+        kill_grace_s: float = KILL_GRACE_S,
     ) -> None:
         self.limits = limits
+        self.kill_grace_s = kill_grace_s
         self.max_pending = max_pending
         self.on_restart = on_restart or (lambda reason: None)
         ctx = mp.get_context(start_method)
@@ -183,8 +197,10 @@ class DecodePool:
         self._closed = False
 
     def start(self) -> None:
+        for worker in self._workers:
+            worker.start()  # all processes import in parallel
         for i, worker in enumerate(self._workers):
-            worker.start()
+            worker.wait_ready()
             name = f"decode-supervisor-{i}"
             thread = threading.Thread(target=self._supervise, args=(worker,), name=name, daemon=True)
             thread.start()
@@ -224,7 +240,7 @@ class DecodePool:
         for _ in self._threads:
             self._jobs.put(None)
         for thread in self._threads:
-            thread.join(timeout=self.limits.max_decode_s + KILL_GRACE_S + 1.0)
+            thread.join(timeout=self.limits.max_decode_s + self.kill_grace_s + 1.0)
         for worker in self._workers:
             worker.stop()
 
@@ -252,7 +268,7 @@ class DecodePool:
             assert worker.conn is not None
             worker.conn.send(job)
         try:
-            if not worker.conn.poll(self.limits.max_decode_s + KILL_GRACE_S):
+            if not worker.conn.poll(self.limits.max_decode_s + self.kill_grace_s):
                 log.warning("decoder worker %s overran %.1f s; killing it", worker.pid, self.limits.max_decode_s)
                 worker.kill_and_restart()
                 self.on_restart("timeout")
