@@ -11,6 +11,7 @@ fallback. Every graph passes ``onnx.checker.check_model(full_check=True)`` befor
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -147,8 +148,8 @@ class ExportOptions:
 def export_model(
     model: AdaFocusV3, out_dir: Path, bundle_sha256: str, options: ExportOptions = ExportOptions()
 ) -> ExportManifest:
-    """Write both graphs and the manifest into ``out_dir``; the model must be on CPU (it is put in eval mode)."""
-    model = model.cpu().eval()
+    """Write both graphs and the manifest into ``out_dir``; exports a CPU copy, ``model`` itself is untouched."""
+    model = copy.deepcopy(model).cpu().eval()
     specs = model_specs(model)
     inputs = example_inputs(model)
     modules = {"glance": GlanceGraph(model).eval(), "focus": FocusGraph(model).eval()}

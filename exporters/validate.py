@@ -9,6 +9,7 @@ Three checks, all through the engine's ``Runner`` protocol (so the ONNX Runtime 
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -230,7 +231,7 @@ def check_parity(
     from exporters.onnx_export import model_specs
     from service.engine.onnx_runner import OnnxRunner
 
-    model = model.cpu().eval()
+    model = copy.deepcopy(model).cpu().eval()  # the caller's model may live on a GPU: leave it there
     ref = TorchRunner(model, "cpu")
     onnx = OnnxRunner(export_dir, "cpu", bundle_sha256=source_sha256, expected=model_specs(model))
     clips, source = load_clips(model.config, options.clips, options.seed)
