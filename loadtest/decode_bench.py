@@ -1,24 +1,23 @@
 """``adafocus bench decode``: clips/s of the decoder in 1..N worker processes on real encoded files.
 
 The benchmark encodes its own files with PyAV (H.264 with a short and a long GOP, VP9), then decodes each to the
-model's T x S x S clip (``model.video.decode_clip``, the project's one decoder) in a process pool of 1..N
-workers, the way the service decodes uploads off the event loop.
+model's T x S x S clip with the service's own decoder pool (``service.decode.DecodePool``: supervised worker
+processes running ``model.video.decode_clip``) at 1..N workers, all jobs submitted at once.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from loadtest.encode import DECODE_SPECS, EncodeSpec, encode_spec, moving_frames
-from model.video import decode_clip
+from model.video import DecodeLimits
+from service.decode import DecodeJob, DecodePool
 
 
 @dataclass(frozen=True)
@@ -34,27 +33,27 @@ class DecodeBenchConfig:
     specs: tuple[EncodeSpec, ...] = DECODE_SPECS
 
 
-def _decode_one(path: str, num_frames: int, size: int) -> float:
-    started = time.perf_counter()
-    decode_clip(path, num_frames, size)
-    return time.perf_counter() - started
-
-
 def _measure(files: list[Path], cfg: DecodeBenchConfig, workers: int) -> dict[str, Any]:
     count = max(6, cfg.clips_per_worker * workers)
-    # spawn, not fork: the parent may hold torch's thread pools, which do not survive a fork
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    pool = DecodePool(workers, DecodeLimits(), max_pending=count + workers)
+    pool.start()
+    try:
         # one decode per worker first: process start-up and imports stay out of the measurement
-        list(pool.map(_decode_one, [str(files[0])] * workers, [cfg.num_frames] * workers, [cfg.size] * workers))
+        warm = [pool.submit(DecodeJob(str(files[0]), cfg.num_frames, cfg.size)) for _ in range(workers)]
+        for future in warm:
+            future.result()
         started = time.perf_counter()
-        paths = [str(files[i % len(files)]) for i in range(count)]
-        per_clip = list(pool.map(_decode_one, paths, [cfg.num_frames] * count, [cfg.size] * count))
+        jobs = [DecodeJob(str(files[i % len(files)]), cfg.num_frames, cfg.size) for i in range(count)]
+        decoded = [f.result() for f in [pool.submit(job) for job in jobs]]
         wall = time.perf_counter() - started
+    finally:
+        pool.shutdown()
+    assert all(d.frames.shape == (cfg.num_frames, cfg.size, cfg.size, 3) for d in decoded)
     return {
         "workers": workers,
         "clips": count,
         "clips_per_s": count / wall,
-        "ms_per_clip_median": statistics.median(per_clip) * 1e3,
+        "ms_per_clip_median": statistics.median(d.seconds for d in decoded) * 1e3,
     }
 
 
@@ -85,7 +84,7 @@ def run_decode_bench(cfg: DecodeBenchConfig, workdir: Path | None = None) -> dic
     return {
         "video": {"seconds": cfg.seconds, "fps": cfg.fps, "width": cfg.width, "height": cfg.height},
         "clip": {"num_frames": cfg.num_frames, "size": cfg.size},
-        "decoder": "model.video.decode_clip in a ProcessPoolExecutor",
+        "decoder": "service.decode.DecodePool (model.video.decode_clip in worker processes)",
         "cpu_count": os.cpu_count(),
         "formats": formats,
     }

@@ -21,6 +21,7 @@ import numpy as np
 from loadtest.corpus import Corpus, CorpusItem
 from loadtest.report import Sample, summarize
 from loadtest.schedule import Bound, poisson_arrivals
+from loadtest.server_metrics import phase_figures, scrape
 
 Mode = Literal["open", "closed"]
 
@@ -165,6 +166,7 @@ async def run_phase(
 ) -> dict[str, Any]:
     """One bounded phase at an offered ``rate`` (open loop) or at ``cfg.concurrency`` (rate None)."""
     loop = asyncio.get_running_loop()
+    before = await scrape(client)
     phase = _Phase(name=name, started=loop.time())
     ticker = asyncio.create_task(_progress(phase, cfg.bound, out)) if cfg.progress else None
     try:
@@ -177,6 +179,7 @@ async def run_phase(
             ticker.cancel()
             out.write("\n")
     result = summarize(phase.samples, phase.started, phase.not_sent)
+    result["server"] = phase_figures(before, await scrape(client), loop.time() - phase.started)
     result.update(phase=name, offered_rate=rate, concurrency=None if rate is not None else cfg.concurrency)
     return result
 
@@ -190,7 +193,7 @@ async def get_budget(client: httpx.AsyncClient) -> dict[str, Any]:
 
 async def put_budget(client: httpx.AsyncClient, token: str, name: str) -> dict[str, Any]:
     """Switch the server's active budget level; raises on any refusal (a sweep must not measure the wrong level)."""
-    response = await client.put("/budget", json={"name": name}, headers={"Authorization": f"Bearer {token}"})
+    response = await client.put("/budget", json={"level": name}, headers={"Authorization": f"Bearer {token}"})
     if response.status_code != 200:
         raise RuntimeError(f"PUT /budget {name!r} failed: {response.status_code} {response.text[:300]}")
     body: dict[str, Any] = response.json()

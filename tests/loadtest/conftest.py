@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import FastAPI, File, Form, Header, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from loadtest.encode import EncodeSpec, encode_spec, moving_frames
 
@@ -46,6 +47,13 @@ class Behaviour:
 
 def create_fake_app(behaviour: Behaviour) -> FastAPI:
     app = FastAPI()
+    registry = CollectorRegistry()
+    steps = Histogram("adafocus_step_duration_seconds", "model call time", ["stage"], registry=registry)
+    batches = Histogram("adafocus_batch_size", "samples per call", ["stage"], registry=registry)
+
+    @app.get("/metrics")
+    async def metrics() -> Any:
+        return PlainTextResponse(generate_latest(registry).decode())
 
     @app.post("/classify")
     async def classify(video: UploadFile = File(...), budget: str | None = Form(None)) -> Any:
@@ -59,6 +67,8 @@ def create_fake_app(behaviour: Behaviour) -> FastAPI:
                 await asyncio.sleep(behaviour.latency_s)
         else:
             await asyncio.sleep(behaviour.latency_s)
+        steps.labels("glance").observe(behaviour.latency_s)  # one batch-of-1 "model call" per answered request
+        batches.labels("glance").observe(1)
         index = int(Path(video.filename or "clip_0.mp4").stem.split("_")[1])
         level = budget or behaviour.budget
         gmacs, exit_step = LEVELS[level]
@@ -77,16 +87,16 @@ def create_fake_app(behaviour: Behaviour) -> FastAPI:
     @app.get("/budget")
     async def get_budget() -> Any:
         levels = [{"name": n, "expected_gmacs": g} for n, (g, _) in LEVELS.items()]
-        return {"active": {"name": behaviour.budget, "version": behaviour.version}, "levels": levels}
+        return {"name": behaviour.budget, "version": behaviour.version, "levels": levels}
 
     @app.put("/budget")
     async def put_budget(request: Request, authorization: str | None = Header(None)) -> Any:
         if authorization != f"Bearer {TOKEN}":
             return JSONResponse({"code": "unauthorized", "message": "bad token"}, status_code=401)
         body = await request.json()
-        if body.get("name") not in LEVELS:
+        if body.get("level") not in LEVELS:
             return JSONResponse({"code": "unknown_budget", "message": "no such level"}, status_code=422)
-        behaviour.budget = body["name"]
+        behaviour.budget = body["level"]
         behaviour.version += 1
         return {"name": behaviour.budget, "version": behaviour.version}
 

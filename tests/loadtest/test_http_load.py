@@ -50,6 +50,11 @@ def test_open_loop_counts_add_up_with_errors(server: FakeServer, corpus_dir: Pat
     assert phase["errors_by_status"] == {"503": expected // 4}
     assert phase["errors_by_code"] == {"queue_full": expected // 4}
     assert phase["elapsed_s"] < 1.5 + 1.0
+    # from the two /metrics scrapes: one 0.01 s "model call" (a batch of 1) per answered request
+    server_side = phase["server"]
+    assert server_side["steps"] == {"glance": phase["completed"], "focus": 0}
+    assert server_side["mean_batch"] == {"glance": 1.0, "focus": None}
+    assert server_side["runner_busy_fraction"] == pytest.approx(phase["completed"] * 0.01 / phase["elapsed_s"], 0.1)
 
 
 def test_open_loop_latency_counts_from_the_intended_send_time(server: FakeServer, corpus_dir: Path) -> None:
