@@ -40,6 +40,7 @@ class OrtOptions:
     # machine (measured on 2 cores, research/environment-measurements.md); spinning stays off.
     allow_spinning: bool = False
     log_severity: int = 3  # ORT's own log level: 0 verbose .. 4 fatal
+    io_binding_on_cpu: bool = False  # CUDA always binds torch's buffers; on the CPU it is optional
 
 
 class OnnxGlance(NamedTuple):
@@ -90,37 +91,41 @@ def check_session(session: ort.InferenceSession, spec: GraphSpec, path: Path) ->
 
 
 class _Graph:
-    """One ONNX session plus how to feed it; CPU runs through numpy, CUDA through IOBinding."""
+    """One ONNX session plus how to feed it: through numpy, or IOBinding on torch's own buffers (always on CUDA,
+    where it keeps inputs and outputs on the GPU; optional on the CPU, where it saves the output copies)."""
 
-    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, device: torch.device) -> None:
+    def __init__(self, session: ort.InferenceSession, spec: GraphSpec, device: torch.device, bound: bool) -> None:
         self.session = session
         self.spec = spec
         self.device = device
+        self.bound = bound or device.type == "cuda"
         self.output_names = [t.name for t in spec.outputs]
 
     def run(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
-        if self.device.type == "cuda":
-            return self._run_cuda(inputs)
+        if self.bound:
+            return self._run_bound(inputs)
         feed = {t.name: _as_numpy(x, t) for t, x in zip(self.spec.inputs, inputs, strict=True)}
         return [torch.from_numpy(out) for out in self.session.run(self.output_names, feed)]
 
-    def _run_cuda(self, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    def _run_bound(self, inputs: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+        """Inputs and preallocated outputs bound by pointer: no copy in or out of ONNX Runtime."""
         batch = inputs[0].shape[0]
         binding = self.session.io_binding()
-        index = self.device.index or 0
-        held = []  # keep the converted inputs alive until the run is over
+        kind, index = self.device.type, self.device.index or 0
+        held = []  # the converted inputs must stay alive until the run is over
         for t, x in zip(self.spec.inputs, inputs, strict=True):
-            x = x.to(self.device, _TORCH_DTYPES[t.dtype]).contiguous()
+            x = x.detach().to(self.device, _TORCH_DTYPES[t.dtype]).contiguous()
             held.append(x)
-            binding.bind_input(t.name, "cuda", index, np.dtype(t.dtype), tuple(x.shape), x.data_ptr())
+            binding.bind_input(t.name, kind, index, np.dtype(t.dtype).type, tuple(x.shape), x.data_ptr())
         outputs = []
         for t in self.spec.outputs:
             shape = tuple(batch if d == BATCH else int(d) for d in t.shape)
             out = torch.empty(shape, dtype=_TORCH_DTYPES[t.dtype], device=self.device)
-            binding.bind_output(t.name, "cuda", index, np.dtype(t.dtype), shape, out.data_ptr())
+            binding.bind_output(t.name, kind, index, np.dtype(t.dtype).type, shape, out.data_ptr())
             outputs.append(out)
-        # NOTE: ORT runs on its own CUDA stream: the inputs (cropped on torch's stream) must be complete first.
-        torch.cuda.current_stream(self.device).synchronize()
+        if kind == "cuda":
+            # NOTE: ORT runs on its own CUDA stream: inputs written on torch's stream (the crop) must be done.
+            torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)  # returns once the outputs are written
         return outputs
 
@@ -161,13 +166,15 @@ class OnnxRunner:
         on_cuda = all(s.get_providers()[0] == CUDA_PROVIDER for s in sessions.values())
         self.device = torch.device("cuda", requested.index or 0) if on_cuda else torch.device("cpu")
         self.providers = sessions["glance"].get_providers()
-        self._glance = _Graph(sessions["glance"], self.manifest.graphs["glance"], self.device)
-        self._focus = _Graph(sessions["focus"], self.manifest.graphs["focus"], self.device)
+        bound = options.io_binding_on_cpu
+        self._glance = _Graph(sessions["glance"], self.manifest.graphs["glance"], self.device, bound)
+        self._focus = _Graph(sessions["focus"], self.manifest.graphs["focus"], self.device, bound)
         so = session_options(options)
         log.info(
-            "ONNX runner on %s (%s): intra_op_threads=%d inter_op_threads=%d spinning=%s, export %s",
+            "ONNX runner on %s (%s%s): intra_op_threads=%d inter_op_threads=%d spinning=%s, export %s",
             self.device,
             self.providers[0],
+            ", IOBinding" if self._glance.bound else "",
             so.intra_op_num_threads,
             so.inter_op_num_threads,
             "on" if options.allow_spinning else "off",

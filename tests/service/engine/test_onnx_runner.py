@@ -37,13 +37,24 @@ def onnx_runner(tiny: tuple[Bundle, Path]) -> OnnxRunner:
     return OnnxRunner(export, "cpu", OrtOptions(intra_op_threads=1), bundle.sha256, model_specs(bundle.model))
 
 
+@pytest.fixture(scope="module")
+def bound_runner(tiny: tuple[Bundle, Path]) -> OnnxRunner:
+    """The IOBinding path (what CUDA uses), exercised on the CPU."""
+    bundle, export = tiny
+    options = OrtOptions(intra_op_threads=1, io_binding_on_cpu=True)
+    return OnnxRunner(export, "cpu", options, bundle.sha256, model_specs(bundle.model))
+
+
 @pytest.mark.parametrize("batch", [1, 5])
+@pytest.mark.parametrize("bound", [False, True], ids=["numpy", "iobinding"])
 def test_onnx_runner_matches_torch_runner_with_mixed_steps(
-    tiny: tuple[Bundle, Path], onnx_runner: OnnxRunner, batch: int
+    tiny: tuple[Bundle, Path], onnx_runner: OnnxRunner, bound_runner: OnnxRunner, batch: int, bound: bool
 ) -> None:
     bundle, _ = tiny
     model, c = bundle.model, bundle.config
     ref = TorchRunner(model)
+    onnx_runner = bound_runner if bound else onnx_runner
+    assert onnx_runner._focus.bound is bound
     gen = torch.Generator().manual_seed(batch)
     frames_small = torch.rand(batch, 3, c.num_frames, c.glance_size, c.glance_size, generator=gen) * 255
     want, got = ref.glance(frames_small), onnx_runner.glance(frames_small)
