@@ -1,0 +1,48 @@
+"""The load generator against a real `adafocus serve` (tiny random bundle): budget sweep, counts, /metrics."""
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from loadtest.corpus import load_corpus
+from loadtest.http_load import LoadConfig, run_load
+from loadtest.schedule import Bound
+from model.bundle import load_bundle
+from model.cost import cost_report
+from tests.service.conftest import OPERATOR_TOKEN, Server, make_bundle, serve
+
+
+@pytest.fixture(scope="module")
+def real_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path]]:
+    tmp = tmp_path_factory.mktemp("real-server")
+    bundle = make_bundle(tmp / "tiny")
+    yield from ((s, bundle) for s in serve(bundle, tmp, operator_token=OPERATOR_TOKEN))
+
+
+def test_budget_sweep_against_the_real_server(real_server: tuple[Server, Path], corpus_dir: Path) -> None:
+    server, bundle = real_server
+    exit_gmacs = cost_report(load_bundle(bundle).model).exit_gmacs
+    cfg = LoadConfig(server.url, Bound(requests=8), budgets=("low", "high"), token=OPERATOR_TOKEN, concurrency=4)
+    result = asyncio.run(run_load(cfg, load_corpus(corpus_dir), out=io.StringIO()))
+    low, high = result["phases"]
+    for phase in (low, high):
+        assert phase["sent"] == phase["completed"] == 8 and phase["errors"] == 0
+        assert phase["server"]["steps"]["glance"] >= 1
+        assert 0 < phase["server"]["runner_busy_fraction"] <= 1
+    assert low["exit_step_histogram"] == {"0": 8} and low["budgets"] == {"low": 8}
+    assert high["exit_step_histogram"] == {str(len(exit_gmacs) - 1): 8} and high["budgets"] == {"high": 8}
+    assert low["gmacs_per_video"] == pytest.approx(exit_gmacs[0])
+    assert high["gmacs_per_video"] == pytest.approx(exit_gmacs[-1])
+    assert low["server"]["steps"]["focus"] == 0 and high["server"]["steps"]["focus"] >= 3
+
+
+def test_open_loop_against_the_real_server(real_server: tuple[Server, Path], corpus_dir: Path) -> None:
+    server, _ = real_server
+    cfg = LoadConfig(server.url, Bound(requests=12), mode="open", rates=(20.0,))
+    (phase,) = asyncio.run(run_load(cfg, load_corpus(corpus_dir), out=io.StringIO()))["phases"]
+    assert phase["completed"] + phase["errors"] == phase["sent"] == 12
+    assert phase["completed"] == 12
+    assert phase["latency_s"]["p50"] is not None and phase["server"]["decode_ms_mean"] > 0
