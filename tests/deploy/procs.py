@@ -32,7 +32,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return int(err.code), err.read()
 
 
-def wait_for(check: Callable[[], T | None], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> T:
+def wait_for(
+    check: Callable[[], T | None], timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None
+) -> T:
     """Poll ``check`` every 0.2 s until it returns a value other than None (or fail after ``timeout`` seconds)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy.conftest import require_tool
-from tests.deploy.exported import exported_metric_names
+from tests.deploy.exported import DESIGN_METRICS, exported_metric_names
 from tests.deploy.promql import metric_names
 
 
@@ -167,3 +167,7 @@ def test_entrypoint_reads_the_operator_token_from_the_secret_file(root, tmp_path
     proc = subprocess.run([script, "serve"], env=env, capture_output=True, text=True, check=False)
     assert proc.returncode == 64
     assert "is not readable" in proc.stderr
+
+
+def test_server_registry_exports_every_design_metric():
+    assert set(DESIGN_METRICS) <= exported_metric_names()
