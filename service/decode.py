@@ -258,8 +258,10 @@ class DecodePool:
                 future.set_exception(exc)
 
     def _run(self, worker: _Worker, job: DecodeJob) -> Decoded:
-        assert worker.conn is not None
+        assert worker.conn is not None and worker.process is not None
         try:
+            if not worker.process.is_alive():
+                raise BrokenPipeError("worker is not alive")
             worker.conn.send(job)
         except (BrokenPipeError, OSError):  # the idle worker had died: the job never started, so retry it
             log.warning("decoder worker %s was dead before a job; restarting it", worker.pid)

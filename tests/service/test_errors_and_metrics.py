@@ -1,0 +1,85 @@
+"""The single error table and the Prometheus metrics (names, labels, values)."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from model.budgets import BudgetError
+from model.video import DecodeError
+from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull
+from service.engine.types import EngineResult
+from service.errors import AuthError, BadUpload, DecodeBusy, DecoderCrashed, UploadTooLarge, to_api_error
+from service.metrics import Metrics
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "code"),
+    [
+        (DecodeError("not_a_video", "m"), 415, "not_a_video"),
+        (DecodeError("too_large", "m"), 413, "too_large"),
+        (DecodeError("no_video_stream", "m"), 422, "no_video_stream"),
+        (DecodeError("undecodable", "m"), 422, "undecodable"),
+        (DecodeError("decode_timeout", "m"), 422, "decode_timeout"),
+        (UploadTooLarge(10), 413, "too_large"),
+        (BadUpload("m", 415, "unsupported_media_type"), 415, "unsupported_media_type"),
+        (DecoderCrashed("m"), 422, "decoder_crashed"),
+        (DecodeBusy("m"), 503, "queue_full"),
+        (QueueFull("m"), 503, "queue_full"),
+        (EngineDraining("m"), 503, "draining"),
+        (DeadlineExceeded("m"), 504, "deadline_exceeded"),
+        (BudgetError("m"), 422, "invalid_budget"),
+        (AuthError(401, "unauthorized", "m"), 401, "unauthorized"),
+        (KeyError("bug"), 500, "internal"),
+    ],
+)
+def test_error_table(exc: Exception, status: int, code: str) -> None:
+    error = to_api_error(exc, retry_after_s=3)
+    assert (error.status, error.code) == (status, code)
+    assert ("Retry-After" in error.headers) == (status == 503)
+
+
+def result(exit_step: int, budget: str) -> EngineResult:
+    return EngineResult(
+        request_id=0, class_id=1, confidence=0.5, top_k=[(1, 0.5)], cubes_used=exit_step, exit_step=exit_step,
+        exit_reason="confident", gmacs=0.2, budget=budget, budget_version=2, queue_seconds=0.01,
+        compute_seconds=0.02, cubes=None,
+    )
+
+
+def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_metrics_record_engine_and_http_events() -> None:
+    metrics = Metrics(num_exits=4)
+    metrics.on_step("glance", 3, 0.004)
+    metrics.on_step("focus", 5, 0.002)
+    metrics.on_result(result(2, "low"))
+    metrics.on_queue(7, 3)
+    metrics.on_budget("low", 1)
+    metrics.on_budget("high", 2)
+    metrics.on_reject("queue_full")
+    metrics.on_request(200, 0.05)
+    metrics.on_request(415, 0.01)
+    metrics.on_decode(0.03)
+    got = samples(metrics)
+    assert got[("adafocus_requests_total", (("status", "200"),))] == 1
+    assert got[("adafocus_requests_total", (("status", "415"),))] == 1
+    assert got[("adafocus_request_duration_seconds_count", ())] == 2
+    assert got[("adafocus_queue_wait_seconds_count", ())] == 1
+    assert got[("adafocus_decode_duration_seconds_sum", ())] == pytest.approx(0.03)
+    assert got[("adafocus_step_duration_seconds_count", (("stage", "glance"),))] == 1
+    assert got[("adafocus_batch_size_sum", (("stage", "focus"),))] == 5
+    assert got[("adafocus_exit_step_bucket", (("le", "1.0"),))] == 0
+    assert got[("adafocus_exit_step_bucket", (("le", "2.0"),))] == 1
+    assert got[("adafocus_gmacs_per_video_sum", ())] == pytest.approx(0.2)
+    assert (got[("adafocus_queue_depth", ())], got[("adafocus_active_requests", ())]) == (7, 3)
+    assert [k for k in got if k[0] == "adafocus_budget_info"] == [("adafocus_budget_info", (("budget", "high"),))]
+    assert got[("adafocus_budget_version", ())] == 2
+    assert got[("adafocus_rejected_total", (("reason", "queue_full"),))] == 1
+    assert not any(name.endswith("_created") for name, _ in got)

@@ -1,0 +1,73 @@
+"""Settings: environment variables, validation that fails fast, derived component configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from model.video import DecodeLimits
+from service.engine.types import EngineConfig
+from service.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("ADAFOCUS_"):
+            monkeypatch.delenv(key)
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("ADAFOCUS_PORT", "9001")
+    monkeypatch.setenv("ADAFOCUS_BUNDLE", str(tmp_path))
+    monkeypatch.setenv("ADAFOCUS_MODE", "drain")
+    monkeypatch.setenv("ADAFOCUS_MAX_BATCH", "4")
+    monkeypatch.setenv("ADAFOCUS_MAX_UPLOAD_BYTES", "1000")
+    monkeypatch.setenv("ADAFOCUS_OPERATOR_TOKEN", "x" * 20)
+    monkeypatch.setenv("ADAFOCUS_LOG_LEVEL", "debug")
+    s = Settings()
+    assert (s.port, s.bundle, s.mode, s.max_batch, s.log_level) == (9001, tmp_path, "drain", 4, "DEBUG")
+    assert s.operator_token is not None and s.operator_token.get_secret_value() == "x" * 20
+    assert "x" * 20 not in repr(s)  # the token never shows in logs
+    assert s.engine_config() == EngineConfig(mode="drain", max_batch=4, max_active=64, max_queue=256)
+    assert s.decode_limits() == DecodeLimits(
+        max_bytes=1000, max_pixels_per_frame=3840 * 2160, max_duration_s=600.0, max_decode_s=20.0
+    )
+
+
+def test_init_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAFOCUS_PORT", "9001")
+    assert Settings(port=9002).port == 9002
+
+
+def test_empty_token_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAFOCUS_OPERATOR_TOKEN", "")
+    assert Settings().operator_token is None
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("ADAFOCUS_PORT", "70000", "less than or equal to 65535"),
+        ("ADAFOCUS_DEVICE", "tpu", "ADAFOCUS_DEVICE must be auto, cpu, cuda or cuda:N"),
+        ("ADAFOCUS_BACKEND", "tensorflow", "'torch', 'onnx' or 'auto'"),
+        ("ADAFOCUS_MODE", "fast", "'continuous', 'drain' or 'single'"),
+        ("ADAFOCUS_MAX_QUEUE", "0", "greater than or equal to 1"),
+        ("ADAFOCUS_OPERATOR_TOKEN", "short", "at least 16 characters"),
+        ("ADAFOCUS_BUNDLE", "/no/such/dir", "is not a directory"),
+        ("ADAFOCUS_REQUEST_TIMEOUT_S", "-1", "greater than 0"),
+    ],
+)
+def test_bad_values_fail_fast(monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError, match=message):
+        Settings()
+
+
+def test_active_cap_below_batch_is_refused() -> None:
+    with pytest.raises(ValidationError, match=r"max_active \(2\) must be >= max_batch \(4\)"):
+        Settings(max_batch=4, max_active=2)
