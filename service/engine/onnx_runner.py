@@ -34,7 +34,7 @@ _ORT_TYPES = {"float32": "tensor(float)", "uint8": "tensor(uint8)", "int64": "te
 
 @dataclass(frozen=True)
 class OrtOptions:
-    intra_op_threads: int = 0  # threads inside one operator; 0 = one per CPU core, resolved and pinned at start
+    intra_op_threads: int = 0  # threads inside one operator; 0 = one per usable CPU core, pinned at start
     inter_op_threads: int = 1  # graphs run sequentially, so one is enough
     # NOTE: ORT's intra-op threads spin by default and starve the decode workers and the HTTP loop on a small
     # machine (measured on 2 cores, research/environment-measurements.md); spinning stays off.
@@ -51,7 +51,7 @@ class OnnxGlance(NamedTuple):
 
 def session_options(options: OrtOptions) -> ort.SessionOptions:
     so = ort.SessionOptions()
-    so.intra_op_num_threads = options.intra_op_threads or os.cpu_count() or 1
+    so.intra_op_num_threads = options.intra_op_threads or len(os.sched_getaffinity(0)) or 1
     so.inter_op_num_threads = options.inter_op_threads
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
