@@ -51,6 +51,7 @@ def register(sub: Any) -> None:
     lt.add_argument("--seed", type=int, default=0)
     lt.add_argument("--plots", default=None, help="directory for PNG plots")
     lt.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    lt.add_argument("--markdown", action="store_true", help="print a markdown table (docs/benchmarks.md)")
     lt.add_argument("--quick", action="store_true", help=f"short phases: under {QUICK_TOTAL_S:.0f}s of sending in all")
     lt.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
     lt.set_defaults(handler=run_loadtest)
@@ -72,12 +73,12 @@ def _register_bench(sub: Any) -> None:
     eng.add_argument("--modes", type=_names, default=("continuous", "drain", "single"), help="engine modes")
     eng.add_argument("--levels", type=_names, default=(), help="budget levels (default: all)")
     eng.add_argument("--requests", type=int, default=256, help="requests per saturation run (default 256)")
-    eng.add_argument("--repeats", type=int, default=3, help="saturation runs per mode; median reported (default 3)")
+    eng.add_argument("--repeats", type=int, default=3, help="runs per mode and load; median kept (default 3)")
     eng.add_argument("--rates", type=_floats, default=(), help="arrival rates in videos/s (default: fractions)")
     eng.add_argument(
-        "--rate-fractions", type=_floats, default=(0.3, 0.6, 0.9), help="rates as fractions of continuous saturation"
+        "--rate-fractions", type=_floats, default=(0.5, 0.8), help="rates as fractions of continuous saturation"
     )
-    eng.add_argument("--rate-duration", type=float, default=5.0, help="seconds of arrivals per rate run (default 5)")
+    eng.add_argument("--rate-duration", type=float, default=4.0, help="seconds of arrivals per rate run (default 4)")
     eng.add_argument("--deadline", type=float, default=5.0, help="per-request deadline in rate runs (default 5 s)")
     eng.add_argument("--max-batch", type=int, default=32)
     eng.add_argument("--max-active", type=int, default=64)
@@ -87,6 +88,7 @@ def _register_bench(sub: Any) -> None:
     eng.add_argument("--seed", type=int, default=0)
     eng.add_argument("--plot", default=None, help="write a PNG of p99 vs load and saturation throughput here")
     eng.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    eng.add_argument("--markdown", action="store_true", help="print markdown tables (docs/benchmarks.md)")
     eng.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
     eng.set_defaults(handler=run_bench_engine)
 
@@ -103,6 +105,7 @@ def _register_bench(sub: Any) -> None:
     dec.add_argument("--max-workers", type=int, default=None, help="up to this many processes (default: CPU count)")
     dec.add_argument("--clips-per-worker", type=int, default=6)
     dec.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    dec.add_argument("--markdown", action="store_true", help="print a markdown table (docs/benchmarks.md)")
     dec.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
     dec.set_defaults(handler=run_bench_decode)
 
@@ -173,6 +176,10 @@ def run_loadtest(args: argparse.Namespace) -> int:
         result["plots"] = [str(p) for p in made if p is not None]
     if args.json:
         write_json(result)
+    elif args.markdown:
+        from loadtest.markdown import loadtest_markdown
+
+        sys.stdout.write(loadtest_markdown(result) + "\n")
     else:
         for phase in result["phases"]:
             sys.stdout.write(format_phase(phase) + "\n")
@@ -227,6 +234,10 @@ def _bench_engine(args: argparse.Namespace) -> int:
         result["plot"] = str(made) if made else None
     if args.json:
         write_json(result)
+    elif args.markdown:
+        from loadtest.markdown import engine_markdown
+
+        sys.stdout.write(engine_markdown(result) + "\n")
     else:
         sys.stdout.write(format_engine(result) + "\n")
     return 0
@@ -247,6 +258,10 @@ def run_bench_decode(args: argparse.Namespace) -> int:
     result = run_decode_bench(cfg)
     if args.json:
         write_json(result)
+    elif args.markdown:
+        from loadtest.markdown import decode_markdown
+
+        sys.stdout.write(decode_markdown(result) + "\n")
     else:
         sys.stdout.write(format_decode(result) + "\n")
     return 0

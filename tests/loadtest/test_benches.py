@@ -58,7 +58,7 @@ def test_engine_bench_counts_add_up_in_every_mode(tiny: Workload) -> None:
 
 
 def test_bench_engine_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
-    argv = ["bench", "engine", "--config", "tiny", "--levels", "max", "--requests", "8", "--repeats", "1"]
+    argv = ["bench", "engine", "--config", "tiny", "--levels", "max", "--requests", "8", "--repeats", "2"]
     code = main(
         [*argv, "--rates", "100", "--rate-duration", "0.2", "--clips", "4", "--modes", "continuous,single", "--json"]
     )
@@ -73,6 +73,8 @@ def test_bench_engine_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
         ("continuous", 100.0),
         ("single", 100.0),
     ]
+    assert [len(r["repeats_videos_per_s"]) for r in level["runs"][:2]] == [2, 2]
+    assert [len(r["repeats_p99_s"]) for r in level["runs"][2:]] == [2, 2]
 
 
 def test_decode_bench_decodes_real_files_in_a_worker_pool() -> None:
