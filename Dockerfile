@@ -25,9 +25,11 @@ COPY model/ model/
 COPY service/ service/
 COPY exporters/ exporters/
 COPY loadtest/ loadtest/
-# A regular (non-editable) install: the shipped bundle model/bundles/default travels as package data.
+# A regular (non-editable) install: the shipped bundle model/bundles/default travels as package data. Then load it
+# from the installed package (-I: not from /src) so that a bundle missing from the wheel or failing its hash check
+# fails the build, not the first start.
 RUN pip install . \
-    && python -c "from model.bundle import DEFAULT_BUNDLE; assert (DEFAULT_BUNDLE / 'config.json').is_file(), DEFAULT_BUNDLE"
+    && python -I -c "from model.bundle import load_bundle; b = load_bundle(); print(b.path, b.config.name, b.sha256)"
 
 # ---- runtime: the CUDA runtime, Python and the virtual environment; no compilers, no sources ----
 FROM ${CUDA_IMAGE} AS runtime
