@@ -81,7 +81,7 @@ class ServiceState:
             self.engine.warmup()
         self.checks["warmed_up"] = True
         self.pool = DecodePool(
-            s.decode_workers, s.decode_limits(), max_pending=s.max_queue, on_restart=self.metrics.on_decoder_restart
+            s.decode_workers, s.decode_limits(), max_pending=s.decode_queue, on_restart=self.metrics.on_decoder_restart
         )
         self.pool.start()
         self._self_test()
@@ -127,6 +127,8 @@ class ServiceState:
     async def classify(self, request: Request, started: float) -> ClassifyResponse:
         """Upload -> decode (worker process) -> engine -> answer; each stage bounded by the request deadline."""
         if self.draining:
+            if self.metrics is not None:
+                self.metrics.on_reject("draining")
             raise EngineDraining("the server is draining and admits no new requests")
         assert self.engine is not None and self.pool is not None and self.bundle is not None
         s, cfg = self.settings, self.bundle.config

@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from service.app import ClientGone, ServiceState
 from service.engine.types import BudgetState
-from service.errors import AuthError, error_response, to_api_error
+from service.errors import AuthError, DecodeBusy, error_response, to_api_error
 from service.metrics import CONTENT_TYPE
 from service.schemas import (
     BudgetLevelBody,
@@ -94,15 +94,17 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
         status = 200
         return answer
     except ClientGone:
-        status = 499  # nobody reads this answer; the engine already dropped the request
+        status = 499  # nobody reads this answer; the engine already dropped the request ("cancelled")
         if state.metrics is not None:
-            state.metrics.on_reject("cancelled")
+            state.metrics.on_reject("disconnected")
         return Response(status_code=499)
     except Exception as exc:
         error = to_api_error(exc, state.settings.retry_after_s)
         status = error.status
         if status in INPUT_STATUSES and state.metrics is not None:
             state.metrics.on_reject("invalid_input")
+        if isinstance(exc, DecodeBusy) and state.metrics is not None:
+            state.metrics.on_reject("decode_queue_full")
         if status == 500:
             raise
         return error_response(error)

@@ -42,6 +42,7 @@ class Settings(BaseSettings):
     max_duration_s: float = Field(default=600.0, gt=0, description="video duration limit")
     max_decode_s: float = Field(default=20.0, gt=0, description="wall-time limit of one decode (the worker is killed)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="decoder worker processes")
+    decode_queue: int = Field(default=64, ge=1, description="uploads waiting for or in a decoder; beyond it 503")
 
     operator_token: SecretStr | None = Field(default=None, description="bearer token for PUT /budget; unset = refused")
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, max wait for in-flight requests")

@@ -1,0 +1,139 @@
+"""Overload, client disconnects and graceful drain, each against its own real `adafocus serve` process."""
+
+from __future__ import annotations
+
+import http.client
+import re
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model.video import encode_video
+from tests.service.conftest import Server, make_bundle, ramp, serve
+
+BOUNDARY = "adafocus-test-boundary"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+
+
+def multipart(video: bytes, **fields: str) -> bytes:
+    parts = [
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode() for k, v in fields.items()
+    ]
+    parts.append(f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="video"; filename="v.mp4"\r\n\r\n'.encode())
+    return b"".join([*parts, video, f"\r\n--{BOUNDARY}--\r\n".encode()])
+
+
+@pytest.fixture(scope="module")
+def default_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `default` architecture (16 frames at 96 px, K = 4), random weights: slow enough to queue up on CPU."""
+    return make_bundle(tmp_path_factory.mktemp("bundle") / "default", "default")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    return encode_video(tmp_path_factory.mktemp("v") / "v.mp4", ramp(16, 48, 64), "libx264").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def busy(default_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One request at a time, a queue of 2, no operator token."""
+    yield from serve(
+        default_bundle, tmp_path_factory.mktemp("busy"), mode="single", max_batch=1, max_active=1, max_queue=2,
+        retry_after_s=2,
+    )
+
+
+def post(server: Server, body: bytes) -> httpx.Response:
+    return httpx.post(f"{server.url}/classify", content=body, headers={"Content-Type": CONTENT_TYPE}, timeout=60)
+
+
+def test_a_full_queue_answers_503_with_retry_after(busy: Server, video: bytes) -> None:
+    body = multipart(video)
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: post(busy, body), range(24)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 503}, statuses
+    for r in responses:
+        if r.status_code == 503:
+            assert (r.json()["code"], r.headers["retry-after"]) == ("queue_full", "2")
+    metrics = httpx.get(f"{busy.url}/metrics").text
+    rejected = re.search(r'adafocus_rejected_total\{reason="queue_full"\} (\d+)', metrics)
+    assert rejected is not None and int(rejected.group(1)) == statuses.count(503)
+
+
+def test_without_an_operator_token_budget_changes_are_refused(busy: Server) -> None:
+    response = httpx.put(f"{busy.url}/budget", json={"level": "low"}, headers={"Authorization": "Bearer whatever"})
+    assert (response.status_code, response.json()["code"]) == (403, "budget_changes_disabled")
+    assert "ADAFOCUS_OPERATOR_TOKEN" in response.json()["message"]
+
+
+def test_clients_that_disconnect_are_dropped(
+    default_bundle: Path, video: bytes, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    for server in serve(default_bundle, tmp_path_factory.mktemp("disc"), mode="single", max_batch=1, max_active=1):
+        body = multipart(video)
+        head = (
+            f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {CONTENT_TYPE}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode()
+        with ThreadPoolExecutor(16) as pool:
+            busy_work = [pool.submit(post, server, body) for _ in range(16)]
+            time.sleep(0.1)  # the busy work is decoded and queues in the engine (about 25 ms per video)
+            for _ in range(3):  # decoded, queued behind the busy work, then gone
+                with socket.create_connection(("127.0.0.1", server.port)) as sock:
+                    sock.sendall(head + body)
+                    time.sleep(0.08)
+            assert [f.result().status_code for f in busy_work] == [200] * 16
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            metrics = httpx.get(f"{server.url}/metrics").text
+            if 'adafocus_requests_total{status="499"} 3.0' in metrics:
+                break
+            time.sleep(0.1)
+        assert 'adafocus_rejected_total{reason="disconnected"} 3.0' in metrics
+        # no compute was spent on them: answered videos are the busy work plus the start-up self-test only
+        # (each was dropped in the decode stage or removed from the engine, `adafocus_rejected_total{cancelled}`)
+        assert 'adafocus_exits_total{budget="high",reason="max_cubes"} 17.0' in metrics
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(
+    tiny_bundle: Path, video: bytes, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    server = Server(tiny_bundle, tmp_path_factory.mktemp("drain") / "server.log")
+    try:
+        server.wait_ready()
+        body = multipart(video, explain="true")
+        uploads = []
+        for _ in range(3):  # in flight: headers and half the body sent
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+            conn.putrequest("POST", "/classify")
+            conn.putheader("Content-Type", CONTENT_TYPE)
+            conn.putheader("Content-Length", str(len(body)))
+            conn.endheaders()
+            conn.send(body[: len(body) // 2])
+            uploads.append(conn)
+        time.sleep(0.3)
+        server.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        ready = httpx.get(f"{server.url}/readyz")
+        while ready.status_code == 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            ready = httpx.get(f"{server.url}/readyz")
+        assert (ready.status_code, ready.json()["checks"]["not_draining"]) == (503, False)
+        refused = post(server, body)
+        assert (refused.status_code, refused.json()["code"]) == (503, "draining")
+        for conn in uploads:
+            conn.send(body[len(body) // 2 :])
+        answers = [conn.getresponse() for conn in uploads]
+        assert [a.status for a in answers] == [200, 200, 200]
+        assert all(b'"cubes"' in a.read() for a in answers)
+        assert server.process.wait(timeout=30) == 0
+        assert "drained" in server.log()
+    finally:
+        server.stop()
