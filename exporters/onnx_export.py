@@ -36,6 +36,8 @@ from exporters.manifest import (
     ExportManifest,
     GraphSpec,
     graph_specs,
+    is_export_dir,
+    verify_export,
 )
 from model.adafocus import AdaFocusV3, FocusState
 from model.budgets import BudgetTable
@@ -197,8 +199,6 @@ def copy_bundle(bundle: Bundle, out_dir: Path) -> Path:
 
 def prepare_out_dir(out_dir: Path) -> None:
     """Create ``out_dir``, refusing to write into a non-empty directory that is not an earlier export."""
-    from exporters.manifest import is_export_dir
-
     if out_dir.exists() and any(out_dir.iterdir()) and not is_export_dir(out_dir):
         raise ExportError(f"{out_dir} exists, is not empty and is not an ONNX export: refusing to write into it")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,8 +249,6 @@ def export_to_cache(
     own), else the model's fingerprint. The export is written into a temporary sibling first and renamed into
     place, so a crash or a concurrent process never leaves a half-written directory under the final name.
     """
-    from exporters.manifest import verify_export
-
     sha = bundle.sha256 if bundle is not None else model_fingerprint(model)
     final = cache_root / sha[:16]
     try:

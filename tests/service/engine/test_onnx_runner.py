@@ -111,6 +111,10 @@ def test_create_runner_backends(tiny: tuple[Bundle, Path], tmp_path: Path, caplo
     again = create_runner(bundle.model, "onnx", bundle=bundle, cache_dir=tmp_path)
     assert isinstance(again, OnnxRunner) and again.export_dir == fresh.export_dir
     assert "reusing the cached ONNX export" in caplog.text
+    (fresh.export_dir / "focus.onnx").write_bytes(b"corrupt")  # a damaged cache is exported again, not served
+    repaired = create_runner(bundle.model, "onnx", bundle=bundle, cache_dir=tmp_path)
+    assert isinstance(repaired, OnnxRunner) and repaired.export_dir == fresh.export_dir
+    assert "is unusable (hash mismatch for focus.onnx" in caplog.text
     bare = create_runner(bundle.model, "onnx", cache_dir=tmp_path)  # a model with no bundle: keyed by fingerprint
     assert isinstance(bare, OnnxRunner) and bare.export_dir != fresh.export_dir
     with pytest.raises(ValueError, match="unknown backend"):
