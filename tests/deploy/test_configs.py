@@ -43,6 +43,7 @@ def test_compose_cpu_profile_has_no_gpu_reservation(root):
     server = config["services"]["server-cpu"]
     assert "deploy" not in server
     assert server["environment"]["ADAFOCUS_DEVICE"] == "cpu"
+    assert server["environment"]["ADAFOCUS_BACKEND"] == "auto"
     assert server["networks"]["default"]["aliases"] == ["adafocus"]
     assert config["services"]["server"]["networks"]["default"]["aliases"] == ["adafocus"]
 
