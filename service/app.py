@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
+from starlette.requests import ClientDisconnect
 
 from model.bundle import Bundle, load_bundle
 from model.cost import cost_report
@@ -133,10 +134,13 @@ class ServiceState:
         assert self.engine is not None and self.pool is not None and self.bundle is not None
         s, cfg = self.settings, self.bundle.config
         deadline = started + s.request_timeout_s
-        upload = await read_upload(
-            request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
-            s.max_upload_bytes, s.spool_bytes,
-        )
+        try:
+            upload = await read_upload(
+                request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
+                s.max_upload_bytes, s.spool_bytes,
+            )
+        except ClientDisconnect:
+            raise ClientGone() from None
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         try:
             with upload.spool:

@@ -73,33 +73,45 @@ def test_without_an_operator_token_budget_changes_are_refused(busy: Server) -> N
     assert "ADAFOCUS_OPERATOR_TOKEN" in response.json()["message"]
 
 
-def test_clients_that_disconnect_are_dropped(
-    default_bundle: Path, video: bytes, tmp_path_factory: pytest.TempPathFactory
-) -> None:
-    for server in serve(default_bundle, tmp_path_factory.mktemp("disc"), mode="single", max_batch=1, max_active=1):
-        body = multipart(video)
-        head = (
-            f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {CONTENT_TYPE}\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n"
-        ).encode()
-        with ThreadPoolExecutor(16) as pool:
-            busy_work = [pool.submit(post, server, body) for _ in range(16)]
-            time.sleep(0.1)  # the busy work is decoded and queues in the engine (about 25 ms per video)
-            for _ in range(3):  # decoded, queued behind the busy work, then gone
-                with socket.create_connection(("127.0.0.1", server.port)) as sock:
-                    sock.sendall(head + body)
-                    time.sleep(0.08)
-            assert [f.result().status_code for f in busy_work] == [200] * 16
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            metrics = httpx.get(f"{server.url}/metrics").text
-            if 'adafocus_requests_total{status="499"} 3.0' in metrics:
-                break
-            time.sleep(0.1)
-        assert 'adafocus_rejected_total{reason="disconnected"} 3.0' in metrics
-        # no compute was spent on them: answered videos are the busy work plus the start-up self-test only
-        # (each was dropped in the decode stage or removed from the engine, `adafocus_rejected_total{cancelled}`)
-        assert 'adafocus_exits_total{budget="high",reason="max_cubes"} 17.0' in metrics
+@pytest.fixture(scope="module")
+def queued(default_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One request at a time, a long queue, a 0.6 s deadline per request."""
+    yield from serve(
+        default_bundle, tmp_path_factory.mktemp("queued"), mode="single", max_batch=1, max_active=1,
+        request_timeout_s=0.6,
+    )
+
+
+def test_clients_that_disconnect_are_dropped(queued: Server, video: bytes) -> None:
+    body = multipart(video)
+    head = (
+        f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: {CONTENT_TYPE}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with ThreadPoolExecutor(4) as pool:
+        busy_work = [pool.submit(post, queued, body) for _ in range(4)]
+        for _ in range(3):  # gone right after sending: noticed while reading the body or while decoding
+            with socket.create_connection(("127.0.0.1", queued.port)) as sock:
+                sock.sendall(head + body)
+        assert [f.result().status_code for f in busy_work] == [200] * 4
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        metrics = httpx.get(f"{queued.url}/metrics").text
+        if 'adafocus_requests_total{status="499"} 3.0' in metrics:
+            break
+        time.sleep(0.1)
+    assert 'adafocus_rejected_total{reason="disconnected"} 3.0' in metrics
+    # no compute was spent on them: answered videos are the busy work plus the start-up self-test only
+    assert 'adafocus_exits_total{budget="high",reason="max_cubes"} 5.0' in metrics
+
+
+def test_requests_past_their_deadline_get_504(queued: Server, video: bytes) -> None:
+    body = multipart(video)
+    with ThreadPoolExecutor(48) as pool:  # 48 in flight, about 25 ms each one at a time: past a 0.6 s deadline
+        responses = list(pool.map(lambda _: post(queued, body), range(96)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) == {200, 504}, sorted(set(statuses))
+    assert {r.json()["code"] for r in responses if r.status_code == 504} == {"deadline_exceeded"}
+    assert max(r.elapsed.total_seconds() for r in responses) < 0.6 + 1.0
 
 
 def test_sigterm_drains_in_flight_requests_then_exits(
