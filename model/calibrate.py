@@ -345,14 +345,26 @@ def render_card(old_card: str, name: str, r: ResultTables, criterion: Criterion,
         for k, a, b in r.entropy_vs_fixed()
     )
     training = _training_part(old_card)
-    train_cmd = ""
+    train_cmd, resumed_note = "", ""
     if "```\n" in training:
         train_cmd = training.split("```\n")[1].strip()
+    if " --resume" in train_cmd:
+        train_cmd = train_cmd.replace(" --resume", "")
+        resumed_note = (
+            "The shipped run was stopped once and continued with `--resume` (same stages, same clips, checkpointed "
+            "optimizer); without `--resume` the command trains from scratch.\n\n"
+        )
     return f"""# AdaFocusV3 `{name}` bundle
 
 Early-exit video classifier (AdaFocusV3): a cheap glance over the whole clip, then up to {K} cubes placed by a
 learned policy, each followed by an exit. Thresholds (criterion `{criterion}`) trade compute for accuracy at
 runtime; see `budgets.json`. Costs are multiply-adds (the paper's "GFLOPs") counted by `model/cost.py`.
+
+Data: the synthetic focus benchmark of `model/synth.py` (or the class folders named below). Each clip hides its
+class in a small textured patch (a 4x4 binary tile repeated; every 4x4 window has the same mean, so the
+low-resolution glance sees a uniform square) that is visible for a few frames at a random place and time, among
+moving distractors and a panning, noisy background. Exit 0 (glance only) is at chance by construction; a cube on
+the patch classifies it.
 
 {training}
 ## Results (test split: {r.test_desc})
@@ -382,7 +394,7 @@ split was used only for the numbers below.
 
 ## Reproduce
 
-```
+{resumed_note}```
 {train_cmd}
 {command}
 ```

@@ -128,10 +128,17 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(prog: str = "adafocus") -> str:
+def _command_line(args: argparse.Namespace) -> str:
+    """The full command, every option spelled out, so that the model card reproduces it even if defaults change."""
     import shlex
 
-    return " ".join([prog, *(shlex.quote(a) for a in sys.argv[1:])])
+    parts = ["adafocus", args.command]
+    for key, value in vars(args).items():
+        if key in ("command", "handler", "log_level") or value is None or value is False:
+            continue
+        flag = "--" + key.replace("_", "-")
+        parts += [flag] if value is True else [flag, shlex.quote(str(value))]
+    return " ".join(parts)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -188,7 +195,7 @@ def run_train(args: argparse.Namespace) -> int:
     card = (
         f"# AdaFocusV3 `{model_cfg.name}` bundle\n\n"
         "Not calibrated yet: run `adafocus calibrate --bundle <this dir>`.\n\n"
-        + training_section(cfg, state, _command_line(), cost_line)
+        + training_section(cfg, state, _command_line(args), cost_line)
     )
     out = save_bundle(args.out, model, budgets, card)
     sys.stdout.write(f"wrote bundle {out} after {state.seconds / 60:.1f} min of training\n")
@@ -198,4 +205,4 @@ def run_train(args: argparse.Namespace) -> int:
 def run_calibrate(args: argparse.Namespace) -> int:
     from model.calibrate import calibrate_command
 
-    return calibrate_command(args, _command_line())
+    return calibrate_command(args, _command_line(args))

@@ -98,3 +98,27 @@ def test_figure6_is_written(tmp_path: Path) -> None:
     fixed = list(zip(EXIT_GMACS, record.correct.mean(0).tolist(), strict=True))
     draw_figure6(tmp_path / "f.png", points, [(p.gmacs, 0.3) for p in points], fixed, fixed, levels, "t")
     assert (tmp_path / "f.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_then_calibrate_commands_write_a_bundle_that_info_reads(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from model.bundle import load_bundle
+    from service.cli import main
+
+    out = tmp_path / "bundle"
+    train_args = ["train", "--stages", "pretrain_local:1,policy:1,deep_feature:1", "--batch-size", "2"]
+    assert main([*train_args, "--workers", "0", "--run-dir", str(tmp_path / "run"), "--out", str(out)]) == 0
+    cal_args = ["calibrate", "--bundle", str(out), "--calib-count", "24", "--test-count", "8", "--workers", "0"]
+    assert main(cal_args) == 0
+    bundle = load_bundle(out)
+    assert [lvl.name for lvl in bundle.budgets.levels] == ["min", "low", "balanced", "high", "max"]
+    assert bundle.budgets.default == "balanced"
+    assert "adafocus train --config default --data synth --preset hard --train-seed 0 --stages" in bundle.model_card
+    assert "adafocus calibrate --bundle" in bundle.model_card
+    assert "## Results (test split: synthetic `hard` stream seed 2, 8 clips)" in bundle.model_card
+    assert (out / "figure6.png").is_file()
+    capsys.readouterr()
+    assert main(["info", "--bundle", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["labels"][0] == "pattern_00" and len(info["budgets"]["levels"]) == 5
