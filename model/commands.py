@@ -7,6 +7,9 @@ import json
 import sys
 from typing import Any
 
+SYNTH_STAGES = "pretrain_local:300,policy:1500,deep_feature:300"
+FOLDER_STAGES = "random:300,policy:1500,deep_feature:300"
+
 
 def register(sub: Any) -> None:
     cost = sub.add_parser("cost", help="multiply-add accounting (GMACs) of a named config or a bundle")
@@ -34,7 +37,10 @@ def register(sub: Any) -> None:
     _add_data_args(train)
     train.add_argument("--train-seed", type=int, default=0, help="synthetic stream of the training clips")
     train.add_argument(
-        "--stages", default="pretrain_local:300,policy:1500,deep_feature:600", help="comma list of stage:steps"
+        "--stages",
+        default=None,
+        help=f"comma list of stage:steps (stages: pretrain_local, policy, deep_feature, random, policy_only); "
+        f"default {SYNTH_STAGES} on synthetic data, {FOLDER_STAGES} on class folders (no target locations there)",
     )
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
@@ -156,7 +162,8 @@ def run_train(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     model_cfg = get_config(args.config)
-    stages = tuple((name, int(steps)) for name, steps in (item.split(":") for item in args.stages.split(",")))
+    stages_arg = args.stages or (SYNTH_STAGES if args.data == "synth" else FOLDER_STAGES)
+    stages = tuple((name, int(steps)) for name, steps in (item.split(":") for item in stages_arg.split(",")))
     total_steps = sum(steps for _, steps in stages)
     if args.data == "synth":
         preset = SYNTH_PRESETS[args.preset]
