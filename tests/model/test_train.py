@@ -114,3 +114,23 @@ def test_checkpoint_round_trip_and_resume_of_a_finished_run(tmp_path: Path) -> N
 def test_stages_that_need_target_locations_refuse_real_data() -> None:
     with pytest.raises(ValueError, match="needs target locations"):
         TrainConfig(model=get_config("tiny"), data=DataSpec("/some/folder"), stages=(("pretrain_local", 1),))
+
+
+def test_train_command_on_class_folders_writes_a_bundle_with_the_folder_labels(tmp_path: Path) -> None:
+    from model.bundle import load_bundle
+    from model.synth import make_clip, write_mp4
+    from service.cli import main
+
+    root = tmp_path / "data"
+    for label, name in enumerate(("jump", "run")):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            write_mp4(root / name / f"{i}.mp4", make_clip(SMALL, label, i).frames)
+    args = ["train", "--config", "tiny", "--data", str(root), "--stages", "random:1,policy:1,deep_feature:1"]
+    out = tmp_path / "bundle"
+    assert (
+        main([*args, "--batch-size", "2", "--workers", "0", "--run-dir", str(tmp_path / "run"), "--out", str(out)]) == 0
+    )
+    bundle = load_bundle(out)
+    assert bundle.config.labels == ("jump", "run") and bundle.config.num_classes == 2
+    assert f"class folders under `{root}`" in bundle.model_card
