@@ -135,12 +135,15 @@ class ServiceState:
         s, cfg = self.settings, self.bundle.config
         deadline = started + s.request_timeout_s
         try:
-            upload = await read_upload(
-                request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
-                s.max_upload_bytes, s.spool_bytes,
-            )
+            async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # a slow upload counts too
+                upload = await read_upload(
+                    request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
+                    s.max_upload_bytes, s.spool_bytes,
+                )
         except ClientDisconnect:
             raise ClientGone() from None
+        except TimeoutError:
+            raise DeadlineExceeded(f"the upload did not finish within {s.request_timeout_s:g} s") from None
         disconnect = asyncio.ensure_future(wait_disconnect(request))
         try:
             with upload.spool:

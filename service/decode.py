@@ -31,6 +31,7 @@ from service.errors import BadUpload, DecodeBusy, DecoderCrashed, UploadTooLarge
 log = logging.getLogger(__name__)
 
 JobFn = Callable[[Source, int, int, DecodeLimits], np.ndarray]
+ACK_TIMEOUT_S = 10.0  # a live worker acknowledges a job at once; silence this long means it is gone
 STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports numpy and PyAV before it reports ready
 # Extra wall time a worker gets past the decoder's own max_decode_s check before it is killed.
 KILL_GRACE_S = 2.0
@@ -107,6 +108,7 @@ def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
     while True:
         try:
             job: DecodeJob = conn.recv()
+            conn.send(("started",))
         except (EOFError, OSError):
             return
         started = time.monotonic()
@@ -258,17 +260,15 @@ class DecodePool:
                 future.set_exception(exc)
 
     def _run(self, worker: _Worker, job: DecodeJob) -> Decoded:
-        assert worker.conn is not None and worker.process is not None
-        try:
-            if not worker.process.is_alive():
-                raise BrokenPipeError("worker is not alive")
-            worker.conn.send(job)
-        except (BrokenPipeError, OSError):  # the idle worker had died: the job never started, so retry it
-            log.warning("decoder worker %s was dead before a job; restarting it", worker.pid)
+        # A worker acknowledges a job before it starts decoding, so a worker that died while idle (its death
+        # noticed only now) is told apart from one that the job itself crashed: the job then goes to a fresh one.
+        if not self._deliver(worker, job):
+            log.warning("decoder worker %s was dead before it took a job; replacing it", worker.pid)
             worker.kill_and_restart()
             self.on_restart("died_idle")
-            assert worker.conn is not None
-            worker.conn.send(job)
+            if not self._deliver(worker, job):
+                raise DecoderCrashed("a fresh decoder worker failed to take the job")
+        assert worker.conn is not None
         try:
             if not worker.conn.poll(self.limits.max_decode_s + self.kill_grace_s):
                 log.warning("decoder worker %s overran %.1f s; killing it", worker.pid, self.limits.max_decode_s)
@@ -276,7 +276,7 @@ class DecodePool:
                 self.on_restart("timeout")
                 raise DecodeError("decode_timeout", f"decoding took longer than {self.limits.max_decode_s:.1f} s")
             reply = worker.conn.recv()
-        except (EOFError, OSError, ConnectionResetError):
+        except (EOFError, OSError):
             code = worker.process.exitcode if worker.process is not None else None
             log.warning("decoder worker %s died (exit code %s) decoding an upload; replacing it", worker.pid, code)
             worker.kill_and_restart()
@@ -285,6 +285,19 @@ class DecodePool:
         if reply[0] == "ok":
             return Decoded(reply[1], float(reply[2]))
         raise DecodeError(reply[1], reply[2])
+
+    @staticmethod
+    def _deliver(worker: _Worker, job: DecodeJob) -> bool:
+        """Send the job and wait for the worker's acknowledgement; False when the worker is dead."""
+        if worker.conn is None or worker.process is None or not worker.process.is_alive():
+            return False
+        try:
+            worker.conn.send(job)
+            if not worker.conn.poll(ACK_TIMEOUT_S):
+                return False
+            return bool(worker.conn.recv() == ("started",))
+        except (EOFError, OSError):
+            return False
 
 
 MAX_FIELD_BYTES = 1024  # non-file form fields (budget, explain)

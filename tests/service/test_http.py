@@ -289,7 +289,7 @@ def test_killed_decoder_workers_are_replaced(server: Server, videos: dict[str, P
         while status.exists() and "zombie" not in status.read_text():
             time.sleep(0.01)
     with ThreadPoolExecutor(4) as pool:
-        statuses = list(pool.map(lambda _: classify(server, videos["h264.mp4"]).status_code, range(4)))
-    assert statuses == [200, 200, 200, 200]
+        responses = list(pool.map(lambda _: classify(server, videos["h264.mp4"]), range(4)))
+    assert [r.status_code for r in responses] == [200, 200, 200, 200], [r.text for r in responses]
     assert len(set(decoder_pids(server.process.pid)) - set(pids)) == 2
     assert 'adafocus_decoder_restarts_total{reason="died_idle"} 2.0' in httpx.get(f"{server.url}/metrics").text
