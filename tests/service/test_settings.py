@@ -71,3 +71,15 @@ def test_bad_values_fail_fast(monkeypatch: pytest.MonkeyPatch, name: str, value:
 def test_active_cap_below_batch_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"max_active \(2\) must be >= max_batch \(4\)"):
         Settings(max_batch=4, max_active=2)
+
+
+def test_serve_refuses_bad_settings_before_loading_anything(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "ADAFOCUS_MAX_BATCH": "zero"}
+    entry = Path(sys.executable).parent / "adafocus"
+    done = subprocess.run([str(entry), "serve", "--bundle", str(tmp_path)], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert b"invalid settings" in done.stderr and b"max_batch" in done.stderr
