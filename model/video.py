@@ -34,6 +34,9 @@ IMAGE_FORMATS = frozenset(
     {"image2", "png_pipe", "jpeg_pipe", "webp_pipe", "bmp_pipe", "tiff_pipe", "gif_pipe", "jpegls_pipe",
      "j2k_pipe", "qoi_pipe", "pam_pipe", "pgm_pipe", "ppm_pipe", "pbm_pipe", "svg_pipe", "dpx_pipe", "exr_pipe"}
 )
+# Containers whose demuxers seek exactly by timestamp (seeking elsewhere, e.g. MPEG-TS, is byte-based and loose).
+SEEKABLE_FORMATS = frozenset({"mov", "mp4", "matroska", "webm"})
+UNTIMED_FORMATS = frozenset({"avi"})
 # Frames decoded per seek, on top of the frames between the keyframe and the target (flush + demuxer restart).
 SEEK_OVERHEAD_FRAMES = 8
 
@@ -91,17 +94,13 @@ def decode_clip(source: Source, num_frames: int, size: int, limits: DecodeLimits
         raise DecodeError("not_a_video", "the file is empty")
     if nbytes > limits.max_bytes:
         raise DecodeError("too_large", f"the file has {nbytes} bytes; the limit is {limits.max_bytes}")
-    container = _open(source)
     try:
-        stream = _video_stream(container, limits)
-        plan = plan_clip(container, stream, num_frames, limits)
-        container.seek(0)  # back to the start after the index pass (a no-op cost for the scan)
-        stream.codec_context.flush_buffers()
-        return _decode(container, stream, plan, size, limits, started)
+        with _open(source) as container:  # index pass
+            plan = plan_clip(container, _video_stream(container, limits), num_frames, limits)
+        with _open(source) as container:  # decode pass: a fresh demuxer, no rewind (unreliable in TS, FLV ...)
+            return _decode(container, _video_stream(container, limits), plan, size, limits, started)
     except av.FFmpegError as exc:
         raise DecodeError("undecodable", f"corrupt or unsupported video data: {exc}") from exc
-    finally:
-        container.close()
 
 
 def _open(source: Source) -> av.container.InputContainer:
@@ -172,7 +171,10 @@ def plan_clip(
     if not pts:
         raise DecodeError("zero_frames", "the video stream holds no frames")
     time_base = stream.time_base or Fraction(1, 1)
-    timed = all(p is not None for p in pts)
+    fmt = container.format.name
+    # AVI has no presentation timestamps (FFmpeg guesses them, out of order with B-frames): count frames instead
+    timed = all(p is not None for p in pts) and fmt not in UNTIMED_FORMATS
+    seekable = any(name in SEEKABLE_FORMATS for name in fmt.split(","))
     if timed:
         order = sorted(range(len(pts)), key=lambda i: pts[i])  # type: ignore[arg-type,return-value]
         keys = [int(pts[i]) for i in order]  # type: ignore[arg-type]  # presentation order
@@ -190,7 +192,7 @@ def plan_clip(
     if duration > limits.max_duration_s:
         raise DecodeError("too_long", f"the video lasts {duration:.1f} s; the limit is {limits.max_duration_s:.1f} s")
     scan_cost, seek_cost = _costs(targets, keys if timed else None, order, keyframe)
-    if not timed or limits.method == "scan":
+    if not timed or not seekable or limits.method == "scan":
         method: Literal["seek", "scan"] = "scan"
     elif limits.method == "seek":
         method = "seek"
@@ -255,12 +257,18 @@ def _decode(
 ) -> np.ndarray:
     picked: dict[int, np.ndarray] = {}
     wanted = sorted(set(plan.targets))
-    if plan.method == "scan":
-        _scan(container, stream, wanted, picked, size, limits, started, plan.timed)
+    if plan.method == "seek":
+        try:
+            for target in wanted:
+                if target not in picked:
+                    _seek_one(container, stream, target, wanted, picked, size, limits, started)
+        except _SeekMiss:  # the demuxer landed past a target or found nothing: one sequential pass instead
+            picked.clear()
+            container.seek(0, stream=stream)
+            stream.codec_context.flush_buffers()
+            _scan(container, stream, wanted, picked, size, limits, started, plan.timed)
     else:
-        for target in wanted:
-            if target not in picked:
-                _seek_one(container, stream, target, wanted, picked, size, limits, started)
+        _scan(container, stream, wanted, picked, size, limits, started, plan.timed)
     if not picked:
         raise DecodeError("zero_frames", "no frame of the video stream could be decoded")
     last = picked[max(picked)]
@@ -309,10 +317,14 @@ def _seek_one(
     started: float,
 ) -> None:
     container.seek(target, backward=True, any_frame=False, stream=stream)
+    first = True
     for frame in container.decode(stream):
         _check_time(started, limits)
         if frame.pts is None:
             continue
+        if first and frame.pts > target:
+            raise _SeekMiss()
+        first = False
         hits = [t for t in wanted if t not in picked and t <= frame.pts and t >= target]
         if hits:
             rgb = to_rgb(frame, size)
@@ -320,6 +332,11 @@ def _seek_one(
                 picked[t] = rgb
         if frame.pts >= target:
             return
+    raise _SeekMiss()
+
+
+class _SeekMiss(Exception):
+    """A seek that did not land at or before its target."""
 
 
 def _check_time(started: float, limits: DecodeLimits) -> None:

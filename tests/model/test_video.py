@@ -32,17 +32,19 @@ def test_codecs_and_containers_sample_segment_centres(tmp_path: Path, name: str,
     np.testing.assert_allclose(clip[:, 24, 16, 0], [30, 90, 150, 210], atol=8)
 
 
-def test_seek_and_scan_return_the_same_frames(tmp_path: Path) -> None:
-    path = encode_video(tmp_path / "gop4.mp4", ramp(24, 32, 32), "libx264", gop=4)
-    seek = decode_clip(path, 6, 32, DecodeLimits(method="seek"))
+@pytest.mark.parametrize("name", ["gop4.mp4", "gop4.mkv", "gop4.ts", "gop4.flv", "gop4.avi"])
+def test_seek_and_scan_return_the_same_frames(tmp_path: Path, name: str) -> None:
+    path = encode_video(tmp_path / name, ramp(24, 32, 32), "libx264", gop=4)  # with B-frames
+    seek = decode_clip(path, 6, 32, DecodeLimits(method="seek"))  # TS, FLV and AVI always scan
     scan = decode_clip(path, 6, 32, DecodeLimits(method="scan"))
     np.testing.assert_array_equal(seek, scan)
+    np.testing.assert_allclose(scan[:, 16, 16, 0], [30, 90, 150, 210, 270 % 256, 330 % 256], atol=10)
     np.testing.assert_array_equal(decode_clip(path.read_bytes(), 6, 32), scan)  # in-memory source, same frames
 
 
 def test_cost_model_scans_long_gops_and_seeks_when_every_frame_is_a_keyframe(tmp_path: Path) -> None:
     long_gop = encode_video(tmp_path / "long.mp4", ramp(96, 32, 32), "libx264", gop=250)
-    intra = encode_video(tmp_path / "intra.avi", ramp(96, 32, 32), "mjpeg")
+    intra = encode_video(tmp_path / "intra.mkv", ramp(96, 32, 32), "mjpeg")
     with av.open(str(long_gop)) as container:
         assert plan_clip(container, container.streams.video[0], 4, DecodeLimits()).method == "scan"
     with av.open(str(intra)) as container:
