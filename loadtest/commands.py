@@ -103,7 +103,7 @@ def _register_bench(sub: Any) -> None:
     dec.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip (default 16)")
     dec.add_argument("--size", type=int, default=96, help="side of the decoded clip (default 96)")
     dec.add_argument("--max-workers", type=int, default=None, help="up to this many processes (default: CPU count)")
-    dec.add_argument("--clips-per-worker", type=int, default=6)
+    dec.add_argument("--clips-per-worker", type=int, default=10)
     dec.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     dec.add_argument("--markdown", action="store_true", help="print a markdown table (docs/benchmarks.md)")
     dec.add_argument("--quick", action="store_true", help="a smoke run of under a minute")

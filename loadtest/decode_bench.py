@@ -29,7 +29,7 @@ class DecodeBenchConfig:
     num_frames: int = 16  # T sampled per clip (the model's)
     size: int = 96  # side of the decoded clip (the model's frame_size)
     max_workers: int = 2
-    clips_per_worker: int = 6  # decodes per measurement = this x workers (at least 6)
+    clips_per_worker: int = 10  # decodes per measurement = this x workers (at least 6)
     specs: tuple[EncodeSpec, ...] = DECODE_SPECS
 
 
