@@ -163,7 +163,11 @@ def run_loadtest(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.no_progress,
     )
-    result = asyncio.run(run_load(cfg, corpus))
+    try:
+        result = asyncio.run(run_load(cfg, corpus))
+    except RuntimeError as exc:
+        sys.stderr.write(f"adafocus loadtest: {exc}\n")
+        return 1
     if args.plots:
         from loadtest.plots import plot_accuracy_vs_throughput, plot_load_vs_offered
 

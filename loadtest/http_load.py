@@ -184,6 +184,16 @@ async def run_phase(
     return result
 
 
+async def preflight(client: httpx.AsyncClient, out: TextIO) -> None:
+    """Fail fast when the server cannot be reached at all; warn when it reports not ready."""
+    try:
+        response = await client.get("/readyz")
+    except httpx.TransportError as exc:
+        raise RuntimeError(f"cannot reach {client.base_url}: {type(exc).__name__}: {exc}") from exc
+    if response.status_code not in (200, 404):
+        out.write(f"warning: {client.base_url}readyz answered {response.status_code}; load-testing anyway\n")
+
+
 async def get_budget(client: httpx.AsyncClient) -> dict[str, Any]:
     response = await client.get("/budget")
     response.raise_for_status()
@@ -229,6 +239,7 @@ async def run_load(cfg: LoadConfig, corpus: Corpus, out: TextIO = sys.stderr) ->
     limits = httpx.Limits(max_connections=max(cfg.max_inflight, cfg.concurrency), max_keepalive_connections=256)
     results: list[dict[str, Any]] = []
     async with httpx.AsyncClient(base_url=cfg.url, timeout=timeout, limits=limits) as client:
+        await preflight(client, out)
         original = active_budget(await get_budget(client)) if cfg.budgets else None
         switched = False
         try:

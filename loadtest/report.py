@@ -94,8 +94,9 @@ def format_phase(result: dict[str, Any]) -> str:
 
     acc = "-" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
     gm = "-" if result["gmacs_per_video"] is None else f"{result['gmacs_per_video']:.4f}"
+    errors = ", ".join(f"{k} x{v}" for k, v in result["errors_by_code"].items())
     return (
         f"{result['phase']:<28s} sent {result['sent']:>6d} ok {result['completed']:>6d} err {result['errors']:>5d}  "
         f"{result['throughput']:8.2f}/s  p50 {ms(lat['p50'])} p90 {ms(lat['p90'])} p99 {ms(lat['p99'])} "
-        f"max {ms(lat['max'])} ms  GMACs {gm}  acc {acc}"
+        f"max {ms(lat['max'])} ms  GMACs {gm}  acc {acc}" + (f"  errors: {errors}" if errors else "")
     )

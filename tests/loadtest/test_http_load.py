@@ -110,6 +110,13 @@ def test_budget_sweep_with_a_bad_token_fails_loudly(server: FakeServer, corpus_d
     assert server.behaviour.received == 0
 
 
+def test_an_unreachable_server_fails_fast(corpus_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(RuntimeError, match=r"cannot reach http://127\.0\.0\.1:9"):
+        run(LoadConfig("http://127.0.0.1:9", Bound(requests=1)), corpus_dir)
+    assert main(["loadtest", "--url", "http://127.0.0.1:9", "--corpus", str(corpus_dir), "--requests", "1"]) == 1
+    assert "cannot reach" in capsys.readouterr().err
+
+
 def test_cli_rate_sweep_writes_json_and_plots(
     server: FakeServer, corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
