@@ -45,11 +45,16 @@ def register(sub: Any) -> None:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
+    from exporters.manifest import ExportError
     from exporters.onnx_export import ExportOptions, export_bundle
-    from model.bundle import load_bundle
+    from model.bundle import BundleError, load_bundle
 
-    bundle = load_bundle(args.bundle)
-    manifest, report = export_bundle(bundle, args.out, ExportOptions(args.opset, args.exporter), args.clips)
+    try:
+        bundle = load_bundle(args.bundle)
+        manifest, report = export_bundle(bundle, args.out, ExportOptions(args.opset, args.exporter), args.clips)
+    except (BundleError, ExportError) as exc:
+        sys.stderr.write(f"adafocus export onnx: {exc}\n")
+        return 2
     out = Path(args.out)
     sys.stdout.write(f"exported bundle {manifest.bundle_sha256[:12]}... ({manifest.config_name}) to {out}\n")
     sys.stdout.write(f"exporter {manifest.exporter}, opset {manifest.opset}\n")

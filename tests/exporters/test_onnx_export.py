@@ -115,6 +115,11 @@ def test_export_command(tiny: tuple[Bundle, Path], tmp_path: Path, capsys: pytes
     assert (out / PARITY_REPORT).is_file()
 
 
+def test_export_command_reports_a_bad_bundle(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["export", "onnx", "--bundle", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
+    assert "adafocus export onnx: bundle directory" in capsys.readouterr().err
+
+
 def test_export_refuses_to_write_into_a_foreign_directory(tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("mine\n")
     with pytest.raises(ExportError, match="not empty and is not an ONNX export"):
