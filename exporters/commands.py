@@ -91,7 +91,14 @@ def run_bench_runners(args: argparse.Namespace) -> int:
         budget=args.budget,
         threads=args.threads,
     )
-    results = run_bench(args.bundle, args.export, cfg, args.config)
+    from exporters.manifest import ExportError
+    from model.bundle import BundleError
+
+    try:
+        results = run_bench(args.bundle, args.export, cfg, args.config)
+    except (BundleError, ExportError, ValueError) as exc:
+        sys.stderr.write(f"adafocus bench-runners: {exc}\n")
+        return 2
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
     if args.markdown:
