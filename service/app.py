@@ -73,7 +73,7 @@ class ServiceState:
         self.metrics = Metrics(bundle.config.num_cubes + 1)
         from service.engine.backends import create_runner
 
-        runner = create_runner(bundle.model, s.backend, device)
+        runner = create_runner(bundle.model, s.backend, device, bundle=bundle, max_batch=s.max_batch)
         self.engine = Engine(
             runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics
         )

@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     decode_queue: int = Field(default=64, ge=1, description="uploads waiting for or in a decoder; beyond it 503")
 
     operator_token: SecretStr | None = Field(default=None, description="bearer token for PUT /budget; unset = refused")
+    operator_token_file: Path | None = Field(
+        default=None, description="file holding the operator token (Docker secrets); used when the token is unset"
+    )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, max wait for in-flight requests")
     warmup: bool = Field(default=True, description="run the model at the batch sizes used before reporting ready")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
@@ -69,6 +72,19 @@ class Settings(BaseSettings):
         if len(value.get_secret_value()) < MIN_TOKEN_CHARS:
             raise ValueError(f"ADAFOCUS_OPERATOR_TOKEN must have at least {MIN_TOKEN_CHARS} characters")
         return value
+
+    @model_validator(mode="after")
+    def _token_from_file(self) -> Settings:
+        if self.operator_token is not None or self.operator_token_file is None:
+            return self
+        try:
+            token = self.operator_token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"ADAFOCUS_OPERATOR_TOKEN_FILE cannot be read: {exc}") from exc
+        if len(token) < MIN_TOKEN_CHARS:
+            raise ValueError(f"ADAFOCUS_OPERATOR_TOKEN_FILE: the token needs at least {MIN_TOKEN_CHARS} characters")
+        object.__setattr__(self, "operator_token", SecretStr(token))  # frozen model: set once, while validating
+        return self
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:

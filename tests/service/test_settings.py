@@ -44,6 +44,19 @@ def test_init_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch
     assert Settings(port=9002).port == 9002
 
 
+def test_token_from_a_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "token").write_text("y" * 32 + "\n")
+    monkeypatch.setenv("ADAFOCUS_OPERATOR_TOKEN_FILE", str(tmp_path / "token"))
+    token = Settings().operator_token
+    assert token is not None and token.get_secret_value() == "y" * 32
+    (tmp_path / "token").write_text("short")
+    with pytest.raises(ValidationError, match="at least 16 characters"):
+        Settings()
+    monkeypatch.setenv("ADAFOCUS_OPERATOR_TOKEN_FILE", str(tmp_path / "missing"))
+    with pytest.raises(ValidationError, match="cannot be read"):
+        Settings()
+
+
 def test_empty_token_means_none(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ADAFOCUS_OPERATOR_TOKEN", "")
     assert Settings().operator_token is None
