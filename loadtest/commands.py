@@ -137,12 +137,14 @@ def write_json(result: dict[str, Any]) -> None:
 
 def run_loadtest(args: argparse.Namespace) -> int:
     import asyncio
+    import logging
 
     from loadtest.corpus import load_corpus
     from loadtest.http_load import LoadConfig, run_load
     from loadtest.report import format_phase
     from loadtest.schedule import Bound
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
     corpus = load_corpus(args.corpus, args.limit)
     rates: tuple[float, ...] = args.rate_sweep or ((args.rate,) if args.rate is not None else ())
     budgets = _resolve_budgets(args)
