@@ -57,7 +57,7 @@ def plot_accuracy_vs_throughput(result: dict[str, Any], out: Path, title: str = 
         best = max(phases, key=lambda p: p["throughput"])
         if best.get("accuracy") is not None:
             points.append((name, best["throughput"], best["accuracy"], best.get("gmacs_per_video")))
-    if len(points) < 1:
+    if len(points) < 2:  # one level is not a trade-off curve
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot([p[1] for p in points], [p[2] for p in points], "-o")

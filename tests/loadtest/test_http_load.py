@@ -117,17 +117,22 @@ def test_an_unreachable_server_fails_fast(corpus_dir: Path, capsys: pytest.Captu
     assert "cannot reach" in capsys.readouterr().err
 
 
-def test_cli_rate_sweep_writes_json_and_plots(
+def test_cli_rate_and_budget_sweep_writes_json_and_plots(
     server: FakeServer, corpus_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["loadtest", "--url", server.url, "--corpus", str(corpus_dir), "--rate-sweep", "10,20", "--requests", "8"]
-    code = main([*argv, "--json", "--no-progress", "--plots", str(tmp_path)])
-    assert code == 0
+    argv = ["loadtest", "--url", server.url, "--corpus", str(corpus_dir), "--rate-sweep", "10,20", "--requests", "6"]
+    argv += ["--budget-sweep", "all", "--token", TOKEN, "--json", "--no-progress", "--plots", str(tmp_path)]
+    assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
-    assert [p["offered_rate"] for p in result["phases"]] == [10.0, 20.0]
-    assert [p["sent"] for p in result["phases"]] == [8, 8]
-    assert server.behaviour.received == 16
-    assert result["phases"][0]["accuracy"] is not None
+    assert [(p["budget_level"], p["offered_rate"]) for p in result["phases"]] == [
+        ("low", 10.0),
+        ("low", 20.0),
+        ("high", 10.0),
+        ("high", 20.0),
+    ]
+    assert [p["sent"] for p in result["phases"]] == [6, 6, 6, 6]
+    assert server.behaviour.received == 24
+    assert result["phases"][0]["accuracy"] == pytest.approx(5 / 6)
     assert sorted(Path(p).name for p in result["plots"]) == [
         "loadtest_accuracy_throughput.png",
         "loadtest_latency_throughput.png",
