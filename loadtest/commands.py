@@ -208,7 +208,7 @@ def run_bench_engine(args: argparse.Namespace) -> int:
 def _bench_engine(args: argparse.Namespace) -> int:
     from loadtest.engine_bench import EngineBenchConfig, format_engine, load_workload, run_engine_bench
 
-    work = load_workload(args.bundle, args.config, args.clips, args.seed)
+    work = load_workload(args.bundle, args.config, args.clips, args.seed, args.device)
     levels = tuple(args.levels)
     if args.quick and not levels:
         names = [lvl.name for lvl in work.budgets.levels]  # cheapest and most expensive

@@ -111,13 +111,17 @@ def make_clips(config: AdaFocusConfig, count: int, seed: int) -> tuple[np.ndarra
         return rng.integers(0, 256, shape, dtype=np.uint8), None, f"random uint8 clips ({exc})"
 
 
-def quantile_budgets(model: AdaFocusV3, costs: CostReport, frames: np.ndarray) -> BudgetTable:
+def quantile_budgets(model: AdaFocusV3, costs: CostReport, frames: np.ndarray, device: str = "cpu") -> BudgetTable:
     """A hand-made budget table for a model without calibrated thresholds (random weights): at level ``q`` the
     threshold of every exit is the ``q``-quantile of that exit's entropy on these clips, so cheaper levels stop
     earlier. ``max`` (all zeros) runs every cube. Expected GMACs come from the same clips; accuracy is unknown."""
+    model = model.eval().to(device)
+    chunks = []
     with torch.inference_mode():
-        video = torch.from_numpy(frames).permute(0, 4, 1, 2, 3)  # (N, 3, T, H, W) uint8
-        logits = model.eval()(video).exit_logits  # (N, K + 1, C)
+        for i in range(0, len(frames), 8):
+            video = torch.from_numpy(frames[i : i + 8]).to(device).permute(0, 4, 1, 2, 3)  # (b, 3, T, H, W) uint8
+            chunks.append(model(video).exit_logits.float().cpu())  # (b, K + 1, C)
+    logits = torch.cat(chunks)  # (N, K + 1, C)
     entropy = torch.stack([exit_scores(logits[:, k], "entropy") for k in range(logits.shape[1])], 1)  # (N, K + 1)
     K = logits.shape[1] - 1
     levels = []
@@ -131,7 +135,7 @@ def quantile_budgets(model: AdaFocusV3, costs: CostReport, frames: np.ndarray) -
     return BudgetTable("entropy", tuple(sorted(levels, key=lambda lvl: lvl.expected_gmacs)), "balanced")
 
 
-def load_workload(bundle: str | None, config: str | None, clips: int, seed: int) -> Workload:
+def load_workload(bundle: str | None, config: str | None, clips: int, seed: int, device: str = "cpu") -> Workload:
     """The shipped (or named) bundle; with ``config``, that named config with random weights."""
     if config is None:
         from model.bundle import DEFAULT_BUNDLE, load_bundle
@@ -148,7 +152,7 @@ def load_workload(bundle: str | None, config: str | None, clips: int, seed: int)
     model = AdaFocusV3(get_config(config)).eval()
     costs = cost_report(model)
     frames, labels, clip_source = make_clips(model.config, clips, seed)
-    budgets = quantile_budgets(model, costs, frames)
+    budgets = quantile_budgets(model, costs, frames, device)
     source = f"config {config!r} with RANDOM weights (no bundle); budget levels hand-made from entropy quantiles"
     return Workload(model, budgets, costs, frames, labels, source, clip_source)
 

@@ -79,7 +79,15 @@ def test_bench_engine_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_decode_bench_decodes_real_files_in_a_worker_pool() -> None:
     cfg = DecodeBenchConfig(
-        seconds=1.0, fps=10, width=64, height=48, num_frames=4, size=32, max_workers=1, specs=DECODE_SPECS[1:2]
+        seconds=1.0,
+        fps=10,
+        width=64,
+        height=48,
+        num_frames=4,
+        size=32,
+        max_workers=1,
+        clips_per_worker=1,
+        specs=DECODE_SPECS[1:2],
     )
     result = run_decode_bench(cfg)
     (fmt,) = result["formats"]
