@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # AdaFocusV3 inference server for a GPU host.
 #   docker build -t adafocus-serve .
-#   docker run --gpus all -p 8000:8000 -e ADAFOCUS_OPERATOR_TOKEN_FILE=/run/secrets/operator_token ... adafocus-serve
+#   docker run --gpus all -p 8000:8000 -v $PWD/token:/run/secrets/operator_token:ro \
+#       -e ADAFOCUS_OPERATOR_TOKEN_FILE=/run/secrets/operator_token adafocus-serve
 # torch==2.13.0's default PyPI wheel is its CUDA 13.0 build (it brings its own CUDA libraries as wheels);
 # the base image supplies the matching CUDA runtime and the NVIDIA container-toolkit labels.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
@@ -42,7 +43,6 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 adafocus \
     && useradd --system --uid 10001 --gid adafocus --home-dir /home/adafocus --create-home --shell /usr/sbin/nologin adafocus
 COPY --from=builder /opt/venv /opt/venv
-COPY --chmod=0755 service/deploy/entrypoint.sh /usr/local/bin/adafocus-entrypoint
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -52,8 +52,10 @@ ENV PATH=/opt/venv/bin:$PATH \
 USER 10001:10001
 WORKDIR /home/adafocus
 EXPOSE 8000
-# /healthz answers as soon as the process serves HTTP; the model loads and warms up behind /readyz.
+# Liveness only (readiness is /readyz). The server listens once the bundle is loaded, warmed up and the decoder
+# self-tested; --start-period covers that.
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('ADAFOCUS_PORT', '8000'), timeout=2)"]
-ENTRYPOINT ["adafocus-entrypoint"]
+# The operator token is never baked in: ADAFOCUS_OPERATOR_TOKEN (env file) or ADAFOCUS_OPERATOR_TOKEN_FILE (secret).
+ENTRYPOINT ["adafocus"]
 CMD ["serve"]

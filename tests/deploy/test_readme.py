@@ -14,8 +14,6 @@ from tests.deploy.exported import exported_metric_names
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
-# Read by service/deploy/entrypoint.sh (the container's entry point), not by Settings.
-ENTRYPOINT_VARIABLES = {"ADAFOCUS_OPERATOR_TOKEN_FILE"}
 
 
 def code_blocks(language: str) -> list[str]:
@@ -40,7 +38,7 @@ def test_configuration_table_lists_every_setting():
 
 def test_every_variable_named_in_the_readme_exists():
     named = set(re.findall(r"\bADAFOCUS_[A-Z0-9_]*[A-Z0-9]\b", README))
-    assert named - ENTRYPOINT_VARIABLES <= {f"ADAFOCUS_{name.upper()}" for name in Settings.model_fields}
+    assert named <= {f"ADAFOCUS_{name.upper()}" for name in Settings.model_fields}
 
 
 def test_metrics_table_lists_every_exported_metric():
