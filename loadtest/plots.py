@@ -80,9 +80,15 @@ def plot_engine_modes(result: dict[str, Any], out: Path, title: str = "") -> Pat
     levels = result.get("levels", [])
     if not levels:
         return None
-    fig, axes = plt.subplots(1, len(levels) + 1, figsize=(4 * (len(levels) + 1), 3.6), squeeze=False)
+    panels = len(levels) + 1
+    cols = min(3, panels)
+    rows = (panels + cols - 1) // cols
+    fig, grid = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.6 * rows), squeeze=False)
+    axes = list(grid.flat)
+    for spare in axes[panels:]:
+        spare.set_visible(False)
     modes = result.get("modes", [])
-    for ax, level in zip(axes[0][:-1], levels, strict=True):
+    for ax, level in zip(axes[: len(levels)], levels, strict=True):
         for mode in modes:
             runs = sorted(
                 (r for r in level["runs"] if r["mode"] == mode and r["offered_rate"] is not None),
@@ -95,7 +101,7 @@ def plot_engine_modes(result: dict[str, Any], out: Path, title: str = "") -> Pat
         ax.set(xlabel="offered load (videos/s)", ylabel="p99 latency (ms)", yscale="log", title=level["budget"])
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)
-    ax = axes[0][-1]
+    ax = axes[len(levels)]
     width = 0.8 / max(len(modes), 1)
     for i, mode in enumerate(modes):
         values = [
