@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -77,3 +78,14 @@ def test_relative_links_point_to_files():
 
 def test_no_template_placeholder_left():
     assert not re.findall(r"\b[A-Z]+_(?:TABLE|EXAMPLE|SUMMARY)\b", README)
+
+
+def test_budget_table_matches_the_shipped_bundle():
+    budgets = json.loads((ROOT / "model" / "bundles" / "default" / "budgets.json").read_text())
+    rows = re.findall(r"^\| `(\w+)`(?: \(default\))? \| ([^|]+) \| ([\d.]+) \| ([\d.]+)% \|$", README, flags=re.M)
+    assert [name for name, *_ in rows] == [level["name"] for level in budgets["levels"]]
+    for (name, thresholds, gmacs, accuracy), level in zip(rows, budgets["levels"], strict=True):
+        assert [float(t) for t in thresholds.split(", ")] == pytest.approx(level["thresholds"], rel=1e-3), name
+        assert float(gmacs) == pytest.approx(level["expected_gmacs"], abs=5e-5), name
+        assert float(accuracy) == pytest.approx(100 * level["expected_accuracy"], abs=0.05), name
+    assert f"`{budgets['default']}` (default)" in README
