@@ -21,7 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.requests import ClientDisconnect
 
-from model.bundle import Bundle, load_bundle
+from model.bundle import Bundle
 from model.cost import cost_report
 from service.decode import DecodeJob, DecodePool, read_upload, self_test_video
 from service.engine.engine import Engine
@@ -67,13 +67,16 @@ class ServiceState:
 
             torch.set_num_threads(s.torch_threads)
         device = s.resolved_device()
-        self.bundle = bundle = load_bundle(s.bundle, device)
+        from service.engine.backends import create_runner, load_model_source
+
+        source = load_model_source(s.bundle, device)  # a bundle, or an ONNX export directory with its bundle
+        self.bundle = bundle = source.bundle
         self.checks["model_loaded"] = True
         log.info("loaded bundle %s (%s, sha256 %s) on %s", bundle.path, bundle.config.name, bundle.sha256[:12], device)
         self.metrics = Metrics(bundle.config.num_cubes + 1)
-        from service.engine.backends import create_runner
-
-        runner = create_runner(bundle.model, s.backend, device, bundle=bundle, max_batch=s.max_batch)
+        runner = create_runner(
+            bundle.model, s.backend, device, bundle=bundle, export_dir=source.export_dir, max_batch=s.max_batch
+        )
         self.engine = Engine(
             runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics
         )
