@@ -27,6 +27,8 @@ def shell_commands() -> list[list[str]]:
     for block in code_blocks("bash"):
         for line in block.replace("\\\n", " ").splitlines():
             words = shlex.split(line, comments=True)
+            while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+                words = words[1:]  # environment assignments before the command
             if words:
                 commands.append(words)
     return commands
