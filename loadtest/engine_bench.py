@@ -165,13 +165,15 @@ class _Run:
     intended: list[float] = field(default_factory=list)
     done: list[float | None] = field(default_factory=list)
     futures: list[Future[EngineResult]] = field(default_factory=list)
+    labels: list[int | None] = field(default_factory=list)  # ground truth per tracked request
     rejected: int = 0
 
-    def track(self, future: Future[EngineResult], intended: float) -> None:
+    def track(self, future: Future[EngineResult], intended: float, request: EngineRequest) -> None:
         index = len(self.done)
         self.intended.append(intended)
         self.done.append(None)
         self.futures.append(future)
+        self.labels.append(request.label)
 
         def stamp(_: Future[EngineResult]) -> None:
             self.done[index] = time.monotonic()
@@ -185,9 +187,7 @@ def _request(work: Workload, i: int, deadline: float | None) -> EngineRequest:
     return EngineRequest(frames=work.frames[i % n], deadline=deadline, label=label)
 
 
-def _summarize(
-    run: _Run, stats: StatsObserver, work: Workload, deadline_s: float | None, started: float
-) -> dict[str, Any]:
+def _summarize(run: _Run, stats: StatsObserver, deadline_s: float | None, started: float) -> dict[str, Any]:
     results: list[EngineResult] = []
     labels: list[int | None] = []
     latencies: list[float] = []
@@ -199,7 +199,7 @@ def _summarize(
             latencies.append(deadline_s if deadline_s is not None else float("nan"))
             continue
         results.append(future.result())
-        labels.append(None if work.labels is None else int(work.labels[i % len(work.labels)]))
+        labels.append(run.labels[i])
         done = run.done[i]
         assert done is not None
         latencies.append(done - run.intended[i])
@@ -239,10 +239,11 @@ def saturation_run(engine: Engine, recorder: _Recorder, work: Workload, count: i
     run = _Run()
     started = time.monotonic()
     for i in range(count):
-        run.track(engine.submit(_request(work, i, None)), started)
+        request = _request(work, i, None)
+        run.track(engine.submit(request), started, request)
     for future in run.futures:
         future.exception()  # wait
-    return _summarize(run, stats, work, None, started)
+    return _summarize(run, stats, None, started)
 
 
 def rate_run(
@@ -258,13 +259,14 @@ def rate_run(
         delay = intended - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        request = _request(work, i, intended + cfg.deadline_s)
         try:
-            run.track(engine.submit(_request(work, i, intended + cfg.deadline_s)), intended)
+            run.track(engine.submit(request), intended, request)
         except EngineError:
             run.rejected += 1
     for future in run.futures:
         future.exception()
-    return _summarize(run, stats, work, cfg.deadline_s, started)
+    return _summarize(run, stats, cfg.deadline_s, started)
 
 
 # ---------------------------------------------------------------------------------------------- the bench
