@@ -45,6 +45,7 @@ def test_compose_cpu_profile_has_no_gpu_reservation(root):
     assert "deploy" not in server
     assert server["environment"]["ADAFOCUS_DEVICE"] == "cpu"
     assert server["environment"]["ADAFOCUS_BACKEND"] == "auto"
+    assert (server["environment"]["ADAFOCUS_MAX_BATCH"], server["environment"]["ADAFOCUS_MAX_ACTIVE"]) == ("8", "8")
     assert server["networks"]["default"]["aliases"] == ["adafocus"]
     assert config["services"]["server"]["networks"]["default"]["aliases"] == ["adafocus"]
 
