@@ -25,6 +25,16 @@ def _names(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
+    return values
+
+
 def register(sub: Any) -> None:
     lt = sub.add_parser(
         "loadtest",
@@ -70,7 +80,18 @@ def _register_bench(sub: Any) -> None:
     src = eng.add_mutually_exclusive_group()
     src.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle, if present)")
     src.add_argument("--config", default=None, help="named config with RANDOM weights: tiny, default, paper-mn2-r50")
-    eng.add_argument("--modes", type=_names, default=("continuous", "drain", "single"), help="engine modes")
+    eng.add_argument(
+        "--modes",
+        type=_names,
+        default=("continuous", "drain", "single"),
+        help="engine modes; continuous-mgN = continuous with min_glance_batch N",
+    )
+    eng.add_argument(
+        "--min-glance-batch",
+        type=_ints,
+        default=(),
+        help="comma-separated min_glance_batch values > 1: each adds a continuous-mgN mode run beside the others",
+    )
     eng.add_argument("--levels", type=_names, default=(), help="budget levels (default: all)")
     eng.add_argument("--requests", type=int, default=256, help="requests per saturation run (default 256)")
     eng.add_argument("--repeats", type=int, default=3, help="runs per mode and load; median kept (default 3)")
@@ -206,15 +227,29 @@ def run_bench_engine(args: argparse.Namespace) -> int:
 
 
 def _bench_engine(args: argparse.Namespace) -> int:
-    from loadtest.engine_bench import EngineBenchConfig, format_engine, load_workload, run_engine_bench
+    from loadtest.engine_bench import (
+        EngineBenchConfig,
+        format_engine,
+        load_workload,
+        mode_label,
+        parse_mode,
+        run_engine_bench,
+    )
 
+    modes = tuple(dict.fromkeys([*args.modes, *(mode_label("continuous", n) for n in args.min_glance_batch)]))
+    try:
+        for label in modes:
+            parse_mode(label)  # before the model loads
+    except ValueError as exc:
+        sys.stderr.write(f"adafocus bench engine: {exc}\n")
+        return 2
     work = load_workload(args.bundle, args.config, args.clips, args.seed, args.device)
     levels = tuple(args.levels)
     if args.quick and not levels:
         names = [lvl.name for lvl in work.budgets.levels]  # cheapest and most expensive
         levels = tuple(dict.fromkeys([names[0], names[-1]]))
     cfg = EngineBenchConfig(
-        modes=tuple(args.modes),
+        modes=modes,
         levels=levels,
         saturation_requests=64 if args.quick else args.requests,
         repeats=1 if args.quick else args.repeats,

@@ -42,7 +42,7 @@ from service.engine.types import ENGINE_MODES, EngineConfig, EngineMode, EngineR
 
 @dataclass(frozen=True)
 class EngineBenchConfig:
-    modes: tuple[EngineMode, ...] = ENGINE_MODES
+    modes: tuple[str, ...] = ENGINE_MODES  # engine modes, or ``continuous-mgN``: continuous, min_glance_batch N
     levels: tuple[str, ...] = ()  # budget levels to run; () = every level of the table
     saturation_requests: int = 256  # requests submitted at once per saturation run
     repeats: int = 1  # runs per mode and load (interleaved across modes); the median run is reported
@@ -270,41 +270,63 @@ def rate_run(
 
 
 # ---------------------------------------------------------------------------------------------- the bench
-def _engines(work: Workload, cfg: EngineBenchConfig) -> dict[EngineMode, tuple[Engine, _Recorder]]:
+MIN_GLANCE_SUFFIX = "-mg"  # mode label ``continuous-mg4``: continuous mode with min_glance_batch 4
+
+
+def mode_label(mode: EngineMode, min_glance_batch: int = 1) -> str:
+    return mode if min_glance_batch == 1 else f"{mode}{MIN_GLANCE_SUFFIX}{min_glance_batch}"
+
+
+def parse_mode(label: str) -> tuple[EngineMode, int]:
+    """``continuous`` -> (continuous, 1); ``continuous-mg4`` -> (continuous, 4); ValueError for anything else."""
+    name, sep, min_glance = label.partition(MIN_GLANCE_SUFFIX)
+    for mode in ENGINE_MODES:
+        if name == mode and not sep:
+            return mode, 1
+        if name == mode == "continuous" and min_glance.isdigit() and int(min_glance) >= 1:
+            return mode, int(min_glance)
+    raise ValueError(f"unknown bench mode {label!r}: one of {ENGINE_MODES} or continuous{MIN_GLANCE_SUFFIX}N")
+
+
+def _engines(work: Workload, cfg: EngineBenchConfig) -> dict[str, tuple[Engine, _Recorder]]:
     runner = TorchRunner(work.model, cfg.device)  # one model, one runner: the engines run one at a time
     queue = max(cfg.saturation_requests, 4096)
     engines = {}
-    for mode in cfg.modes:
+    for label in cfg.modes:
+        mode, min_glance = parse_mode(label)
         recorder = _Recorder()
-        config = EngineConfig(mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue)
+        config = EngineConfig(mode, cfg.max_batch, cfg.max_active, queue, min_glance_batch=min_glance)
         engine = Engine(runner, work.model.config, work.budgets, work.costs, config, recorder)
         engine.start()
         engine.warmup()
-        engines[mode] = (engine, recorder)
+        engines[label] = (engine, recorder)
     return engines
 
 
-def _ratios(runs: Sequence[dict[str, Any]], modes: Sequence[EngineMode]) -> dict[str, Any]:
-    if "continuous" not in modes:
+def _ratio_pairs(modes: Sequence[str]) -> list[tuple[str, str]]:
+    """(continuous label, other label) for every continuous variant against every mode not already paired."""
+    bases = [m for m in modes if parse_mode(m)[0] == "continuous"]
+    return [(b, m) for i, b in enumerate(bases) for m in modes if m != b and m not in bases[:i]]
+
+
+def _ratios(runs: Sequence[dict[str, Any]], modes: Sequence[str]) -> dict[str, Any]:
+    pairs = _ratio_pairs(modes)
+    if not pairs:
         return {}
     sat = {r["mode"]: r for r in runs if r["offered_rate"] is None}
     out: dict[str, Any] = {"saturation_videos_per_s": {}, "p99_at_rate": {}}
-    for mode in modes:
-        if mode != "continuous":
-            out["saturation_videos_per_s"][f"continuous/{mode}"] = (
-                sat["continuous"]["videos_per_s"] / sat[mode]["videos_per_s"]
-            )
+    for base, mode in pairs:
+        out["saturation_videos_per_s"][f"{base}/{mode}"] = sat[base]["videos_per_s"] / sat[mode]["videos_per_s"]
     for rate in sorted({r["offered_rate"] for r in runs if r["offered_rate"] is not None}):
         at = {r["mode"]: r for r in runs if r["offered_rate"] == rate}
-        cont = at["continuous"]["latency_s"]["p99"]
         out["p99_at_rate"][f"{rate:.4g}"] = {
-            f"{mode}/continuous": at[mode]["latency_s"]["p99"] / cont for mode in modes if mode != "continuous"
+            f"{mode}/{base}": at[mode]["latency_s"]["p99"] / at[base]["latency_s"]["p99"] for base, mode in pairs
         }
     return out
 
 
 def run_level(
-    engines: dict[EngineMode, tuple[Engine, _Recorder]],
+    engines: dict[str, tuple[Engine, _Recorder]],
     work: Workload,
     cfg: EngineBenchConfig,
     level: str,
@@ -312,13 +334,13 @@ def run_level(
 ) -> dict[str, Any]:
     for engine, _ in engines.values():
         engine.set_budget_level(level)
-    samples: dict[EngineMode, list[dict[str, Any]]] = {m: [] for m in engines}
+    samples: dict[str, list[dict[str, Any]]] = {m: [] for m in engines}
     for engine, recorder in engines.values():  # unmeasured: first calls at new batch sizes are slow (oneDNN set-up)
         saturation_run(engine, recorder, work, min(cfg.saturation_requests, 4 * cfg.max_batch))
     for rep in range(cfg.repeats):
         for mode, (engine, recorder) in engines.items():
             samples[mode].append(saturation_run(engine, recorder, work, cfg.saturation_requests))
-            log(f"{level:>10s} {mode:>10s} saturation #{rep + 1}: {samples[mode][-1]['videos_per_s']:.1f} videos/s")
+            log(f"{level:>10s} {mode:>14s} saturation #{rep + 1}: {samples[mode][-1]['videos_per_s']:.1f} videos/s")
     runs = []
     for mode, reps in samples.items():
         best = sorted(reps, key=lambda r: r["videos_per_s"])[len(reps) // 2]  # the median run
@@ -328,13 +350,13 @@ def run_level(
     base = next((r["videos_per_s"] for r in runs if r["mode"] == "continuous"), runs[0]["videos_per_s"])
     rates = cfg.rates or tuple(round(f * base, 2) for f in cfg.rate_fractions)
     for j, rate in enumerate(rates):
-        at_rate: dict[EngineMode, list[dict[str, Any]]] = {m: [] for m in engines}
+        at_rate: dict[str, list[dict[str, Any]]] = {m: [] for m in engines}
         for rep in range(cfg.repeats):  # modes interleaved, same arrival schedule per repeat
             for mode, (engine, recorder) in engines.items():
                 run = rate_run(engine, recorder, work, rate, cfg, cfg.seed + 1000 * j + rep)
                 at_rate[mode].append(run)
                 p99, served = run["latency_s"]["p99"] * 1e3, run["videos_per_s"]
-                log(f"{level:>10s} {mode:>10s} rate {rate:.1f}/s #{rep + 1}: p99 {p99:.0f} ms, {served:.1f} videos/s")
+                log(f"{level:>10s} {mode:>14s} rate {rate:.1f}/s #{rep + 1}: p99 {p99:.0f} ms, {served:.1f} videos/s")
         for mode, reps in at_rate.items():
             median = sorted(reps, key=lambda r: r["latency_s"]["p99"])[len(reps) // 2]  # the median-p99 run
             p99s = [r["latency_s"]["p99"] for r in reps]
@@ -381,7 +403,7 @@ def format_engine(result: dict[str, Any]) -> str:
     lines = [
         f"model {result['model']}: {result['source']}",
         f"clips: {result['clips']}; device {result['device']}; torch threads {result['torch_threads']}",
-        f"{'budget':<10s} {'mode':<10s} {'load':>10s} {'videos/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
+        f"{'budget':<10s} {'mode':<14s} {'load':>10s} {'videos/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
         f"{'glance b':>8s} {'focus b':>8s} {'GMACs/v':>8s} {'GMACs/s':>8s} {'busy':>5s} {'err':>4s}",
     ]
     for level in result["levels"]:
@@ -391,7 +413,7 @@ def format_engine(result: dict[str, Any]) -> str:
             err = sum(r["failed"].values()) + r["rejected"]
             mark = ">" if r["latency_lower_bound"] else " "
             lines.append(
-                f"{level['budget']:<10s} {r['mode']:<10s} {load:>10s} {r['videos_per_s']:>9.1f} "
+                f"{level['budget']:<10s} {r['mode']:<14s} {load:>10s} {r['videos_per_s']:>9.1f} "
                 f"{lat['p50'] * 1e3:>8.1f} {mark}{lat['p99'] * 1e3:>7.1f} {r['mean_batch']['glance']:>8.1f} "
                 f"{r['mean_batch']['focus']:>8.1f} {r['gmacs_per_video']:>8.4f} {r['gmacs_per_s']:>8.2f} "
                 f"{r['busy_fraction']:>5.2f} {err:>4d}"

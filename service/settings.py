@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=32, ge=1, description="max samples per model call, per stage")
     max_active: int = Field(default=64, ge=1, description="max admitted requests holding frames on the device")
     max_queue: int = Field(default=256, ge=1, description="admission queue length; beyond it requests get 503")
+    min_glance_batch: int = Field(
+        default=1, ge=1, description="continuous mode: admit waiting requests once this many slots are free"
+    )
     request_timeout_s: float = Field(default=30.0, gt=0, description="deadline per /classify request")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 answers")
 
@@ -92,6 +95,8 @@ class Settings(BaseSettings):
             raise ValueError(f"ADAFOCUS_BUNDLE={self.bundle} is not a directory")
         if self.max_active < self.max_batch and self.mode != "single":
             raise ValueError(f"max_active ({self.max_active}) must be >= max_batch ({self.max_batch})")
+        if self.min_glance_batch > self.max_batch:
+            raise ValueError(f"min_glance_batch ({self.min_glance_batch}) must be <= max_batch ({self.max_batch})")
         return self
 
     def decode_limits(self) -> DecodeLimits:
@@ -104,7 +109,11 @@ class Settings(BaseSettings):
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
-            mode=self.mode, max_batch=self.max_batch, max_active=self.max_active, max_queue=self.max_queue
+            mode=self.mode,
+            max_batch=self.max_batch,
+            max_active=self.max_active,
+            max_queue=self.max_queue,
+            min_glance_batch=self.min_glance_batch,
         )
 
     def resolved_device(self) -> str:

@@ -7,7 +7,8 @@ counter is its exit index (-1 before the glance, then 0..K), and requests at dif
 focus batch because f_L's weights are shared by every step.
 
 Modes (same code, different admission rule):
-- ``continuous``: a slot freed by an exit is refilled by a waiting request at the very next step;
+- ``continuous``: a slot freed by an exit is refilled by a waiting request at the very next step (with
+  ``min_glance_batch`` > 1: once that many slots are free, or fewer if fewer wait, or at once when nothing is active);
 - ``drain``: admit a batch only when nothing is active, then run it until every sample has left (batched exit);
 - ``single``: one request at a time end to end (batch size 1).
 
@@ -49,10 +50,17 @@ class SchedulerConfig:
     max_batch: int = 32  # per stage: glance batch and focus batch each hold at most this many
     max_active: int = 64  # admitted requests at once (the memory cap)
     max_queue: int = 256  # waiting requests at once
+    min_glance_batch: int = 1  # continuous: admit only when min(this, waiting) slots are free or nothing is active
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_glance_batch <= self.max_batch:
+            raise ValueError(f"min_glance_batch must be 1..max_batch ({self.max_batch}), got {self.min_glance_batch}")
 
     @classmethod
     def from_engine(cls, config: EngineConfig, num_cubes: int) -> SchedulerConfig:
-        return cls(num_cubes, config.mode, config.max_batch, config.max_active, config.max_queue)
+        return cls(
+            num_cubes, config.mode, config.max_batch, config.max_active, config.max_queue, config.min_glance_batch
+        )
 
     @property
     def batch_cap(self) -> int:
@@ -159,6 +167,7 @@ class Scheduler:
         self.step += 1
         assert len(plan.glance) <= cap and len(plan.focus) <= cap, f"batch over {cap}: {plan}"
         assert not set(plan.glance) & set(plan.focus), f"request in both stages: {plan}"
+        assert plan.glance or plan.focus or not self.waiting, f"idle step with work waiting: {plan}"
         self.check_invariants()
         return plan
 
@@ -221,7 +230,10 @@ class Scheduler:
         if self.config.mode != "continuous" and self.running:
             return 0  # drain and single: the current batch must leave entirely first
         free = self.config.active_cap - len(self.running)
-        return max(0, min(free, self.config.batch_cap, len(self.waiting)))
+        admissible = max(0, min(free, self.config.batch_cap, len(self.waiting)))
+        if self.running and admissible < min(self.config.min_glance_batch, len(self.waiting)):
+            return 0  # continuous with min_glance_batch > 1: wait for a larger glance batch while others progress
+        return admissible
 
     def _finish(self, req: SchedRequest, status: RequestStatus) -> Finished:
         assert status.is_finished and not req.status.is_finished, f"{req} cannot become {status.name}"

@@ -4,7 +4,15 @@ import pytest
 
 from loadtest.decode_bench import DecodeBenchConfig, run_decode_bench
 from loadtest.encode import DECODE_SPECS
-from loadtest.engine_bench import EngineBenchConfig, Workload, load_workload, run_engine_bench
+from loadtest.engine_bench import (
+    EngineBenchConfig,
+    Workload,
+    _ratio_pairs,
+    load_workload,
+    mode_label,
+    parse_mode,
+    run_engine_bench,
+)
 from loadtest.schedule import Bound, poisson_arrivals
 from service.cli import main
 
@@ -75,6 +83,41 @@ def test_bench_engine_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     ]
     assert [len(r["repeats_videos_per_s"]) for r in level["runs"][:2]] == [2, 2]
     assert [len(r["repeats_p99_s"]) for r in level["runs"][2:]] == [2, 2]
+
+
+def test_bench_mode_labels_carry_min_glance_batch() -> None:
+    assert [parse_mode(m) for m in ("continuous", "drain", "continuous-mg4")] == [
+        ("continuous", 1),
+        ("drain", 1),
+        ("continuous", 4),
+    ]
+    assert mode_label("continuous", 1) == "continuous" and mode_label("continuous", 6) == "continuous-mg6"
+    for bad in ("drain-mg4", "continuous-mg", "continuous-mgx", "continuous-mg0", "batch"):
+        with pytest.raises(ValueError, match="unknown bench mode"):
+            parse_mode(bad)
+    assert _ratio_pairs(["continuous", "drain", "continuous-mg4"]) == [
+        ("continuous", "drain"),
+        ("continuous", "continuous-mg4"),
+        ("continuous-mg4", "drain"),
+    ]
+
+
+def test_bench_engine_cli_min_glance_batch_adds_a_continuous_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["bench", "engine", "--config", "tiny", "--levels", "max", "--requests", "8", "--repeats", "1", "--json"]
+    variant = ["--modes", "continuous,drain", "--min-glance-batch", "3"]
+    code = main([*argv, "--rates", "100", "--rate-duration", "0.2", "--clips", "4", "--max-batch", "4", *variant])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["modes"] == ["continuous", "drain", "continuous-mg3"]
+    (level,) = result["levels"]
+    sat = {r["mode"]: r for r in level["runs"] if r["offered_rate"] is None}
+    assert {m: r["completed"] for m, r in sat.items()} == {"continuous": 8, "drain": 8, "continuous-mg3": 8}
+    assert set(level["ratios"]["saturation_videos_per_s"]) == {
+        "continuous/drain",
+        "continuous/continuous-mg3",
+        "continuous-mg3/drain",
+    }
+    assert main([*argv, "--modes", "continuous,drain-mg2"]) == 2
 
 
 def test_decode_bench_decodes_real_files_in_a_worker_pool() -> None:

@@ -81,6 +81,19 @@ def test_bad_values_fail_fast(monkeypatch: pytest.MonkeyPatch, name: str, value:
         Settings()
 
 
+def test_min_glance_batch_reaches_the_engine_config_and_is_bounded_by_max_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().engine_config().min_glance_batch == 1
+    monkeypatch.setenv("ADAFOCUS_MAX_BATCH", "8")
+    monkeypatch.setenv("ADAFOCUS_MAX_ACTIVE", "8")
+    monkeypatch.setenv("ADAFOCUS_MIN_GLANCE_BATCH", "4")
+    assert Settings().engine_config() == EngineConfig(max_batch=8, max_active=8, min_glance_batch=4)
+    monkeypatch.setenv("ADAFOCUS_MIN_GLANCE_BATCH", "9")
+    with pytest.raises(ValidationError, match=r"min_glance_batch \(9\) must be <= max_batch \(8\)"):
+        Settings()
+
+
 def test_active_cap_below_batch_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"max_active \(2\) must be >= max_batch \(4\)"):
         Settings(max_batch=4, max_active=2)

@@ -167,6 +167,16 @@ def test_continuous_refills_freed_slots_at_the_next_step(world: World) -> None:
     assert glances[0] == 6 and len(glances) > 2  # waiting clips joined as soon as the first ones exited
 
 
+def test_min_glance_batch_keeps_every_result_and_batches_admissions(world: World) -> None:
+    engine, obs = make_engine(world, mode="continuous", max_batch=4, max_active=4, min_glance_batch=3)
+    results = run_offline(engine, requests(world))
+    engine.shutdown()
+    check(world, results, world.budgets.get("fast").thresholds)  # same label, exit step and cubes as every mode
+    glances = obs.batch_sizes("glance")
+    assert sum(glances) == NUM_CLIPS and glances[0] == 4
+    assert all(size >= 3 for size in glances[:-1]), glances  # a smaller batch only for the last stragglers
+
+
 def test_per_request_budget_level(world: World) -> None:
     engine, _ = make_engine(world, max_batch=4)
     results = run_offline(engine, requests(world, budget="mid"))

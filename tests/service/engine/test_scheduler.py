@@ -11,14 +11,16 @@ from service.engine.scheduler import (
     SchedulerConfig,
     StepPlan,
 )
+from service.engine.types import EngineConfig
 
 K = 3
 
 
-def scheduler(mode: str = "continuous", max_batch: int = 2, max_active: int = 3, max_queue: int = 8) -> Scheduler:
-    return Scheduler(
-        SchedulerConfig(num_cubes=K, mode=mode, max_batch=max_batch, max_active=max_active, max_queue=max_queue)
-    )  # type: ignore[arg-type]
+def scheduler(
+    mode: str = "continuous", max_batch: int = 2, max_active: int = 3, max_queue: int = 8, min_glance_batch: int = 1
+) -> Scheduler:
+    config = SchedulerConfig(K, mode, max_batch, max_active, max_queue, min_glance_batch)  # type: ignore[arg-type]
+    return Scheduler(config)
 
 
 def add(s: Scheduler, n: int, start: int = 0) -> None:
@@ -75,6 +77,68 @@ def test_exit_frees_the_slot_for_the_very_next_step_in_continuous_mode() -> None
     assert done == [Finished(0, RequestStatus.FINISHED_CONFIDENT, exit_index=0, cubes_run=0)]
     p1 = s.plan()
     assert p1 == StepPlan(1, glance=(2,), focus=(1,))
+
+
+def test_min_glance_batch_defers_admission_until_enough_slots_are_free() -> None:
+    s = scheduler(max_batch=4, max_active=4, max_queue=16, min_glance_batch=3)
+    add(s, 8)
+    p0 = s.plan()
+    assert p0 == StepPlan(0, glance=(0, 1, 2, 3), focus=())  # nothing active: admit at once
+    s.apply(p0, {0: RequestOutput(exit_index=0, exited=True)} | {r: RequestOutput(exit_index=0) for r in (1, 2, 3)})
+    p1 = s.plan()
+    assert p1 == StepPlan(1, glance=(), focus=(1, 2, 3))  # one slot free, 4 waiting: wait for 3
+    s.apply(p1, {1: RequestOutput(exit_index=1, cubes_run=1, exited=True)} | stay(s, StepPlan(1, (), (2, 3))))
+    p2 = s.plan()
+    assert p2 == StepPlan(2, glance=(), focus=(2, 3))  # two free: still short of 3
+    s.apply(p2, {2: RequestOutput(exit_index=2, cubes_run=1, exited=True), 3: RequestOutput(exit_index=2, cubes_run=1)})
+    p3 = s.plan()
+    assert p3 == StepPlan(3, glance=(4, 5, 6), focus=(3,))  # three free: one glance batch of 3
+    assert (s.num_waiting, s.num_running) == (1, 4)
+
+
+def test_min_glance_batch_admits_fewer_when_fewer_wait_and_when_idle() -> None:
+    s = scheduler(max_batch=4, max_active=4, min_glance_batch=4)
+    add(s, 4)
+    p0 = s.plan()
+    s.apply(p0, {r: RequestOutput(exit_index=0, exited=r < 2) for r in p0.glance})
+    add(s, 2, start=4)
+    p1 = s.plan()
+    assert p1 == StepPlan(1, glance=(4, 5), focus=(2, 3))  # only 2 wait and 2 slots are free: no point waiting
+    s.apply(p1, {r: RequestOutput(exit_index=0, exited=True) for r in (4, 5)} | stay(s, StepPlan(1, (), (2, 3))))
+    add(s, 3, start=6)
+    p2 = s.plan()
+    assert p2 == StepPlan(2, glance=(), focus=(2, 3))  # 2 free, 3 wait: defer until min(4, 3) = 3 are free
+    s.apply(p2, {2: RequestOutput(exit_index=2, cubes_run=1, exited=True)} | stay(s, StepPlan(2, (), (3,))))
+    assert s.plan() == StepPlan(3, glance=(6, 7, 8), focus=(3,))
+
+
+def test_min_glance_batch_never_idles_with_work_waiting() -> None:
+    s = scheduler(max_batch=4, max_active=4, min_glance_batch=4)
+    add(s, 1)
+    p0 = s.plan()
+    assert p0.glance == (0,)  # one request and nothing active: its glance runs alone, no waiting for a batch
+    s.apply(p0, {0: RequestOutput(exit_index=0)})
+    add(s, 3, start=1)
+    p1 = s.plan()
+    assert p1 == StepPlan(1, glance=(1, 2, 3), focus=(0,))  # 3 free, 3 waiting
+    s.apply(p1, {r: RequestOutput(exit_index=0, exited=r > 1) for r in (1, 2, 3)} | stay(s, StepPlan(1, (), (0,))))
+    add(s, 4, start=4)
+    p2 = s.plan()
+    assert p2 == StepPlan(2, glance=(), focus=(0, 1))  # 2 free < min(4, 4): defer
+    s.apply(p2, {r: RequestOutput(exit_index=s.running[r].exit_index + 1, cubes_run=1, exited=True) for r in (0, 1)})
+    p3 = s.plan()
+    assert p3 == StepPlan(3, glance=(4, 5, 6, 7), focus=())  # everyone left: the engine is idle, admit
+
+
+def test_min_glance_batch_is_validated() -> None:
+    with pytest.raises(ValueError, match="min_glance_batch"):
+        SchedulerConfig(num_cubes=K, max_batch=4, min_glance_batch=5)
+    with pytest.raises(ValueError, match="min_glance_batch"):
+        SchedulerConfig(num_cubes=K, max_batch=4, min_glance_batch=0)
+    with pytest.raises(ValueError, match="min_glance_batch"):
+        EngineConfig(max_batch=4, max_active=4, min_glance_batch=5)
+    config = EngineConfig(max_batch=8, max_active=8, min_glance_batch=4)
+    assert SchedulerConfig.from_engine(config, K) == SchedulerConfig(K, "continuous", 8, 8, 256, 4)
 
 
 def test_drain_admits_the_next_batch_only_when_the_whole_batch_has_left() -> None:
@@ -208,8 +272,8 @@ def test_long_random_run_keeps_invariants_and_finishes_everyone() -> None:
     import random
 
     rng = random.Random(0)
-    for mode in ("continuous", "drain", "single"):
-        s = scheduler(mode=mode, max_batch=3, max_active=5, max_queue=50)
+    for mode, min_glance in (("continuous", 1), ("continuous", 3), ("drain", 1), ("single", 1)):
+        s = scheduler(mode=mode, max_batch=3, max_active=5, max_queue=50, min_glance_batch=min_glance)
         add(s, 40)
         finished: list[Finished] = []
         while s.has_work:
@@ -222,5 +286,5 @@ def test_long_random_run_keeps_invariants_and_finishes_everyone() -> None:
                 nxt = min(K, s.running[rid].exit_index + rng.choice([1, 1, 2]))
                 out[rid] = RequestOutput(exit_index=nxt, cubes_run=1, exited=rng.random() < 0.3)
             finished += s.apply(p, out)
-        assert sorted(f.request_id for f in finished) == list(range(40)), mode
+        assert sorted(f.request_id for f in finished) == list(range(40)), (mode, min_glance)
         assert all(f.cubes_run <= f.exit_index for f in finished)
