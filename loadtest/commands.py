@@ -111,6 +111,11 @@ def _register_bench(sub: Any) -> None:
     eng.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     eng.add_argument("--markdown", action="store_true", help="print markdown tables (docs/benchmarks.md)")
     eng.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    eng.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc malloc as it is (per-thread arenas: engines created after the first page-fault more)",
+    )
     eng.set_defaults(handler=run_bench_engine)
 
     dec = kinds.add_parser(
@@ -234,6 +239,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
         mode_label,
         parse_mode,
         run_engine_bench,
+        steady_allocator,
     )
 
     modes = tuple(dict.fromkeys([*args.modes, *(mode_label("continuous", n) for n in args.min_glance_batch)]))
@@ -243,6 +249,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"adafocus bench engine: {exc}\n")
         return 2
+    allocator = "default" if args.default_allocator else steady_allocator()  # before any engine thread exists
     work = load_workload(args.bundle, args.config, args.clips, args.seed, args.device)
     levels = tuple(args.levels)
     if args.quick and not levels:
@@ -267,7 +274,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
     def log(line: str) -> None:
         sys.stderr.write(line + "\n")
 
-    result = run_engine_bench(work, cfg, log)
+    result = run_engine_bench(work, cfg, log) | {"allocator": allocator}
     if args.plot:
         from loadtest.plots import plot_engine_modes
 

@@ -1,4 +1,7 @@
 import json
+import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -67,12 +70,13 @@ def test_engine_bench_counts_add_up_in_every_mode(tiny: Workload) -> None:
 
 def test_bench_engine_cli_json(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "engine", "--config", "tiny", "--levels", "max", "--requests", "8", "--repeats", "2"]
+    argv.append("--default-allocator")  # mallopt is process-wide: not in the test process (see the subprocess test)
     code = main(
         [*argv, "--rates", "100", "--rate-duration", "0.2", "--clips", "4", "--modes", "continuous,single", "--json"]
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["modes"] == ["continuous", "single"]
+    assert result["modes"] == ["continuous", "single"] and result["allocator"] == "default"
     assert result["model"] == "tiny" and result["torch_threads"] == 1
     (level,) = result["levels"]
     assert [(r["mode"], r["offered_rate"]) for r in level["runs"]] == [
@@ -104,6 +108,7 @@ def test_bench_mode_labels_carry_min_glance_batch() -> None:
 
 def test_bench_engine_cli_min_glance_batch_adds_a_continuous_variant(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["bench", "engine", "--config", "tiny", "--levels", "max", "--requests", "8", "--repeats", "1", "--json"]
+    argv.append("--default-allocator")
     variant = ["--modes", "continuous,drain", "--min-glance-batch", "3"]
     code = main([*argv, "--rates", "100", "--rate-duration", "0.2", "--clips", "4", "--max-batch", "4", *variant])
     assert code == 0
@@ -118,6 +123,13 @@ def test_bench_engine_cli_min_glance_batch_adds_a_continuous_variant(capsys: pyt
         "continuous-mg3/drain",
     }
     assert main([*argv, "--modes", "continuous,drain-mg2"]) == 2
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-only")
+def test_steady_allocator_sets_glibc_malloc_in_a_fresh_process() -> None:
+    code = "from loadtest.engine_bench import steady_allocator; print(steady_allocator())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "glibc mallopt: 1 arena, mmap threshold 32 MiB, trim threshold 1 GiB"
 
 
 def test_decode_bench_decodes_real_files_in_a_worker_pool() -> None:
