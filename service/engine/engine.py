@@ -535,8 +535,15 @@ def build_engine(
 def run_offline(engine: Engine, requests: Iterable[EngineRequest], timeout: float | None = None) -> list[EngineResult]:
     """Submit every request (waiting for queue space), wait for all, return results in request order.
 
-    Starts the engine if needed; raises the first request's error, if any.
+    Starts the engine if needed, after queueing as many requests as the queue holds, so that the first step
+    plans over a full queue whatever the thread timing (deterministic batches for tests and benchmarks).
+    Raises the first request's error, if any.
     """
+    pending = list(requests)
+    futures: list[Future[EngineResult]] = []
+    if not engine.started:
+        room = max(engine.config.max_queue - engine.queue_depth, 0)
+        futures = [engine.submit(r) for r in pending[:room]]
     engine.start()
-    futures = engine.submit_many(requests)
+    futures += engine.submit_many(pending[len(futures) :])
     return [f.result(timeout) for f in futures]
