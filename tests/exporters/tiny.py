@@ -11,22 +11,9 @@ from model.adafocus import AdaFocusV3
 from model.budgets import BudgetLevel, BudgetTable, exit_scores
 from model.bundle import Bundle, load_bundle, save_bundle
 from model.config import get_config
+from tests.thresholds import spread_thresholds
 
 NUM_CLIPS = 12
-
-
-def spread_thresholds(scores: torch.Tensor, per_exit: int) -> tuple[float, ...]:
-    """Entropy thresholds that let about ``per_exit`` of the remaining clips leave at each exit; each threshold
-    sits halfway between two scores so fp32 noise cannot flip an exit."""
-    N, E = scores.shape
-    remaining = torch.ones(N, dtype=torch.bool)
-    out = []
-    for k in range(E - 1):
-        s = scores[remaining, k].sort().values
-        eta = float((s[per_exit - 1] + s[per_exit]) / 2) if len(s) > per_exit else float(s[-1]) + 1.0
-        remaining &= scores[:, k] > eta
-        out.append(eta)
-    return (*out, 0.0)
 
 
 def make_tiny_bundle(path: Path) -> Bundle:

@@ -19,6 +19,7 @@ from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError,
 from service.engine.observer import StatsObserver
 from service.engine.runner import Runner, RunnerGlance, TorchRunner
 from service.engine.types import EngineConfig, EngineRequest, EngineResult
+from tests.thresholds import spread_thresholds
 
 NUM_CLIPS = 12
 GAP = 1e-5  # no exit score may sit closer than this to a threshold: float noise must not flip an exit
@@ -44,19 +45,6 @@ class World:
         return int(self.labels[i, step]), step, used
 
 
-def greedy_thresholds(scores: torch.Tensor, per_exit: int) -> tuple[float, ...]:
-    """Thresholds that let about ``per_exit`` of the remaining clips leave at each exit, between two scores."""
-    N, E = scores.shape
-    remaining = torch.ones(N, dtype=torch.bool)
-    out = []
-    for k in range(E - 1):
-        s = scores[remaining, k].sort().values
-        eta = float((s[per_exit - 1] + s[per_exit]) / 2) if len(s) > per_exit else float(s[-1]) + 1.0
-        remaining &= scores[:, k] > eta
-        out.append(eta)
-    return (*out, 0.0)
-
-
 @pytest.fixture(scope="module")
 def world() -> World:
     torch.manual_seed(0)
@@ -74,8 +62,8 @@ def world() -> World:
     logits = out.exit_logits  # (N, K + 1, classes)
     scores = exit_scores(logits.flatten(0, 1), "entropy").view(NUM_CLIPS, -1)  # (N, K + 1)
     probs = logits.softmax(-1)
-    fast = greedy_thresholds(scores, per_exit=3)
-    mid = greedy_thresholds(scores, per_exit=1)
+    fast = spread_thresholds(scores, per_exit=3)
+    mid = spread_thresholds(scores, per_exit=1)
     full = (0.0,) * (cfg.num_cubes + 1)
     for eta in (fast, mid):
         assert float((scores[:, :-1] - torch.tensor(eta[:-1])).abs().min()) > GAP
