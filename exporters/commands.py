@@ -1,9 +1,8 @@
-"""Exporter subcommands of the ``adafocus`` CLI: ``export onnx`` and ``bench-runners``."""
+"""Exporter subcommands of the ``adafocus`` CLI: ``export onnx``."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,24 +23,6 @@ def register(sub: Any) -> None:
     )
     onnx.add_argument("--clips", type=int, default=16, help="synthetic clips for the parity check (default 16)")
     onnx.set_defaults(handler=run_export_onnx)
-
-    bench = sub.add_parser(
-        "bench-runners", help="PyTorch vs ONNX Runtime runner: per-step latency and engine throughput, one run"
-    )
-    src = bench.add_mutually_exclusive_group()
-    src.add_argument("--bundle", default=None, help="bundle or ONNX export directory (default: shipped bundle)")
-    src.add_argument("--config", default=None, help="time an untrained bundle of this named config instead")
-    bench.add_argument("--export", default=None, help="ONNX export directory (default: export into a temp dir)")
-    bench.add_argument("--batches", default="1,4,8,16,32", help="stage batch sizes to time (default 1,4,8,16,32)")
-    bench.add_argument("--repeats", type=int, default=7, help="timed calls per stage and batch size (default 7)")
-    bench.add_argument("--videos", type=int, default=128, help="clips through the engine per runner (default 128)")
-    bench.add_argument("--max-batch", type=int, default=32, help="engine max_batch (default 32)")
-    bench.add_argument("--rounds", type=int, default=2, help="engine runs per runner, interleaved (default 2)")
-    bench.add_argument("--budget", default=None, help="budget level for the engine runs (default: the bundle's)")
-    bench.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
-    bench.add_argument("--json", default=None, help="write the full results as JSON to this file")
-    bench.add_argument("--markdown", action="store_true", help="print the results as markdown tables")
-    bench.set_defaults(handler=run_bench_runners)
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
@@ -76,34 +57,4 @@ def run_export_onnx(args: argparse.Namespace) -> int:
         sys.stdout.write("PARITY FAILED:\n" + "".join(f"  {f}\n" for f in report["failures"]))
         return 1
     sys.stdout.write(f"parity passed; report in {out / 'parity_report.json'}\n")
-    return 0
-
-
-def run_bench_runners(args: argparse.Namespace) -> int:
-    from exporters.bench import BenchConfig, format_markdown, run_bench
-
-    cfg = BenchConfig(
-        batches=tuple(int(b) for b in args.batches.split(",")),
-        repeats=args.repeats,
-        videos=args.videos,
-        max_batch=args.max_batch,
-        rounds=args.rounds,
-        budget=args.budget,
-        threads=args.threads,
-    )
-    from exporters.manifest import ExportError
-    from model.bundle import BundleError
-
-    try:
-        results = run_bench(args.bundle, args.export, cfg, args.config)
-    except (BundleError, ExportError, ValueError) as exc:
-        sys.stderr.write(f"adafocus bench-runners: {exc}\n")
-        return 2
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
-    if args.markdown:
-        sys.stdout.write(format_markdown(results))
-    else:
-        json.dump(results, sys.stdout, indent=2)
-        sys.stdout.write("\n")
     return 0

@@ -9,7 +9,7 @@ Layout::
     parity_report.json     the export's own check against PyTorch (``exporters.validate``)
     bundle/                a verbatim copy of the source bundle, so the directory can be served on its own
 
-Nothing here imports torch or onnxruntime: the runner, the exporter and the CLI all share these checks.
+Nothing here imports torch or onnxruntime itself: the runner, the exporter and the CLI all share these checks.
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from model.bundle import file_sha256
 from model.config import AdaFocusConfig
+
+if TYPE_CHECKING:  # only read for its attributes: no torch import here
+    from model.adafocus import AdaFocusV3
 
 EXPORT_FORMAT_VERSION = 1
 EXPORT_KIND = "adafocus-onnx-export"
@@ -148,6 +151,11 @@ class ExportManifest:
         path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
         return path
 
+
+
+def model_specs(model: AdaFocusV3) -> dict[str, GraphSpec]:
+    """The graph signatures a model of this architecture exports to (and an export must match to be served)."""
+    return graph_specs(model.config, model.global_encoder.out_channels, model.config.classifier_hidden)
 
 def is_export_dir(path: str | Path) -> bool:
     """True when ``path`` holds an ONNX export manifest (whether or not it verifies)."""

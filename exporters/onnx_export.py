@@ -35,10 +35,11 @@ from exporters.manifest import (
     ExportError,
     ExportManifest,
     GraphSpec,
-    graph_specs,
     is_export_dir,
+    model_specs,
     verify_export,
 )
+from exporters.validate import ParityOptions, check_parity
 from model.adafocus import AdaFocusV3, FocusState
 from model.budgets import BudgetTable
 from model.bundle import BUNDLE_FILES, MANIFEST, Bundle, file_sha256
@@ -73,11 +74,6 @@ class FocusGraph(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         logits, state = self.model.focus(cubes, FocusState(global_feats, pooled, step))
         return logits, state.pooled, state.step
-
-
-def model_specs(model: AdaFocusV3) -> dict[str, GraphSpec]:
-    """The graph signatures a model of this architecture exports to (and an export must match to be served)."""
-    return graph_specs(model.config, model.global_encoder.out_channels, model.config.classifier_hidden)
 
 
 def example_inputs(model: AdaFocusV3, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
@@ -230,8 +226,6 @@ def export_bundle(
 
 
 def _parity(model: AdaFocusV3, out: Path, budgets: BudgetTable | None, sha256: str, clips: int) -> dict[str, Any]:
-    from exporters.validate import ParityOptions, check_parity
-
     report = check_parity(model, out, budgets, sha256, ParityOptions(clips=clips))
     report.write(out / PARITY_REPORT)
     return report.to_dict()

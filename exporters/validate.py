@@ -1,6 +1,7 @@
 """The export's self-check against PyTorch: output differences and early-exit decisions.
 
-Three checks, all through the engine's ``Runner`` protocol (so the ONNX Runtime runner itself is what is checked):
+Three checks, all through the staged model API (``model.exits.StagedModel``: PyTorch is the model itself, and the
+ONNX Runtime runner the service serves with is what is checked):
 1. random inputs: max abs difference of every glance and focus output (focus with mixed step indices);
 2. real inputs: the same on synthetic clips, the focus graph at every step k = 1..K on the cubes the policy picked;
 3. decisions: every budget level's thresholds applied to both runners' exits on the clips; the predicted labels
@@ -17,11 +18,13 @@ from typing import Any
 
 import torch
 
-from exporters.manifest import PARITY_REPORT
+from exporters.manifest import PARITY_REPORT, model_specs
+from exporters.onnx_runner import OnnxRunner
 from model.adafocus import AdaFocusV3, FocusState
-from model.budgets import BudgetTable, Criterion, exit_scores, should_exit
+from model.budgets import BudgetTable, Criterion
 from model.config import AdaFocusConfig
-from service.engine.runner import Runner, TorchRunner
+from model.exits import StagedModel, first_exit, score_table, staged_exit_logits
+from model.synth import SPLIT_SEEDS, SynthConfig, make_batch
 
 GLANCE_OUTPUTS = ("centres", "logits", "global_feats", "pooled", "step")
 FOCUS_OUTPUTS = ("logits", "next_pooled", "next_step")
@@ -78,8 +81,6 @@ def synthetic_clips(config: AdaFocusConfig, n: int, seed: int = 0) -> torch.Tens
 def load_clips(config: AdaFocusConfig, n: int, seed: int) -> tuple[torch.Tensor, str]:
     """(n, 3, T, H, W) uint8 clips of the project's synthetic focus benchmark (test split), sized for ``config``;
     ``synthetic_clips`` where the benchmark cannot be drawn at this size."""
-    from model.synth import SPLIT_SEEDS, SynthConfig, make_batch
-
     try:
         target = min(20, config.frame_size // 4 * 4)
         cfg = SynthConfig(
@@ -100,23 +101,21 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
 
 
-def compare_glance(torch_runner: Runner, onnx_runner: Runner, frames_small: torch.Tensor) -> dict[str, float]:
-    ref, got = torch_runner.glance(frames_small), onnx_runner.glance(frames_small)
+def compare_glance(ref: StagedModel, got: StagedModel, frames_small: torch.Tensor) -> dict[str, float]:
+    ref_out, got_out = ref.glance(frames_small), got.glance(frames_small)
     pairs = (
-        (ref.centres, got.centres),
-        (ref.logits, got.logits),
-        (ref.state.global_feats, got.state.global_feats),
-        (ref.state.pooled, got.state.pooled),
-        (ref.state.step, got.state.step),
+        (ref_out.centres, got_out.centres),
+        (ref_out.logits, got_out.logits),
+        (ref_out.state.global_feats, got_out.state.global_feats),
+        (ref_out.state.pooled, got_out.state.pooled),
+        (ref_out.state.step, got_out.state.step),
     )
     return {f"glance.{name}": max_abs(a, b) for name, (a, b) in zip(GLANCE_OUTPUTS, pairs, strict=True)}
 
 
-def compare_focus(
-    torch_runner: Runner, onnx_runner: Runner, cubes: torch.Tensor, state: FocusState
-) -> dict[str, float]:
-    ref_logits, ref_state = torch_runner.focus(cubes, state)
-    got_logits, got_state = onnx_runner.focus(cubes, state)
+def compare_focus(ref: StagedModel, got: StagedModel, cubes: torch.Tensor, state: FocusState) -> dict[str, float]:
+    ref_logits, ref_state = ref.focus(cubes, state)
+    got_logits, got_state = got.focus(cubes, state)
     pairs = ((ref_logits, got_logits), (ref_state.pooled, got_state.pooled), (ref_state.step, got_state.step))
     return {f"focus.{name}": max_abs(a, b) for name, (a, b) in zip(FOCUS_OUTPUTS, pairs, strict=True)}
 
@@ -126,7 +125,7 @@ def merge_max(into: dict[str, float], new: dict[str, float]) -> None:
         into[key] = max(into.get(key, 0.0), value)
 
 
-def random_parity(model: AdaFocusV3, ref: Runner, onnx: Runner, opts: ParityOptions) -> dict[str, float]:
+def random_parity(model: AdaFocusV3, ref: StagedModel, onnx: StagedModel, opts: ParityOptions) -> dict[str, float]:
     c, B = model.config, opts.random_batch
     gen = torch.Generator().manual_seed(opts.seed)
     frames_small = torch.rand(B, 3, c.num_frames, c.glance_size, c.glance_size, generator=gen) * 255
@@ -138,7 +137,7 @@ def random_parity(model: AdaFocusV3, ref: Runner, onnx: Runner, opts: ParityOpti
     return diffs
 
 
-def real_parity(model: AdaFocusV3, ref: Runner, onnx: Runner, clips: torch.Tensor) -> dict[str, float]:
+def real_parity(model: AdaFocusV3, ref: StagedModel, onnx: StagedModel, clips: torch.Tensor) -> dict[str, float]:
     frames_small = model.glance_input(clips)  # (N, 3, T, g, g)
     diffs = compare_glance(ref, onnx, frames_small)
     out = ref.glance(frames_small)
@@ -150,37 +149,17 @@ def real_parity(model: AdaFocusV3, ref: Runner, onnx: Runner, clips: torch.Tenso
     return diffs
 
 
-def exit_logits(runner: Runner, model: AdaFocusV3, clips: torch.Tensor) -> torch.Tensor:
-    """Logits at every exit 0..K, (N, K+1, classes), the way inference produces them (covered cubes skipped)."""
-    out = runner.glance(model.glance_input(clips))
-    skip = model.skip_mask(out.centres)  # (N, K)
-    logits, state = [out.logits], out.state
-    for k in range(model.config.num_cubes):
-        step_logits, new_state = runner.focus(model.crop_cubes(clips, out.centres[:, k]), state)
-        keep = skip[:, k : k + 1]  # a skipped cube leaves f_C untouched, as in AdaFocusV3.forward
-        logits.append(torch.where(keep, logits[-1], step_logits))
-        pooled = torch.where(keep, state.pooled, new_state.pooled)
-        state = FocusState(state.global_feats, pooled, new_state.step)
-    return torch.stack(logits, dim=1)  # (N, K+1, classes)
-
-
 def decide(logits: torch.Tensor, thresholds: tuple[float, ...], criterion: Criterion) -> tuple[list[int], list[int]]:
-    """(labels, exit steps) of each clip: the first exit whose score passes its threshold; exit K always stops."""
-    N, E, _ = logits.shape
-    scores = exit_scores(logits.flatten(0, 1), criterion).view(N, E)  # (N, K+1)
-    eta = torch.tensor(thresholds, dtype=scores.dtype).expand(N, E)  # (N, K+1)
-    stop = should_exit(scores.flatten(), eta.flatten(), criterion).view(N, E)  # (N, K+1)
-    stop[:, -1] = True
-    steps = stop.int().argmax(dim=1)  # (N,) first True
+    """(labels, exit steps) of each clip under ``model.exits.first_exit``; ``logits`` (N, K+1, classes)."""
+    N = logits.shape[0]
+    steps = first_exit(score_table(logits, criterion), thresholds, criterion)  # (N,)
     labels = logits[torch.arange(N), steps].argmax(-1)  # (N,)
     return labels.tolist(), steps.tolist()
-
 
 def near_ties(logits: torch.Tensor, thresholds: tuple[float, ...], criterion: Criterion, eps: float) -> list[bool]:
     """Per clip: is PyTorch's own decision within ``eps`` of flipping (top-2 logits or an exit score vs its
     threshold)? Such a clip may legitimately decide differently under fp32 rounding; it is reported, not failed."""
-    N, E, _ = logits.shape
-    scores = exit_scores(logits.flatten(0, 1), criterion).view(N, E)  # (N, K+1)
+    scores = score_table(logits, criterion)  # (N, K+1)
     eta = torch.tensor(thresholds, dtype=scores.dtype)  # (K+1,)
     score_tie = ((scores - eta).abs() < eps)[:, :-1].any(dim=1)  # (N,)
     top2 = logits.topk(2, dim=-1).values  # (N, K+1, 2)
@@ -228,17 +207,14 @@ def check_parity(
 
     ``budgets`` (the bundle's threshold sets) drive the decision check; without them only outputs are compared.
     """
-    from exporters.onnx_export import model_specs
-    from service.engine.onnx_runner import OnnxRunner
-
     model = copy.deepcopy(model).cpu().eval()  # the caller's model may live on a GPU: leave it there
-    ref = TorchRunner(model, "cpu")
+    ref = model  # PyTorch itself through its staged API, in inference mode below
     onnx = OnnxRunner(export_dir, "cpu", bundle_sha256=source_sha256, expected=model_specs(model))
     clips, source = load_clips(model.config, options.clips, options.seed)
     with torch.inference_mode():
         random = random_parity(model, ref, onnx, options)
         real = real_parity(model, ref, onnx, clips)
-        ref_logits, onnx_logits = exit_logits(ref, model, clips), exit_logits(onnx, model, clips)
+        ref_logits, onnx_logits = staged_exit_logits(ref, model, clips), staged_exit_logits(onnx, model, clips)
     report = ParityReport(options.tolerance, options.clips, source, random, real, {})
     for kind, diffs in (("random", random), ("real", real)):
         tol = options.tolerance

@@ -1,4 +1,5 @@
-"""Load-test and benchmark subcommands of the ``adafocus`` CLI: ``loadtest`` and ``bench engine|decode``."""
+"""Load-test and benchmark subcommands of the ``adafocus`` CLI: ``loadtest``, ``bench engine|decode`` and
+``bench-runners``."""
 
 from __future__ import annotations
 
@@ -66,6 +67,24 @@ def register(sub: Any) -> None:
     lt.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
     lt.set_defaults(handler=run_loadtest)
     _register_bench(sub)
+
+    runners = sub.add_parser(
+        "bench-runners", help="PyTorch vs ONNX Runtime runner: per-step latency and engine throughput, one run"
+    )
+    src = runners.add_mutually_exclusive_group()
+    src.add_argument("--bundle", default=None, help="bundle or ONNX export directory (default: shipped bundle)")
+    src.add_argument("--config", default=None, help="time an untrained bundle of this named config instead")
+    runners.add_argument("--export", default=None, help="ONNX export directory (default: export into a temp dir)")
+    runners.add_argument("--batches", default="1,4,8,16,32", help="stage batch sizes to time (default 1,4,8,16,32)")
+    runners.add_argument("--repeats", type=int, default=7, help="timed calls per stage and batch size (default 7)")
+    runners.add_argument("--videos", type=int, default=128, help="clips through the engine per runner (default 128)")
+    runners.add_argument("--max-batch", type=int, default=32, help="engine max_batch (default 32)")
+    runners.add_argument("--rounds", type=int, default=2, help="engine runs per runner, interleaved (default 2)")
+    runners.add_argument("--budget", default=None, help="budget level for the engine runs (default: the bundle's)")
+    runners.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
+    runners.add_argument("--json", default=None, help="write the full results as JSON to this file")
+    runners.add_argument("--markdown", action="store_true", help="print the results as markdown tables")
+    runners.set_defaults(handler=run_bench_runners)
 
 
 def _register_bench(sub: Any) -> None:
@@ -312,4 +331,34 @@ def run_bench_decode(args: argparse.Namespace) -> int:
         sys.stdout.write(decode_markdown(result) + "\n")
     else:
         sys.stdout.write(format_decode(result) + "\n")
+    return 0
+
+
+def run_bench_runners(args: argparse.Namespace) -> int:
+    from loadtest.runner_bench import BenchConfig, format_markdown, run_bench
+
+    cfg = BenchConfig(
+        batches=tuple(int(b) for b in args.batches.split(",")),
+        repeats=args.repeats,
+        videos=args.videos,
+        max_batch=args.max_batch,
+        rounds=args.rounds,
+        budget=args.budget,
+        threads=args.threads,
+    )
+    from exporters.manifest import ExportError
+    from model.bundle import BundleError
+
+    try:
+        results = run_bench(args.bundle, args.export, cfg, args.config)
+    except (BundleError, ExportError, ValueError) as exc:
+        sys.stderr.write(f"adafocus bench-runners: {exc}\n")
+        return 2
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+    if args.markdown:
+        sys.stdout.write(format_markdown(results))
+    else:
+        json.dump(results, sys.stdout, indent=2)
+        sys.stdout.write("\n")
     return 0

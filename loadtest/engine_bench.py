@@ -30,14 +30,16 @@ import torch
 from loadtest.report import latency_summary
 from loadtest.schedule import Bound, poisson_arrivals
 from model.adafocus import AdaFocusV3
-from model.budgets import BudgetLevel, BudgetTable, exit_scores
+from model.budgets import BudgetLevel, BudgetTable
 from model.config import AdaFocusConfig, get_config
 from model.cost import CostReport, cost_report
+from model.exits import first_exit, quantile_thresholds, score_table
+from service.engine.config import ENGINE_MODES, EngineConfig, EngineMode
 from service.engine.engine import Engine
 from service.engine.errors import EngineError
 from service.engine.observer import StatsObserver
 from service.engine.runner import TorchRunner
-from service.engine.types import ENGINE_MODES, EngineConfig, EngineMode, EngineRequest, EngineResult
+from service.engine.types import EngineRequest, EngineResult
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,11 @@ def quantile_budgets(model: AdaFocusV3, costs: CostReport, frames: np.ndarray, d
         for i in range(0, len(frames), 8):
             video = torch.from_numpy(frames[i : i + 8]).to(device).permute(0, 4, 1, 2, 3)  # (b, 3, T, H, W) uint8
             chunks.append(model(video).exit_logits.float().cpu())  # (b, K + 1, C)
-    logits = torch.cat(chunks)  # (N, K + 1, C)
-    entropy = torch.stack([exit_scores(logits[:, k], "entropy") for k in range(logits.shape[1])], 1)  # (N, K + 1)
-    K = logits.shape[1] - 1
+    entropy = score_table(torch.cat(chunks), "entropy")  # (N, K + 1)
     levels = []
     for name, q in (("min", 0.8), ("low", 0.5), ("balanced", 0.3), ("high", 0.1), ("max", 0.0)):
-        thresholds = [float(torch.quantile(entropy[:, k], q)) if q > 0 else 0.0 for k in range(K)] + [0.0]
-        meets = entropy <= torch.tensor(thresholds)  # (N, K + 1)
-        meets[:, K] = True
-        exit_at = meets.float().argmax(1)  # (N,) first exit that meets its threshold
+        thresholds = quantile_thresholds(entropy, q)
+        exit_at = first_exit(entropy, thresholds, "entropy")  # (N,)
         gmacs = float(np.mean([costs.exit_gmacs[int(k)] for k in exit_at]))
         levels.append(BudgetLevel(name, tuple(thresholds), gmacs, 0.0))
     return BudgetTable("entropy", tuple(sorted(levels, key=lambda lvl: lvl.expected_gmacs)), "balanced")
@@ -321,7 +319,9 @@ def _engines(work: Workload, cfg: EngineBenchConfig) -> dict[str, tuple[Engine, 
     for label in cfg.modes:
         mode, min_glance = parse_mode(label)
         recorder = _Recorder()
-        config = EngineConfig(mode, cfg.max_batch, cfg.max_active, queue, min_glance_batch=min_glance)
+        config = EngineConfig(
+            mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue, min_glance_batch=min_glance
+        )
         engine = Engine(runner, work.model.config, work.budgets, work.costs, config, recorder)
         engine.start()
         engine.warmup()

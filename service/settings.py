@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.video import DecodeLimits
-from service.engine.types import EngineConfig
+from service.engine.config import Backend, EngineConfig, EngineMode
 
 MIN_TOKEN_CHARS = 16
 
@@ -26,10 +26,10 @@ class Settings(BaseSettings):
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port)")
     bundle: Path | None = Field(default=None, description="model bundle directory; unset = the shipped bundle")
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N")
-    backend: Literal["torch", "onnx", "auto"] = Field(default="torch", description="model runner")
+    backend: Backend = Field(default="torch", description="model runner")
     torch_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; unset = default")
 
-    mode: Literal["continuous", "drain", "single"] = Field(default="continuous", description="engine batching mode")
+    mode: EngineMode = Field(default="continuous", description="engine batching mode")
     max_batch: int = Field(default=32, ge=1, description="max samples per model call, per stage")
     max_active: int = Field(default=64, ge=1, description="max admitted requests holding frames on the device")
     max_queue: int = Field(default=256, ge=1, description="admission queue length; beyond it requests get 503")
@@ -93,10 +93,7 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.bundle is not None and not self.bundle.is_dir():
             raise ValueError(f"ADAFOCUS_BUNDLE={self.bundle} is not a directory")
-        if self.max_active < self.max_batch and self.mode != "single":
-            raise ValueError(f"max_active ({self.max_active}) must be >= max_batch ({self.max_batch})")
-        if self.min_glance_batch > self.max_batch:
-            raise ValueError(f"min_glance_batch ({self.min_glance_batch}) must be <= max_batch ({self.max_batch})")
+        self.engine_config()  # validated once, by the engine's own configuration type (its message names the field)
         return self
 
     def decode_limits(self) -> DecodeLimits:

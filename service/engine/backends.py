@@ -19,21 +19,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 import torch
 
+from exporters.manifest import BUNDLE_SUBDIR, is_export_dir, model_specs, verify_export
+from exporters.onnx_export import export_to_cache
+from exporters.onnx_runner import OnnxRunner, OrtOptions
 from model.adafocus import AdaFocusV3, FocusState
 from model.bundle import Bundle, load_bundle
+from service.engine.config import BACKENDS, Backend
 from service.engine.runner import Runner, TorchRunner
-
-if TYPE_CHECKING:  # onnxruntime is imported only when an ONNX runner is built
-    from service.engine.onnx_runner import OrtOptions
 
 log = logging.getLogger(__name__)
 
-Backend = Literal["torch", "onnx", "auto"]
-BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "auto")
 DEFAULT_CACHE_DIR = Path(tempfile.gettempdir()) / "adafocus-onnx-cache"
 
 
@@ -45,9 +43,6 @@ class ModelSource:
 
 def load_model_source(path: str | Path | None = None, device: str | torch.device = "cpu") -> ModelSource:
     """A bundle directory, or an ONNX export directory (its ``bundle/`` copy is loaded and must match)."""
-    from exporters.manifest import BUNDLE_SUBDIR, is_export_dir, verify_export
-    from exporters.onnx_export import model_specs
-
     if path is not None and is_export_dir(path):
         root = Path(path)
         bundle = load_bundle(root / BUNDLE_SUBDIR, device)
@@ -91,9 +86,6 @@ def _onnx_runner(
     cache_dir: str | Path | None,
     ort_options: OrtOptions | None,
 ) -> Runner:
-    from exporters.onnx_export import export_to_cache, model_specs
-    from service.engine.onnx_runner import OnnxRunner, OrtOptions
-
     options = ort_options or OrtOptions()
     sha = bundle.sha256 if bundle is not None else None
     if export_dir is None:

@@ -1,17 +1,17 @@
-"""The serving engine: one runner thread owns the model and drives the pure scheduler, step by step.
+"""The serving engine thread: admission, cancellation, budgets and the loop that drives the scheduler step by step.
 
-Each step, under the lock: expire deadlines, ``plan()``, snapshot the active budget. Outside the lock: run ONE
-glance batch for the requests admitted this step and ONE focus batch with the next cube of every planned active
-request (mixed step indices: f_L is shared), then compare each sample's exit score with its threshold. Under the
-lock again: ``apply()``; requests that left are answered at once and their slots refill at the next step.
+Each step, under the lock: expire deadlines, ``plan()``, snapshot the active budget. Outside the lock: the step's
+tensor work (``service.engine.step``: one glance batch, one focus batch, the exit decisions). Under the lock
+again: ``apply()``; requests that left are answered at once and their slots refill at the next step. The engine's
+own bookkeeping (one entry per unfinished request) is asserted equal to the scheduler's after every transition.
 
 Budgets: a swap replaces the active ``BudgetState`` (new version) under the lock. The runner thread snapshots it
 once per step and binds it to the requests whose glance runs in that step, so a swap applies atomically at a
 step boundary, a request that is already in flight finishes under the version it started with, and every result
 reports the version whose thresholds decided its exit.
 
-Failures: a model call that raises is retried one sample at a time, so only the samples that fail on their own
-get the error on their future; the runner thread never dies of a step.
+Failures: a model call that raises is retried one sample at a time (in the step), so only the samples that fail
+on their own get the error on their future; the runner thread never dies of a step.
 """
 
 from __future__ import annotations
@@ -23,56 +23,23 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, InvalidStateError
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import numpy as np
-import torch
 
-from model.adafocus import AdaFocusV3, FocusState
-from model.budgets import BudgetLevel, BudgetTable, exit_scores, should_exit, validate_thresholds
+from model.budgets import BudgetTable, validate_thresholds
 from model.config import AdaFocusConfig
-from model.cost import CostReport, cost_report
-from model.cubes import covered_cube_mask, glance_frames, integer_starts
+from model.cost import CostReport
+from service.engine.config import EngineConfig
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
-from service.engine.observer import EngineObserver, NullObserver, Stage
+from service.engine.observer import EngineObserver, NullObserver
 from service.engine.runner import Runner
-from service.engine.scheduler import Finished, RequestOutput, RequestStatus, Scheduler, SchedulerConfig, StepPlan
-from service.engine.types import BudgetState, CubeBox, EngineConfig, EngineRequest, EngineResult
+from service.engine.scheduler import Finished, RequestOutput, RequestStatus, Scheduler, StepPlan
+from service.engine.step import Entry, StepExecutor
+from service.engine.types import BudgetState, EngineRequest, EngineResult
 
 log = logging.getLogger(__name__)
 
-TOP_K = 5
 CUSTOM_BUDGET = "custom"
-
-
-@dataclass(frozen=True)
-class _Budget:
-    """The thresholds one request runs under, bound at its glance."""
-
-    name: str
-    version: int
-    thresholds: tuple[float, ...]  # eta_0 .. eta_K
-
-
-@dataclass(eq=False)
-class _Entry:
-    """The engine's side of one request: its future, its device tensors and its progress."""
-
-    request_id: int
-    request: EngineRequest
-    future: Future[EngineResult]
-    submitted: float
-    level: BudgetLevel | None  # the per-request level, if it named one
-    budget: _Budget | None = None  # bound at the glance
-    glance_start: float = 0.0
-    frames: torch.Tensor | None = None  # (T, H, W, 3) uint8 on the runner's device, from admission to answer
-    starts: list[tuple[int, int, int]] = field(default_factory=list)  # per cube: (x0, y0, t0)
-    skip: list[bool] = field(default_factory=list)  # per cube: covered by earlier cubes
-    state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # rows of FocusState: (Cg,), (D,), ()
-    logits: torch.Tensor | None = None  # (classes,) at the last exit evaluated
-    exit_index: int = -1  # last exit evaluated (mirrors the scheduler's; picks the next cube to crop)
-    error: BaseException | None = None
 
 
 class Engine:
@@ -96,12 +63,12 @@ class Engine:
         for level in budgets.levels:
             validate_thresholds(list(level.thresholds), self.num_exits)
         self.video_shape = (model_config.num_frames, model_config.frame_size, model_config.frame_size)
-        self.cube_shape = (model_config.cube_frames, model_config.cube_size, model_config.cube_size)
-        self._scheduler = Scheduler(SchedulerConfig.from_engine(config, model_config.num_cubes))
+        self._step_executor = StepExecutor(runner, model_config, costs, self.observer, clock)
+        self._scheduler = Scheduler(config, model_config.num_cubes)
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # runner thread waits here when there is nothing to do
         self._space = threading.Condition(self._lock)  # blocking submitters wait here for queue space
-        self._entries: dict[int, _Entry] = {}
+        self._entries: dict[int, Entry] = {}  # one per unfinished request: the scheduler's keys
         self._by_future: dict[Future[EngineResult], int] = {}
         self._jobs: deque[tuple[Callable[[], None], Future[None]]] = deque()
         self._ids = itertools.count()
@@ -152,9 +119,8 @@ class Engine:
 
     def warmup(self) -> None:
         """Run glance and focus on dummy data at the batch sizes the engine uses (on the runner thread)."""
-        cap = self._scheduler.config.batch_cap
-        sizes = sorted({1, cap})
-        self.call_on_runner(lambda: self._warmup(sizes))
+        sizes = sorted({1, self.config.batch_cap})
+        self.call_on_runner(lambda: self._step_executor.warmup(sizes))
 
     def call_on_runner(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the thread that owns the runner (inline if the engine is not started); wait for it."""
@@ -198,10 +164,11 @@ class Engine:
         """The client went away: drop its request from the queue or the active set (no-op once answered)."""
         with self._lock:
             rid = self._by_future.get(future)
-            done = None if rid is None else self._scheduler.cancel(rid)
-            entry = None if rid is None else self._pop_entry(rid)
-        if done is None or entry is None:
-            return
+            if rid is None:  # already answered (or never submitted here)
+                return
+            done = self._scheduler.cancel(rid)
+            assert done is not None, f"request {rid} has an entry but the scheduler does not know it"
+            (entry,) = self._pop([done])
         if _resolve(entry.future, error=RequestCancelled("the request was cancelled")) or future.cancelled():
             self.observer.on_reject("cancelled")
 
@@ -254,8 +221,9 @@ class Engine:
             except QueueFull:
                 self.observer.on_reject("queue_full")
                 raise
-            self._entries[rid] = _Entry(rid, request, future, now, level)
+            self._entries[rid] = Entry(rid, request, future, now, level)
             self._by_future[future] = rid
+            self._check_books()
             self._work.notify()
             depth, active = self._scheduler.num_waiting, self._scheduler.num_running
         future.add_done_callback(self._on_done)
@@ -294,37 +262,30 @@ class Engine:
                 except Exception:  # an engine bug (e.g. a broken invariant): fail what is in flight, keep serving
                     log.exception("engine step failed; failing every queued and active request")
                     with self._lock:
-                        self._scheduler.in_flight = None
-                        aborted = self._abort_locked()
+                        if self._scheduler.in_flight is not None:
+                            self._scheduler.abandon(self._scheduler.in_flight)
+                        self._scheduler.abort_all()
+                        # every request, whatever half-applied state the failed step left the two books in
+                        aborted = list(self._entries.values())
+                        self._entries.clear()
+                        self._by_future.clear()
                     self._fail(aborted, EngineError("internal engine error"), "error")
 
     def _step(self) -> None:
         with self._lock:
-            expired = self._scheduler.expire(self.clock())
-            late = [e for e in (self._pop_entry(f.request_id) for f in expired) if e is not None]
+            late = self._pop(self._scheduler.expire(self.clock()))
             plan = self._scheduler.plan()
             snapshot = self._budget
             glance = [self._entries[rid] for rid in plan.glance]
-            focus = [self._entries[rid] for rid in plan.focus]
+            focus = [(self._entries[rid], self._scheduler.exit_index(rid)) for rid in plan.focus]
         self._fail(late, DeadlineExceeded("the request's deadline passed"), "deadline")
-        outputs: dict[int, RequestOutput] = {}
-        try:
-            with torch.inference_mode():
-                if glance:
-                    outputs.update(self._run_stage("glance", glance, snapshot))
-                if focus:
-                    outputs.update(self._run_stage("focus", focus, snapshot))
-        except Exception as exc:  # a bug outside the model calls: fail this step's requests, keep serving
-            log.exception("engine step %d failed", plan.step)
-            for entry in glance + focus:
-                entry.error = exc
-                outputs[entry.request_id] = RequestOutput(exit_index=0, failed=True)
+        outputs = self._step_executor.run(glance, focus, snapshot)
         self._finish_step(plan, outputs)
 
     def _finish_step(self, plan: StepPlan, outputs: dict[int, RequestOutput]) -> None:
         with self._lock:
             finished = self._scheduler.apply(plan, outputs)
-            done = [(f, e) for f, e in ((f, self._pop_entry(f.request_id)) for f in finished) if e is not None]
+            done = list(zip(finished, self._pop(finished), strict=True))
             depth, active = self._scheduler.num_waiting, self._scheduler.num_running
             self._space.notify_all()
         now = self.clock()
@@ -335,7 +296,7 @@ class Engine:
                 self._fail([entry], error, "error")
                 continue
             try:
-                result = self._result(entry, fin, now)
+                result = self._step_executor.result(entry, fin, now)
             except Exception as exc:
                 log.exception("building the result of request %d failed", entry.request_id)
                 self._fail([entry], EngineError(f"could not build the result: {exc!r}"), "error")
@@ -344,155 +305,23 @@ class Engine:
                 self.observer.on_result(result)
         self.observer.on_queue(depth, active)
 
-    def _run_stage(self, stage: Stage, entries: list[_Entry], snapshot: BudgetState) -> dict[int, RequestOutput]:
-        """One batched model call; on failure, isolate the culprits by running the samples one at a time."""
-        start = self.clock()
-        try:
-            outputs = self._glance(entries, snapshot, start) if stage == "glance" else self._focus(entries)
-        except Exception as exc:
-            if len(entries) == 1:
-                entries[0].error = exc
-                return {entries[0].request_id: RequestOutput(exit_index=0, failed=True)}
-            log.warning("%s batch of %d failed (%r); retrying one sample at a time", stage, len(entries), exc)
-            outputs = {}
-            for entry in entries:
-                outputs.update(self._run_stage(stage, [entry], snapshot))
-            return outputs
-        self.observer.on_step(stage, len(entries), self.clock() - start)
-        return outputs
-
-    def _glance(self, entries: list[_Entry], snapshot: BudgetState, start: float) -> dict[int, RequestOutput]:
-        dev = self.runner.device
-        frames = [torch.from_numpy(np.ascontiguousarray(e.request.frames)).to(dev) for e in entries]  # (T, H, W, 3)
-        clips = torch.stack([f.permute(3, 0, 1, 2) for f in frames])  # (B, 3, T, H, W)
-        out = self.runner.glance(glance_frames(clips, self.model_config.glance_size))  # (B, 3, T, g, g) in
-        starts = integer_starts(out.centres, self.video_shape, self.cube_shape)  # (B, K, 3) as (x0, y0, t0)
-        if self.model_config.skip_covered_frames:
-            skip = covered_cube_mask(starts[..., 2], self.model_config.cube_frames)  # (B, K)
-        else:
-            skip = torch.zeros(starts.shape[:2], dtype=torch.bool)  # (B, K)
-        budgets = [
-            _Budget(snapshot.name, snapshot.version, snapshot.thresholds)
-            if e.level is None
-            else _Budget(e.level.name, snapshot.version, e.level.thresholds)
-            for e in entries
-        ]
-        exits = self._exits(out.logits, [b.thresholds[0] for b in budgets], snapshot)  # (B,)
-        starts_l, skip_l = starts.cpu().tolist(), skip.cpu().tolist()
-        outputs = {}
-        for i, e in enumerate(entries):  # commit per sample only once the whole batch has succeeded
-            e.budget = budgets[i]
-            e.glance_start, e.frames = start, frames[i]
-            e.starts = [(int(x), int(y), int(t)) for x, y, t in starts_l[i]]
-            e.skip = [bool(s) for s in skip_l[i]]
-            e.state = (out.state.global_feats[i], out.state.pooled[i], out.state.step[i])
-            e.logits = out.logits[i]
-            outputs[e.request_id] = self._advance(e, 0, exits[i], snapshot, cubes_run=0)
-        return outputs
-
-    def _focus(self, entries: list[_Entry]) -> dict[int, RequestOutput]:
-        cubes = torch.stack([self._crop(e) for e in entries])  # (B, 3, t, h, w) uint8
-        rows = [e.state for e in entries if e.state is not None]
-        assert len(rows) == len(entries), "focus before glance"
-        state = FocusState(*(torch.stack(parts) for parts in zip(*rows, strict=True)))  # (B, Cg), (B, D), (B,)
-        logits, new = self.runner.focus(cubes, state)  # (B, classes)
-        snapshot = self._budget  # only the criterion is read: it never changes
-        thresholds = []
-        for e in entries:
-            assert e.budget is not None
-            thresholds.append(e.budget.thresholds[e.exit_index + 1])
-        exits = self._exits(logits, thresholds, snapshot)  # (B,)
-        outputs = {}
-        for i, e in enumerate(entries):
-            e.state = (new.global_feats[i], new.pooled[i], new.step[i])
-            e.logits = logits[i]
-            outputs[e.request_id] = self._advance(e, e.exit_index + 1, exits[i], snapshot, cubes_run=1)
-        return outputs
-
-    def _crop(self, entry: _Entry) -> torch.Tensor:
-        """The next cube of ``entry``, (3, t, h, w) uint8.
-
-        NOTE(engine): the same integer crop as ``model.cubes.integer_crop`` (same ``integer_starts``), done as a
-        slice of this request's own frames so a focus batch never gathers whole clips. The engine tests compare
-        every exit with the model's own forward pass, which crops with ``integer_crop``.
-        """
-        assert entry.frames is not None
-        x0, y0, t0 = entry.starts[entry.exit_index]  # cube c = exit_index gives exit c + 1
-        t, h, w = self.cube_shape
-        return entry.frames[t0 : t0 + t, y0 : y0 + h, x0 : x0 + w].permute(3, 0, 1, 2)  # (3, t, h, w)
-
-    def _exits(self, logits: torch.Tensor, thresholds: list[float], snapshot: BudgetState) -> list[tuple[bool, float]]:
-        """Per sample: (meets its threshold, exit score), from logits (B, classes) and one threshold each."""
-        scores = exit_scores(logits, snapshot.criterion).cpu()  # (B,)
-        meets = should_exit(scores, torch.tensor(thresholds, dtype=scores.dtype), snapshot.criterion)  # (B,)
-        return list(zip(meets.tolist(), scores.tolist(), strict=True))
-
-    def _advance(
-        self, entry: _Entry, index: int, decision: tuple[bool, float], snapshot: BudgetState, cubes_run: int
-    ) -> RequestOutput:
-        """Exit decision at ``index``; cubes covered by earlier ones are skipped without compute (same logits)."""
-        assert entry.budget is not None and entry.state is not None
-        K = self.num_exits - 1
-        exited, score = decision
-        while not exited and index < K and entry.skip[index]:
-            index += 1  # cube index-1 is skipped: f_C is untouched, but its step counter still advances
-            gf, pooled, step = entry.state
-            entry.state = (gf, pooled, step + 1)
-            exited = self._meets(score, entry.budget.thresholds[index], snapshot)
-        entry.exit_index = index
-        return RequestOutput(exit_index=index, exited=exited, cubes_run=cubes_run)
-
-    @staticmethod
-    def _meets(score: float, threshold: float, snapshot: BudgetState) -> bool:
-        return bool(should_exit(torch.tensor([score]), torch.tensor([threshold]), snapshot.criterion)[0])
-
-    def _result(self, entry: _Entry, fin: Finished, now: float) -> EngineResult:
-        assert entry.logits is not None and entry.budget is not None
-        probs = torch.softmax(entry.logits.float(), dim=-1).cpu()  # (classes,)
-        top = torch.topk(probs, min(TOP_K, probs.numel()))
-        top_k = [(int(c), float(p)) for p, c in zip(top.values, top.indices, strict=True)]
-        t, size = self.model_config.cube_frames, self.model_config.cube_size
-        cubes = None
-        if entry.request.explain:
-            cubes = [CubeBox(t0, y0, x0, t, size, entry.skip[c]) for c, (x0, y0, t0) in enumerate(entry.starts)]
-            cubes = cubes[: fin.exit_index]
-        return EngineResult(
-            request_id=entry.request_id,
-            class_id=top_k[0][0],
-            confidence=top_k[0][1],
-            top_k=top_k,
-            cubes_used=fin.cubes_run,
-            exit_step=fin.exit_index,
-            exit_reason="confident" if fin.status == RequestStatus.FINISHED_CONFIDENT else "max_cubes",
-            gmacs=self.costs.glance_gmacs + fin.cubes_run * self.costs.focus_step_gmacs,
-            budget=entry.budget.name,
-            budget_version=entry.budget.version,
-            queue_seconds=entry.glance_start - entry.submitted,
-            compute_seconds=now - entry.glance_start,
-            cubes=cubes,
-        )
-
-    def _warmup(self, sizes: list[int]) -> None:
-        T, H, W = self.video_shape
-        dev = self.runner.device
-        with torch.inference_mode():
-            for b in sizes:
-                clips = torch.zeros(b, 3, T, H, W, dtype=torch.uint8, device=dev)  # (B, 3, T, H, W)
-                out = self.runner.glance(glance_frames(clips, self.model_config.glance_size))
-                cubes = torch.zeros(b, 3, *self.cube_shape, dtype=torch.uint8, device=dev)  # (B, 3, t, h, w)
-                self.runner.focus(cubes, out.state)
-
     # ------------------------------------------------------------------------------------------ bookkeeping
-    def _pop_entry(self, rid: int) -> _Entry | None:
-        entry = self._entries.pop(rid, None)
-        if entry is not None:
-            self._by_future.pop(entry.future, None)
-        return entry
+    def _pop(self, finished: list[Finished]) -> list[Entry]:
+        """The entries of requests the scheduler just finished (under the lock), in the same order."""
+        entries = [self._entries.pop(f.request_id) for f in finished]
+        for entry in entries:
+            del self._by_future[entry.future]
+        self._check_books()
+        return entries
 
-    def _abort_locked(self) -> list[_Entry]:
-        return [e for e in (self._pop_entry(f.request_id) for f in self._scheduler.abort_all()) if e is not None]
+    def _check_books(self) -> None:
+        assert self._entries.keys() == self._scheduler.requests.keys(), "engine entries differ from the scheduler's"
+        assert len(self._by_future) == len(self._entries), "a future without an entry, or an entry without one"
 
-    def _fail(self, entries: list[_Entry], error: EngineError, reason: str) -> None:
+    def _abort_locked(self) -> list[Entry]:
+        return self._pop(self._scheduler.abort_all())
+
+    def _fail(self, entries: list[Entry], error: EngineError, reason: str) -> None:
         for entry in entries:
             if _resolve(entry.future, error=error):
                 self.observer.on_reject(reason)
@@ -510,26 +339,6 @@ def _resolve(
     except InvalidStateError:
         return False
     return True
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-def build_engine(
-    model: AdaFocusV3,
-    budgets: BudgetTable,
-    config: EngineConfig = EngineConfig(),
-    backend: Literal["torch", "onnx", "auto"] = "torch",
-    device: str | torch.device = "cpu",
-    observer: EngineObserver | None = None,
-    clock: Callable[[], float] = time.monotonic,
-    **runner_options: Any,
-) -> Engine:
-    """An engine over ``model`` with the chosen backend (not started); ``runner_options`` go to
-    ``service.engine.backends.create_runner`` (e.g. ``cache_dir`` for the on-the-fly ONNX export)."""
-    from service.engine.backends import create_runner
-
-    costs = cost_report(model)
-    runner = create_runner(model.eval(), backend, device, max_batch=config.max_batch, **runner_options)
-    return Engine(runner, model.config, budgets, costs, config, observer, clock)
 
 
 def run_offline(engine: Engine, requests: Iterable[EngineRequest], timeout: float | None = None) -> list[EngineResult]:

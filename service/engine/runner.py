@@ -13,30 +13,14 @@ from typing import Protocol
 import torch
 
 from model.adafocus import AdaFocusV3, FocusState
+from model.exits import GlanceResult, StagedModel
 
 
-class RunnerGlance(Protocol):
-    @property
-    def centres(self) -> torch.Tensor: ...  # (B, K, 3) cube centres (x, y, t) in [0, 1]
+class Runner(StagedModel, Protocol):
+    """The staged model API (``glance``, ``focus``: ``model.exits.StagedModel``) on one device, chosen once."""
 
-    @property
-    def logits(self) -> torch.Tensor: ...  # (B, classes) exit-0 logits
-
-    @property
-    def state(self) -> FocusState: ...
-
-
-class Runner(Protocol):
     name: str  # "torch" or "onnx"
     device: torch.device
-
-    def glance(self, frames_small: torch.Tensor) -> RunnerGlance:
-        """frames_small (B, 3, T, g, g) float pixels in [0, 255] -> centres, exit-0 logits, state."""
-        ...
-
-    def focus(self, cubes: torch.Tensor, state: FocusState) -> tuple[torch.Tensor, FocusState]:
-        """cubes (B, 3, t, h, w) uint8 -> (logits (B, classes), next state); mixed step indices allowed."""
-        ...
 
 
 class TorchRunner:
@@ -49,7 +33,7 @@ class TorchRunner:
         self.model = model.to(self.device).eval()
 
     @torch.inference_mode()
-    def glance(self, frames_small: torch.Tensor) -> RunnerGlance:
+    def glance(self, frames_small: torch.Tensor) -> GlanceResult:
         return self.model.glance(frames_small)
 
     @torch.inference_mode()

@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service.engine.config import EngineConfig
 from service.engine.errors import QueueFull
-from service.engine.types import EngineConfig, EngineMode
 
 
 class RequestStatus(enum.IntEnum):
@@ -41,34 +41,6 @@ class RequestStatus(enum.IntEnum):
     @property
     def is_finished(self) -> bool:
         return self > RequestStatus.RUNNING
-
-
-@dataclass(frozen=True)
-class SchedulerConfig:
-    num_cubes: int  # K: exits 0..K
-    mode: EngineMode = "continuous"
-    max_batch: int = 32  # per stage: glance batch and focus batch each hold at most this many
-    max_active: int = 64  # admitted requests at once (the memory cap)
-    max_queue: int = 256  # waiting requests at once
-    min_glance_batch: int = 1  # continuous: admit only when min(this, waiting) slots are free or nothing is active
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_glance_batch <= self.max_batch:
-            raise ValueError(f"min_glance_batch must be 1..max_batch ({self.max_batch}), got {self.min_glance_batch}")
-
-    @classmethod
-    def from_engine(cls, config: EngineConfig, num_cubes: int) -> SchedulerConfig:
-        return cls(
-            num_cubes, config.mode, config.max_batch, config.max_active, config.max_queue, config.min_glance_batch
-        )
-
-    @property
-    def batch_cap(self) -> int:
-        return 1 if self.mode == "single" else self.max_batch
-
-    @property
-    def active_cap(self) -> int:
-        return 1 if self.mode == "single" else self.max_active
 
 
 @dataclass
@@ -109,12 +81,13 @@ class Finished:
 
 @dataclass
 class Scheduler:
-    config: SchedulerConfig
+    config: EngineConfig
+    num_cubes: int  # K: exits 0..K
     step: int = 0
     waiting: deque[int] = field(default_factory=deque)
     running: dict[int, SchedRequest] = field(default_factory=dict)  # insertion order = admission order
     requests: dict[int, SchedRequest] = field(default_factory=dict)  # every unfinished request
-    in_flight: StepPlan | None = None
+    in_flight: StepPlan | None = None  # planned, not yet applied (or abandoned)
     _arrivals: int = 0
 
     # ------------------------------------------------------------------------------------------ queries
@@ -133,6 +106,10 @@ class Scheduler:
     def status(self, request_id: int) -> RequestStatus | None:
         req = self.requests.get(request_id)
         return None if req is None else req.status
+
+    def exit_index(self, request_id: int) -> int:
+        """The last exit evaluated for an unfinished request: -1 before its glance, then 0..K-1."""
+        return self.requests[request_id].exit_index
 
     # ------------------------------------------------------------------------------------------ transitions
     def add(self, request_id: int, deadline: float | None = None) -> None:
@@ -176,7 +153,7 @@ class Scheduler:
         assert plan is self.in_flight, "apply() must get the plan of the step in flight"
         self.in_flight = None
         finished: list[Finished] = []
-        K = self.config.num_cubes
+        K = self.num_cubes
         for stage, rids in (("glance", plan.glance), ("focus", plan.focus)):
             for rid in rids:
                 req = self.running.get(rid)
@@ -201,6 +178,14 @@ class Scheduler:
                     finished.append(self._finish(req, RequestStatus.FINISHED_MAX_CUBES))
         self.check_invariants()
         return finished
+
+    def abandon(self, plan: StepPlan) -> None:
+        """The step in flight produced no outputs (an engine bug): forget it, so ``plan`` may be called again.
+
+        The requests it planned keep their state; the engine decides what happens to them (it aborts them all).
+        """
+        assert plan is self.in_flight, "abandon() must get the plan of the step in flight"
+        self.in_flight = None
 
     def cancel(self, request_id: int) -> Finished | None:
         """Remove a waiting or active request; None if it is unknown or already finished."""
@@ -256,4 +241,4 @@ class Scheduler:
             assert self.requests[rid].status == RequestStatus.WAITING
         for req in self.running.values():
             assert req.status == RequestStatus.RUNNING, f"{req} in the running set"
-            assert -1 <= req.exit_index < self.config.num_cubes, f"{req} should have finished"
+            assert -1 <= req.exit_index < self.num_cubes, f"{req} should have finished"

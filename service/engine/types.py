@@ -1,4 +1,5 @@
-"""Public data types of the serving engine: its configuration, a request, a result and the budget state.
+"""Public data types of the serving engine: a request, a result and the budget state (the configuration is in
+``service.engine.config``).
 
 These names are the contract the HTTP layer, the ONNX runner and the benchmarks code against
 (``/work/helpers/engine-api.md``); keep them stable.
@@ -13,31 +14,7 @@ import numpy as np
 
 from model.budgets import BudgetTable, Criterion
 
-EngineMode = Literal["continuous", "drain", "single"]
-ENGINE_MODES: tuple[EngineMode, ...] = ("continuous", "drain", "single")
 ExitReason = Literal["confident", "max_cubes"]
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    mode: EngineMode = "continuous"
-    max_batch: int = 32  # max samples per model call, per stage (glance batch and focus batch)
-    max_active: int = 64  # cap on admitted requests holding frames on the device (memory cap)
-    max_queue: int = 256  # bounded admission queue; submit() beyond it raises QueueFull
-    # continuous mode: waiting requests are admitted (their glance runs) only when at least
-    # min(min_glance_batch, number waiting) slots are free, OR when no request is active (the engine never idles
-    # with work waiting); 1 = refill at the very next step (the default contract). Larger values trade a little
-    # queueing for larger, cheaper-per-video glance batches. Ignored by drain and single.
-    min_glance_batch: int = 1
-
-    def __post_init__(self) -> None:
-        if self.mode not in ENGINE_MODES:
-            raise ValueError(f"unknown engine mode {self.mode!r}; choose one of {ENGINE_MODES}")
-        for name in ("max_batch", "max_active", "max_queue"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 1 <= self.min_glance_batch <= self.max_batch:
-            raise ValueError(f"min_glance_batch must be 1..max_batch ({self.max_batch}), got {self.min_glance_batch}")
 
 
 @dataclass

@@ -16,13 +16,14 @@ from exporters.manifest import (
     PARITY_REPORT,
     ExportError,
     is_export_dir,
+    model_specs,
     verify_export,
 )
-from exporters.onnx_export import export_bundle, model_specs, prepare_out_dir
+from exporters.onnx_export import export_bundle, prepare_out_dir
+from exporters.onnx_runner import OnnxRunner
 from exporters.validate import decide, read_report
 from model.bundle import DEFAULT_BUNDLE, Bundle, file_sha256, load_bundle
 from service.cli import main
-from service.engine.onnx_runner import OnnxRunner
 from tests.exporters.tiny import make_tiny_bundle
 
 

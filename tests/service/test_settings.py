@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from model.video import DecodeLimits
-from service.engine.types import EngineConfig
+from service.engine.config import EngineConfig
 from service.settings import Settings
 
 

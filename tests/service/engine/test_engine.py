@@ -11,15 +11,16 @@ import pytest
 import torch
 
 from model.adafocus import AdaFocusV3, FocusState
-from model.budgets import BudgetError, BudgetLevel, BudgetTable, exit_scores
+from model.budgets import BudgetError, BudgetLevel, BudgetTable
 from model.config import AdaFocusConfig, get_config
 from model.cost import CostReport, cost_report
+from model.exits import GlanceResult, first_exit, score_table, spread_exit_model, spread_thresholds
+from service.engine.config import EngineConfig
 from service.engine.engine import Engine, run_offline
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
 from service.engine.observer import StatsObserver
-from service.engine.runner import Runner, RunnerGlance, TorchRunner
-from service.engine.types import EngineConfig, EngineRequest, EngineResult
-from tests.thresholds import spread_thresholds
+from service.engine.runner import Runner, TorchRunner
+from service.engine.types import EngineRequest, EngineResult
 
 NUM_CLIPS = 12
 GAP = 1e-5  # no exit score may sit closer than this to a threshold: float noise must not flip an exit
@@ -39,28 +40,22 @@ class World:
 
     def expected(self, i: int, thresholds: tuple[float, ...]) -> tuple[int, int, int]:
         """(class id, exit step, cubes used) of clip ``i`` under ``thresholds``, from the full forward pass."""
-        K = self.config.num_cubes
-        step = next((k for k in range(K + 1) if self.scores[i, k] <= thresholds[k]), K)
+        step = int(first_exit(self.scores[i : i + 1], thresholds, "entropy")[0])
         used = step - int(self.skip[i, :step].sum())
         return int(self.labels[i, step]), step, used
 
 
 @pytest.fixture(scope="module")
 def world() -> World:
-    torch.manual_seed(0)
     cfg = get_config("tiny").replace(skip_covered_frames=True)
-    model = AdaFocusV3(cfg)
-    with torch.no_grad():  # random weights that spread predictions, exit scores and cube positions
-        torch.nn.init.normal_(model.classifier.head_weight, std=1.0)
-        torch.nn.init.normal_(model.policy.head.weight, std=1.0)
-    model.eval()
+    model = spread_exit_model(cfg, seed=0)
     g = torch.Generator().manual_seed(1)
     shape = (NUM_CLIPS, cfg.num_frames, cfg.frame_size, cfg.frame_size, 3)
     clips = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
     with torch.no_grad():
         out = model(clips.permute(0, 4, 1, 2, 3))  # eval forward: integer crops and skips, as at inference
     logits = out.exit_logits  # (N, K + 1, classes)
-    scores = exit_scores(logits.flatten(0, 1), "entropy").view(NUM_CLIPS, -1)  # (N, K + 1)
+    scores = score_table(logits, "entropy")  # (N, K + 1)
     probs = logits.softmax(-1)
     fast = spread_thresholds(scores, per_exit=3)
     mid = spread_thresholds(scores, per_exit=1)
@@ -285,7 +280,7 @@ class TickingRunner:
     def __init__(self, inner: TorchRunner, clock: FakeClock) -> None:
         self.inner, self.clock, self.device = inner, clock, inner.device
 
-    def glance(self, frames_small: torch.Tensor) -> RunnerGlance:
+    def glance(self, frames_small: torch.Tensor) -> GlanceResult:
         self.clock.now += 1.0
         return self.inner.glance(frames_small)
 
@@ -320,7 +315,7 @@ class PoisonRunner:
     def __init__(self, inner: TorchRunner) -> None:
         self.inner, self.device = inner, inner.device
 
-    def glance(self, frames_small: torch.Tensor) -> RunnerGlance:
+    def glance(self, frames_small: torch.Tensor) -> GlanceResult:
         if bool((frames_small.flatten(1).min(1).values == 255).any()):
             raise RuntimeError("poisoned clip")
         return self.inner.glance(frames_small)

@@ -9,16 +9,18 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.onnx_export import export_bundle, model_specs
+from exporters.manifest import model_specs
+from exporters.onnx_export import export_bundle
+from exporters.onnx_runner import CPU_PROVIDER, OnnxRunner, OrtOptions, create_session
 from exporters.validate import load_clips
 from model.adafocus import FocusState
 from model.bundle import Bundle
 from model.cost import cost_report
 from service.engine.backends import create_runner, load_model_source, pick_faster
+from service.engine.config import ENGINE_MODES, EngineConfig
 from service.engine.engine import Engine, run_offline
-from service.engine.onnx_runner import CPU_PROVIDER, OnnxRunner, OrtOptions, create_session
 from service.engine.runner import TorchRunner
-from service.engine.types import ENGINE_MODES, EngineConfig, EngineRequest
+from service.engine.types import EngineRequest
 from tests.exporters.tiny import make_tiny_bundle
 
 
@@ -89,7 +91,7 @@ def test_cuda_request_without_a_gpu_falls_back_to_cpu_with_a_log_line(
     tiny: tuple[Bundle, Path], caplog: pytest.LogCaptureFixture
 ) -> None:
     bundle, export = tiny
-    caplog.set_level(logging.WARNING, logger="service.engine.onnx_runner")
+    caplog.set_level(logging.WARNING, logger="exporters.onnx_runner")
     session = create_session(export / "glance.onnx", OrtOptions(intra_op_threads=1, log_severity=4), want_cuda=True)
     assert session.get_providers() == [CPU_PROVIDER]
     assert "ONNX Runtime CUDA provider does not work here" in caplog.text

@@ -2,16 +2,15 @@
 
 import pytest
 
+from service.engine.config import EngineConfig
 from service.engine.errors import QueueFull
 from service.engine.scheduler import (
     Finished,
     RequestOutput,
     RequestStatus,
     Scheduler,
-    SchedulerConfig,
     StepPlan,
 )
-from service.engine.types import EngineConfig
 
 K = 3
 
@@ -19,8 +18,14 @@ K = 3
 def scheduler(
     mode: str = "continuous", max_batch: int = 2, max_active: int = 3, max_queue: int = 8, min_glance_batch: int = 1
 ) -> Scheduler:
-    config = SchedulerConfig(K, mode, max_batch, max_active, max_queue, min_glance_batch)  # type: ignore[arg-type]
-    return Scheduler(config)
+    config = EngineConfig(
+        mode=mode,  # type: ignore[arg-type]
+        max_batch=max_batch,
+        max_active=max_active,
+        max_queue=max_queue,
+        min_glance_batch=min_glance_batch,
+    )
+    return Scheduler(config, K)
 
 
 def add(s: Scheduler, n: int, start: int = 0) -> None:
@@ -132,13 +137,13 @@ def test_min_glance_batch_never_idles_with_work_waiting() -> None:
 
 def test_min_glance_batch_is_validated() -> None:
     with pytest.raises(ValueError, match="min_glance_batch"):
-        SchedulerConfig(num_cubes=K, max_batch=4, min_glance_batch=5)
+        EngineConfig(max_batch=4, min_glance_batch=5)
     with pytest.raises(ValueError, match="min_glance_batch"):
-        SchedulerConfig(num_cubes=K, max_batch=4, min_glance_batch=0)
+        EngineConfig(max_batch=4, min_glance_batch=0)
     with pytest.raises(ValueError, match="min_glance_batch"):
         EngineConfig(max_batch=4, max_active=4, min_glance_batch=5)
     config = EngineConfig(max_batch=8, max_active=8, min_glance_batch=4)
-    assert SchedulerConfig.from_engine(config, K) == SchedulerConfig(K, "continuous", 8, 8, 256, 4)
+    assert Scheduler(config, K).config is config  # the one configuration type, taken as is
 
 
 def test_drain_admits_the_next_batch_only_when_the_whole_batch_has_left() -> None:

@@ -25,19 +25,22 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from exporters.onnx_export import export_bundle, model_specs
+from exporters.manifest import model_specs
+from exporters.onnx_export import export_bundle
+from exporters.onnx_runner import OnnxRunner, OrtOptions
 from exporters.validate import load_clips
 from model.adafocus import AdaFocusV3, FocusState
-from model.budgets import BudgetLevel, BudgetTable, exit_scores
+from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import Bundle, load_bundle, save_bundle
 from model.config import get_config
 from model.cost import cost_report
+from model.exits import quantile_thresholds, score_table, spread_exit_model
 from service.engine.backends import ModelSource, load_model_source, probe_inputs
+from service.engine.config import EngineConfig
 from service.engine.engine import Engine, run_offline
 from service.engine.observer import StatsObserver
-from service.engine.onnx_runner import OnnxRunner, OrtOptions
 from service.engine.runner import Runner, TorchRunner
-from service.engine.types import EngineConfig, EngineRequest, EngineResult
+from service.engine.types import EngineRequest, EngineResult
 
 
 @dataclass(frozen=True)
@@ -154,29 +157,18 @@ def engine_throughput(runners: list[Runner], bundle: Bundle, cfg: BenchConfig) -
 def random_bundle(config_name: str, path: Path, clips: int = 32) -> Bundle:
     """An untrained bundle of a named config whose exits spread like a trained one's (for timing only).
 
-    Random f_C heads and policy scaled up so that predictions, exit scores and cube positions vary; threshold
-    sets at the median (``fast``) and the 20% quantile (``mid``) of each exit's entropy, and ``full`` (no exit).
+    ``model.exits.spread_exit_model``; threshold sets at the median (``fast``) and the 20% quantile (``mid``) of
+    each exit's entropy, and ``full`` (no exit).
     """
-    torch.manual_seed(0)
     config = get_config(config_name)
-    model = AdaFocusV3(config)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.classifier.head_weight, std=1.0)
-        torch.nn.init.normal_(model.policy.head.weight, std=1.0)
-    model.eval()
+    model = spread_exit_model(config, seed=0)
     frames, _ = load_clips(config, clips, seed=1)
     with torch.inference_mode():
-        logits = model(frames).exit_logits  # (N, K + 1, classes)
-    scores = exit_scores(logits.flatten(0, 1), "entropy").view(clips, -1).sort(dim=0).values  # (N, K + 1)
-    K = config.num_cubes
-
-    def quantile(q: float) -> tuple[float, ...]:  # exit k stops the q-fraction of clips with the lowest entropy
-        return (*(float(scores[int(q * (clips - 1)), k]) for k in range(K)), 0.0)
-
+        scores = score_table(model(frames).exit_logits, "entropy")  # (N, K + 1)
     levels = (
-        BudgetLevel("fast", quantile(0.5), 0.0, 0.0),
-        BudgetLevel("mid", quantile(0.2), 0.0, 0.0),
-        BudgetLevel("full", (0.0,) * (K + 1), 0.0, 0.0),
+        BudgetLevel("fast", quantile_thresholds(scores, 0.5, "lower"), 0.0, 0.0),
+        BudgetLevel("mid", quantile_thresholds(scores, 0.2, "lower"), 0.0, 0.0),
+        BudgetLevel("full", quantile_thresholds(scores, 0.0), 0.0, 0.0),
     )
     card = f"# untrained {config_name} bundle for runner benchmarks (random weights)\n"
     save_bundle(path, model, BudgetTable("entropy", levels, "mid"), card)

@@ -1,0 +1,49 @@
+"""The engine's one configuration type, validated once; no torch, no numpy (the scheduler imports it).
+
+``service.settings.Settings`` builds it from the environment by keyword (``Settings.engine_config``) and reports
+its validation errors as settings errors; the engine and the scheduler take it as is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+EngineMode = Literal["continuous", "drain", "single"]
+ENGINE_MODES: tuple[EngineMode, ...] = ("continuous", "drain", "single")
+Backend = Literal["torch", "onnx", "auto"]
+BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    mode: EngineMode = "continuous"
+    max_batch: int = 32  # max samples per model call, per stage (glance batch and focus batch)
+    max_active: int = 64  # cap on admitted requests holding frames on the device (memory cap)
+    max_queue: int = 256  # bounded admission queue; submit() beyond it raises QueueFull
+    # continuous mode: waiting requests are admitted (their glance runs) only when at least
+    # min(min_glance_batch, number waiting) slots are free, OR when no request is active (the engine never idles
+    # with work waiting); 1 = refill at the very next step (the default contract). Larger values trade a little
+    # queueing for larger, cheaper-per-video glance batches. Ignored by drain and single.
+    min_glance_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in ENGINE_MODES:
+            raise ValueError(f"unknown engine mode {self.mode!r}; choose one of {ENGINE_MODES}")
+        for name in ("max_batch", "max_active", "max_queue", "min_glance_batch"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_glance_batch > self.max_batch:
+            raise ValueError(f"min_glance_batch ({self.min_glance_batch}) must be <= max_batch ({self.max_batch})")
+        if self.max_active < self.max_batch and self.mode != "single":
+            raise ValueError(f"max_active ({self.max_active}) must be >= max_batch ({self.max_batch})")
+
+    @property
+    def batch_cap(self) -> int:
+        """Samples per model call, per stage, in this mode."""
+        return 1 if self.mode == "single" else self.max_batch
+
+    @property
+    def active_cap(self) -> int:
+        """Admitted requests at once, in this mode."""
+        return 1 if self.mode == "single" else self.max_active
