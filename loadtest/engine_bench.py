@@ -31,9 +31,11 @@ from loadtest.report import latency_summary
 from loadtest.schedule import Bound, poisson_arrivals
 from model.adafocus import AdaFocusV3
 from model.budgets import BudgetLevel, BudgetTable
+from model.bundle import DEFAULT_BUNDLE, load_bundle
 from model.config import AdaFocusConfig, get_config
 from model.cost import CostReport, cost_report
 from model.exits import first_exit, quantile_thresholds, score_table
+from model.synth import SynthConfig, make_batch
 from service.engine.config import ENGINE_MODES, EngineConfig, EngineMode
 from service.engine.engine import Engine
 from service.engine.errors import EngineError
@@ -128,15 +130,12 @@ def steady_allocator() -> str:
 def make_clips(config: AdaFocusConfig, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Synthetic-benchmark clips at the model's input size (test split seed), else random pixels."""
     try:
-        from model.synth import SynthConfig, make_batch
-
         synth = SynthConfig(num_frames=config.num_frames, size=config.frame_size, num_classes=config.num_classes)
         frames, labels, _ = make_batch(synth, 2 + seed, list(range(count)))
         return frames, labels, f"model.synth clips (seed {2 + seed}), {count} distinct"
-    except (ImportError, ValueError) as exc:
-        rng = np.random.default_rng(seed)
+    except ValueError as exc:
         shape = (count, config.num_frames, config.frame_size, config.frame_size, 3)
-        return rng.integers(0, 256, shape, dtype=np.uint8), None, f"random uint8 clips ({exc})"
+        return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8), None, f"random uint8 clips ({exc})"
 
 
 def quantile_budgets(model: AdaFocusV3, costs: CostReport, frames: np.ndarray, device: str = "cpu") -> BudgetTable:
@@ -162,8 +161,6 @@ def quantile_budgets(model: AdaFocusV3, costs: CostReport, frames: np.ndarray, d
 def load_workload(bundle: str | None, config: str | None, clips: int, seed: int, device: str = "cpu") -> Workload:
     """The shipped (or named) bundle; with ``config``, that named config with random weights."""
     if config is None:
-        from model.bundle import DEFAULT_BUNDLE, load_bundle
-
         path = bundle or (str(DEFAULT_BUNDLE) if (DEFAULT_BUNDLE / "manifest.json").exists() else None)
         if path is not None:
             loaded = load_bundle(path)
@@ -319,9 +316,8 @@ def _engines(work: Workload, cfg: EngineBenchConfig) -> dict[str, tuple[Engine, 
     for label in cfg.modes:
         mode, min_glance = parse_mode(label)
         recorder = _Recorder()
-        config = EngineConfig(
-            mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue, min_glance_batch=min_glance
-        )
+        config = EngineConfig(mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue,
+                              min_glance_batch=min_glance)
         engine = Engine(runner, work.model.config, work.budgets, work.costs, config, recorder)
         engine.start()
         engine.warmup()

@@ -1,7 +1,9 @@
-"""Every error the API can answer, in one place: domain exceptions -> HTTP status + JSON ``{code, message}``.
+"""The one error table: each domain exception -> HTTP status, JSON ``code``, reject-metric reason, Retry-After.
 
-Domain code raises its own exceptions (``DecodeError``, ``QueueFull``, ``BudgetError`` ...); this module maps
-them. Bad input never becomes a 500: only a bug in the server does (code ``internal``).
+Domain code raises its own exceptions and knows nothing of HTTP (``DecodeError``, ``UploadTooLarge``,
+``QueueFull``, ``BudgetError`` ...). Everything here is derived from ``ERRORS``: the exception handlers, the
+``adafocus_rejected_total`` reason the /classify route records, and the OpenAPI error descriptions. Bad input never
+becomes a 500: only a bug in the server does (code ``internal``).
 """
 
 from __future__ import annotations
@@ -17,16 +19,82 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.budgets import BudgetError
 from model.video import DecodeError
+from service.auth import BudgetChangesDisabled, Forbidden, Unauthorized
+from service.decode import DecodeBusy, DecoderCrashed
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull, RequestCancelled
+from service.pipeline import ClientGone, ServiceDraining
+from service.schemas import ErrorBody
+from service.upload import BadUpload, NotMultipart, UploadTooLarge
 
 log = logging.getLogger(__name__)
 
-DECODE_STATUS = {"not_a_video": 415, "too_large": 413}  # every other decode code is 422
+INVALID_INPUT = "invalid_input"
+DRAINING_TEXT = "the server is shutting down; retry on another replica"
+
+
+@dataclass(frozen=True)
+class ErrorRule:
+    status: int
+    code: str | None  # None: the exception's own ``code`` (DecodeError)
+    reason: str | None  # adafocus_rejected_total{reason} recorded by /classify; None: the engine records it
+    retry_after: bool = False  # 503s tell the client when to come back
+    message: str | None = None  # None: the exception's own message
+    description: str = ""  # for the OpenAPI document
+    status_by_code: dict[str, int] = field(default_factory=dict)  # per-code status override (DecodeError)
+
+
+ERRORS: dict[type[Exception], ErrorRule] = {
+    DecodeError: ErrorRule(
+        422, None, INVALID_INPUT, status_by_code={"not_a_video": 415, "too_large": 413},
+        description="undecodable video or outside limits (`no_video_stream`, `zero_frames`, `undecodable`, "
+        "`too_long`, `frame_too_large`, `decode_timeout`); not a video container (`not_a_video`: empty, text, "
+        "still image ...); a file over the decoder's byte limit (`too_large`)",
+    ),
+    UploadTooLarge: ErrorRule(
+        413, "too_large", INVALID_INPUT, description="the upload exceeds `ADAFOCUS_MAX_UPLOAD_BYTES` (`too_large`)"
+    ),
+    NotMultipart: ErrorRule(
+        415, "unsupported_media_type", INVALID_INPUT, description="not multipart form data (`unsupported_media_type`)"
+    ),
+    BadUpload: ErrorRule(422, "invalid_request", INVALID_INPUT, description="an invalid request (`invalid_request`)"),
+    DecoderCrashed: ErrorRule(
+        422, "decoder_crashed", INVALID_INPUT, description="the decoder crashed on this file (`decoder_crashed`)"
+    ),
+    BudgetError: ErrorRule(
+        422, "invalid_budget", INVALID_INPUT, description="an unknown budget level or invalid thresholds "
+        "(`invalid_budget`)"
+    ),
+    DecodeBusy: ErrorRule(
+        503, "queue_full", "decode_queue_full", True, description="too many uploads wait for a decoder (`queue_full`)"
+    ),
+    QueueFull: ErrorRule(
+        503, "queue_full", None, True, "the server is at capacity; retry later",
+        description="the admission queue is full (`queue_full`); see Retry-After",
+    ),
+    ServiceDraining: ErrorRule(
+        503, "draining", "draining", True, DRAINING_TEXT, description="the server is draining (`draining`)"
+    ),
+    EngineDraining: ErrorRule(503, "draining", None, True, DRAINING_TEXT),
+    DeadlineExceeded: ErrorRule(
+        504, "deadline_exceeded", None, description="the request passed its deadline (`deadline_exceeded`)"
+    ),
+    RequestCancelled: ErrorRule(499, "cancelled", None, message="the request was cancelled"),
+    ClientGone: ErrorRule(499, "disconnected", "disconnected"),
+    Unauthorized: ErrorRule(
+        401, "unauthorized", None, description="missing or malformed `Authorization: Bearer` header"
+    ),
+    Forbidden: ErrorRule(403, "forbidden", None, description="wrong operator token (`forbidden`)"),
+    BudgetChangesDisabled: ErrorRule(
+        403, "budget_changes_disabled", None,
+        description="budget changes are disabled: no operator token configured (`budget_changes_disabled`)",
+    ),
+}
+INTERNAL = ErrorRule(500, "internal", None, message="internal server error")
 
 
 @dataclass
 class ApiError(Exception):
-    """An answer other than 200: raised by routes and by ``to_api_error`` for domain exceptions."""
+    """An answer other than 200, already mapped (``to_api_error``, validation and routing errors)."""
 
     status: int
     code: str
@@ -37,73 +105,44 @@ class ApiError(Exception):
         return f"{self.status} {self.code}: {self.message}"
 
 
-class UploadTooLarge(Exception):
-    """The upload passed ``max_upload_bytes`` (raised while streaming, before the whole body arrived)."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the upload exceeds the limit of {limit} bytes")
-        self.limit = limit
-
-
-class BadUpload(Exception):
-    """A request that is not a usable multipart upload (no ``video`` part, malformed form data)."""
-
-    def __init__(self, message: str, status: int = 422, code: str = "invalid_request") -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
-
-
-class DecoderCrashed(Exception):
-    """The decoder worker died (a signal) while decoding this upload; the pool replaced it."""
-
-
-class DecodeBusy(Exception):
-    """Too many uploads are waiting for a decoder."""
-
-
-class AuthError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
+def rule_for(exc: BaseException) -> ErrorRule:
+    """The table's rule for ``exc`` (its class or the nearest base class in the table); INTERNAL otherwise."""
+    for cls in type(exc).__mro__:
+        if cls in ERRORS:
+            return ERRORS[cls]
+    return INTERNAL
 
 
 def to_api_error(exc: BaseException, retry_after_s: int = 1) -> ApiError:
     """Map a domain exception to its answer."""
-    retry = {"Retry-After": str(retry_after_s)}
     if isinstance(exc, ApiError):
         return exc
-    if isinstance(exc, DecodeError):
-        return ApiError(DECODE_STATUS.get(exc.code, 422), exc.code, exc.message)
-    if isinstance(exc, UploadTooLarge):
-        return ApiError(413, "too_large", str(exc))
-    if isinstance(exc, BadUpload):
-        return ApiError(exc.status, exc.code, str(exc))
-    if isinstance(exc, DecoderCrashed):
-        return ApiError(422, "decoder_crashed", str(exc))
-    if isinstance(exc, DecodeBusy):
-        return ApiError(503, "queue_full", str(exc), retry)
-    if isinstance(exc, QueueFull):
-        return ApiError(503, "queue_full", "the server is at capacity; retry later", retry)
-    if isinstance(exc, EngineDraining):
-        return ApiError(503, "draining", "the server is shutting down; retry on another replica", retry)
-    if isinstance(exc, DeadlineExceeded):
-        return ApiError(504, "deadline_exceeded", str(exc) or "the request was not answered before its deadline")
-    if isinstance(exc, RequestCancelled):
-        return ApiError(499, "cancelled", "the request was cancelled")
-    if isinstance(exc, BudgetError):
-        return ApiError(422, "invalid_budget", str(exc))
-    if isinstance(exc, AuthError):
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        return ApiError(exc.status, exc.code, str(exc), headers)
-    return ApiError(500, "internal", "internal server error")
+    rule = rule_for(exc)
+    code = rule.code if rule.code is not None else str(getattr(exc, "code", "internal"))
+    status = rule.status_by_code.get(code, rule.status)
+    message = rule.message or getattr(exc, "message", None) or str(exc) or code
+    headers = {"Retry-After": str(retry_after_s)} if rule.retry_after else {}
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return ApiError(status, code, message, headers)
 
 
 def error_response(error: ApiError) -> JSONResponse:
     return JSONResponse({"code": error.code, "message": error.message}, error.status, headers=error.headers)
 
 
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the listed statuses, described by the table's rules."""
+    texts: dict[int, list[str]] = {status: [] for status in statuses}
+    for rule in ERRORS.values():
+        for status in {rule.status, *rule.status_by_code.values()} & texts.keys():
+            if rule.description:
+                texts[status].append(rule.description)
+    return {status: {"model": ErrorBody, "description": "; or ".join(texts[status])} for status in statuses}
+
+
 def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
-    """Register the JSON error handlers for domain, validation and routing errors."""
+    """Register the JSON error handlers for every table entry, validation and routing errors, and bugs."""
 
     async def domain(_: Request, exc: Exception) -> JSONResponse:
         error = to_api_error(exc, retry_after_s)
@@ -122,8 +161,8 @@ def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
         headers = dict(exc.headers or {})
         return error_response(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail, headers))
 
-    for kind in (ApiError, DecodeError, UploadTooLarge, BadUpload, DecoderCrashed, DecodeBusy, QueueFull,
-                 EngineDraining, DeadlineExceeded, RequestCancelled, BudgetError, AuthError, Exception):
+    kinds: list[type[Exception]] = [ApiError, *ERRORS, Exception]
+    for kind in kinds:
         app.add_exception_handler(kind, domain)
     app.add_exception_handler(RequestValidationError, validation)
     app.add_exception_handler(StarletteHTTPException, http)

@@ -1,31 +1,26 @@
-"""HTTP routes: thin wrappers over ``ServiceState`` (service/app.py); errors are mapped in service/errors.py."""
+"""HTTP routes: thin wrappers over ``ServiceState`` (service/lifecycle.py) and the /classify flow
+(service/pipeline.py); errors are mapped by the table in service/errors.py."""
 
 from __future__ import annotations
 
-import hmac
 import time
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.app import ClientGone, ServiceState
+from service import pipeline
+from service.auth import check_operator
 from service.engine.types import BudgetState
-from service.errors import AuthError, DecodeBusy, error_response, to_api_error
+from service.errors import error_response, error_responses, rule_for, to_api_error
+from service.lifecycle import ServiceState
 from service.metrics import CONTENT_TYPE
-from service.schemas import (
-    BudgetLevelBody,
-    BudgetResponse,
-    BudgetUpdate,
-    ClassifyResponse,
-    Health,
-    Readiness,
-    error_responses,
-)
+from service.pipeline import ClientGone
+from service.schemas import BudgetLevelBody, BudgetResponse, BudgetUpdate, ClassifyResponse, Health, Readiness
 
 router = APIRouter()
 
-# The body is streamed by service.decode.read_upload (declaring File/Form parameters would make FastAPI buffer
+# The body is streamed by service.upload.read_upload (declaring File/Form parameters would make FastAPI buffer
 # the whole form first), so the multipart schema is written out for the OpenAPI document here.
 CLASSIFY_BODY = {
     "required": True,
@@ -51,8 +46,6 @@ CLASSIFY_BODY = {
         }
     },
 }
-# Invalid inputs that count as `invalid_input` rejections.
-INPUT_STATUSES = frozenset({413, 415, 422})
 
 
 def get_state(request: Request) -> ServiceState:
@@ -65,16 +58,7 @@ StateDep = Annotated[ServiceState, Depends(get_state)]
 
 def require_operator(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
     """`Authorization: Bearer <ADAFOCUS_OPERATOR_TOKEN>`, compared in constant time."""
-    token = state.settings.operator_token
-    if token is None:
-        raise AuthError(
-            403, "budget_changes_disabled", "budget changes are disabled: the server has no ADAFOCUS_OPERATOR_TOKEN"
-        )
-    scheme, _, given = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        raise AuthError(401, "unauthorized", "send `Authorization: Bearer <operator token>`")
-    if not hmac.compare_digest(given.strip().encode(), token.get_secret_value().encode()):
-        raise AuthError(403, "forbidden", "wrong operator token")
+    check_operator(state.settings.operator_token, authorization)
 
 
 @router.post(
@@ -90,21 +74,17 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
     state.inflight += 1
     status = 500
     try:
-        answer = await state.classify(request, started)
+        answer = await pipeline.classify(state, request, started)
         status = 200
         return answer
-    except ClientGone:
-        status = 499  # nobody reads this answer; the engine already dropped the request ("cancelled")
-        if state.metrics is not None:
-            state.metrics.on_reject("disconnected")
-        return Response(status_code=499)
     except Exception as exc:
         error = to_api_error(exc, state.settings.retry_after_s)
         status = error.status
-        if status in INPUT_STATUSES and state.metrics is not None:
-            state.metrics.on_reject("invalid_input")
-        if isinstance(exc, DecodeBusy) and state.metrics is not None:
-            state.metrics.on_reject("decode_queue_full")
+        reason = rule_for(exc).reason
+        if reason is not None and state.metrics is not None:
+            state.metrics.on_reject(reason)
+        if isinstance(exc, ClientGone):
+            return Response(status_code=499)  # nobody reads this answer; the engine already dropped the request
         if status == 500:
             raise
         return error_response(error)

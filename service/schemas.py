@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
+
+from model.budgets import Criterion
+from service.engine.types import ExitReason
 
 
 class ErrorBody(BaseModel):
@@ -42,7 +45,7 @@ class ClassifyResponse(BaseModel):
     top_k: list[TopK] = Field(description="the most probable classes, best first (up to 5)")
     cubes_used: int = Field(description="cubes processed by the local network (the glance is not a cube)")
     exit_step: int = Field(description="exit index 0..K at which the video stopped (0 = after the glance)")
-    exit_reason: Literal["confident", "max_cubes"] = Field(
+    exit_reason: ExitReason = Field(
         description="`confident`: the exit criterion met its threshold; `max_cubes`: every cube was used"
     )
     gmacs: float = Field(description="compute spent on this video, in GMACs (multiply-adds)")
@@ -65,7 +68,7 @@ class BudgetResponse(BaseModel):
     name: str = Field(description="the active level (`custom` for explicit thresholds)")
     version: int = Field(description="incremented by every change; results report the version they ran under")
     thresholds: list[float] = Field(description="the active exit thresholds eta_0..eta_K")
-    criterion: Literal["entropy", "max_prob"] = Field(
+    criterion: Criterion = Field(
         description="`entropy`: exit when entropy <= eta_k; `max_prob`: exit when max probability >= eta_k"
     )
     default: str = Field(description="the level the server started with")
@@ -102,18 +105,3 @@ class Readiness(BaseModel):
     checks: dict[str, bool] = Field(
         description="model_loaded, warmed_up, decoder_self_test, engine_running, not_draining"
     )
-
-
-def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` entries for the listed error statuses."""
-    texts = {
-        401: "missing or malformed `Authorization: Bearer` header",
-        403: "wrong operator token, or budget changes are disabled (no token configured)",
-        413: "the upload exceeds `ADAFOCUS_MAX_UPLOAD_BYTES` (code `too_large`)",
-        415: "not a video container (`not_a_video`: empty, text, still image ...), or not multipart form data",
-        422: "undecodable video or outside limits (`no_video_stream`, `zero_frames`, `undecodable`, `too_long`, "
-        "`frame_too_large`, `decode_timeout`, `decoder_crashed`), an unknown budget level, or an invalid request",
-        503: "the admission queue is full (`queue_full`) or the server is draining (`draining`); see Retry-After",
-        504: "the request passed its deadline (`deadline_exceeded`)",
-    }
-    return {status: {"model": ErrorBody, "description": texts[status]} for status in statuses}

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from model.video import DecodeError, DecodeLimits, encode_video
-from service.decode import DecodeJob, DecodePool, UploadSpool, read_upload
-from service.errors import BadUpload, DecodeBusy, DecoderCrashed, UploadTooLarge
+from service.decode import DecodeBusy, DecodeJob, DecodePool, DecoderCrashed
+from service.errors import to_api_error
+from service.upload import BadUpload, NotMultipart, UploadSpool, UploadTooLarge, read_upload
 from tests.service.conftest import ramp
 from tests.service.jobs import scripted_job
 
@@ -57,9 +58,11 @@ def test_decode_errors_and_bugs_come_back_as_decode_errors(pool: DecodePool) -> 
 
 
 def test_a_worker_killed_while_idle_is_replaced_before_the_next_job(pool: DecodePool) -> None:
-    for pid in pool.worker_pids():
+    pids = pool.worker_pids()
+    for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    time.sleep(0.2)
+    for pid in pids:  # dead (a zombie until the pool reaps it): the event the pool must notice
+        wait_until_dead(pid)
     results = [pool.submit(DecodeJob(b"abc", 2, 4)) for _ in range(4)]
     assert [f.result(timeout=30).frames[0, 0, 0, 0] for f in results] == [3, 3, 3, 3]
 
@@ -129,6 +132,15 @@ def test_read_upload_rejects() -> None:
         asyncio.run(read_upload("multipart/form-data; boundary=XyZ", str(10**9), chunked(b""), 1000, 16))
     with pytest.raises(BadUpload, match="no `video` part"):
         upload(multipart({"budget": b"low"}))
-    with pytest.raises(BadUpload) as info:
+    with pytest.raises(NotMultipart) as info:
         upload(b"{}", content_type="application/json")
-    assert (info.value.status, info.value.code) == (415, "unsupported_media_type")
+    error = to_api_error(info.value)
+    assert (error.status, error.code) == (415, "unsupported_media_type")
+
+
+def wait_until_dead(pid: int, timeout: float = 10.0) -> None:
+    status = Path(f"/proc/{pid}/status")
+    limit = time.monotonic() + timeout
+    while status.exists() and "zombie" not in status.read_text():
+        assert time.monotonic() < limit, f"process {pid} still alive after SIGKILL"
+        time.sleep(0.005)

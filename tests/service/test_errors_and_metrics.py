@@ -9,7 +9,10 @@ from model.budgets import BudgetError
 from model.video import DecodeError
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull
 from service.engine.types import EngineResult
-from service.errors import AuthError, BadUpload, DecodeBusy, DecoderCrashed, UploadTooLarge, to_api_error
+from service.auth import BudgetChangesDisabled, Forbidden, Unauthorized
+from service.decode import DecodeBusy, DecoderCrashed
+from service.errors import to_api_error
+from service.upload import BadUpload, NotMultipart, UploadTooLarge
 from service.metrics import Metrics
 
 
@@ -22,14 +25,17 @@ from service.metrics import Metrics
         (DecodeError("undecodable", "m"), 422, "undecodable"),
         (DecodeError("decode_timeout", "m"), 422, "decode_timeout"),
         (UploadTooLarge(10), 413, "too_large"),
-        (BadUpload("m", 415, "unsupported_media_type"), 415, "unsupported_media_type"),
+        (NotMultipart("m"), 415, "unsupported_media_type"),
+        (BadUpload("m"), 422, "invalid_request"),
         (DecoderCrashed("m"), 422, "decoder_crashed"),
         (DecodeBusy("m"), 503, "queue_full"),
         (QueueFull("m"), 503, "queue_full"),
         (EngineDraining("m"), 503, "draining"),
         (DeadlineExceeded("m"), 504, "deadline_exceeded"),
         (BudgetError("m"), 422, "invalid_budget"),
-        (AuthError(401, "unauthorized", "m"), 401, "unauthorized"),
+        (Unauthorized("m"), 401, "unauthorized"),
+        (Forbidden("m"), 403, "forbidden"),
+        (BudgetChangesDisabled("m"), 403, "budget_changes_disabled"),
         (KeyError("bug"), 500, "internal"),
     ],
 )

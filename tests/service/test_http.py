@@ -211,22 +211,31 @@ def test_budget_switches_atomically_under_concurrent_requests(
 ) -> None:
     stop = threading.Event()
     results: list[dict[str, object]] = []
+    answered = threading.Condition()
+    clients = 3
 
     def client_loop() -> None:
         with httpx.Client() as client:
             while not stop.is_set():
                 response = classify(server, videos["h264.mp4"], client)
                 assert response.status_code == 200, response.text
-                results.append(response.json())
+                with answered:
+                    results.append(response.json())
+                    answered.notify_all()
+
+    def wait_for_answers(count: int) -> None:
+        with answered:
+            assert answered.wait_for(lambda: len(results) >= count, timeout=60), f"{len(results)} < {count} answers"
 
     swaps = [httpx.get(f"{server.url}/budget").json()]
-    with ThreadPoolExecutor(3) as pool:
-        loops = [pool.submit(client_loop) for _ in range(3)]
+    with ThreadPoolExecutor(clients) as pool:
+        loops = [pool.submit(client_loop) for _ in range(clients)]
         for i in range(6):
-            time.sleep(0.15)
+            # one answer more than there are clients: at least one request was submitted after the last swap
+            wait_for_answers(len(results) + clients + 1)
             level = "low" if i % 2 == 0 else "high"
             swaps.append(httpx.put(f"{server.url}/budget", json={"level": level}, headers=AUTH).json())
-        time.sleep(0.15)
+        wait_for_answers(len(results) + clients + 1)
         stop.set()
         for loop in loops:
             loop.result()

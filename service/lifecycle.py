@@ -1,0 +1,107 @@
+"""The service's life: ``ServiceState.start`` builds everything the routes use, ``stop`` tears it down.
+
+Start-up (called by the app's lifespan, off the event loop): load the bundle, build the runner and the engine,
+warm up, start the decoder pool and self-test it on a video encoded right then, run that clip through the engine:
+only then is the server ready. Shutdown: stop admitting (``/readyz`` fails), finish in-flight requests, stop the
+engine and the decoders. SIGTERM first calls ``begin_drain`` (service/commands.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from model.bundle import Bundle
+from model.cost import cost_report
+from service.decode import DecodeJob, DecodePool, self_test_video
+from service.engine.backends import create_runner, load_model_source
+from service.engine.engine import Engine
+from service.engine.types import EngineRequest
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceState:
+    """Everything the routes use; built by ``start`` (blocking), torn down by ``stop``."""
+
+    settings: Settings
+    bundle: Bundle | None = None
+    engine: Engine | None = None
+    pool: DecodePool | None = None
+    metrics: Metrics | None = None
+    checks: dict[str, bool] = field(
+        default_factory=lambda: {"model_loaded": False, "warmed_up": False, "decoder_self_test": False}
+    )
+    draining: bool = False
+    inflight: int = 0  # /classify requests between their first byte and their answer
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        s = self.settings
+        if s.torch_threads is not None:
+            torch.set_num_threads(s.torch_threads)
+        device = s.resolved_device()
+        source = load_model_source(s.bundle, device)  # a bundle, or an ONNX export directory with its bundle
+        self.bundle = bundle = source.bundle
+        self.checks["model_loaded"] = True
+        log.info("loaded bundle %s (%s, sha256 %s) on %s", bundle.path, bundle.config.name, bundle.sha256[:12], device)
+        self.metrics = Metrics(bundle.config.num_cubes + 1)
+        runner = create_runner(
+            bundle.model, s.backend, device, bundle=bundle, export_dir=source.export_dir, max_batch=s.max_batch
+        )
+        self.engine = Engine(
+            runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics
+        )
+        self.engine.start()
+        if s.warmup:
+            self.engine.warmup()
+        self.checks["warmed_up"] = True
+        self.pool = DecodePool(
+            s.decode_workers, s.decode_limits(), max_pending=s.decode_queue, on_restart=self.metrics.on_decoder_restart
+        )
+        self.pool.start()
+        self._self_test()
+        self.checks["decoder_self_test"] = True
+        self.metrics.ready.set(1)
+        log.info("ready: %s runner, %s mode, %d decoder workers", runner.name, s.mode, s.decode_workers)
+
+    def _self_test(self) -> None:
+        """Encode a tiny video now, decode it in the pool, classify it: the whole path works."""
+        assert self.bundle is not None and self.pool is not None and self.engine is not None
+        cfg = self.bundle.config
+        with tempfile.TemporaryDirectory(prefix="adafocus-selftest-") as tmp:
+            path = self_test_video(Path(tmp), cfg.num_frames, cfg.frame_size)
+            decoded = self.pool.submit(DecodeJob(str(path), cfg.num_frames, cfg.frame_size)).result(timeout=120)
+        expected = (cfg.num_frames, cfg.frame_size, cfg.frame_size, 3)
+        if decoded.frames.shape != expected:
+            raise RuntimeError(f"decoder self-test: got {decoded.frames.shape}, expected {expected}")
+        self.engine.submit(EngineRequest(decoded.frames)).result(timeout=120)
+
+    def stop(self) -> None:
+        self.draining = True
+        if self.metrics is not None:
+            self.metrics.ready.set(0)
+        if self.engine is not None:
+            self.engine.shutdown(drain=True, timeout=self.settings.drain_timeout_s)
+        if self.pool is not None:
+            self.pool.shutdown()
+        log.info("stopped")
+
+    def begin_drain(self) -> None:
+        """SIGTERM: refuse new work and fail readiness; in-flight requests carry on."""
+        if not self.draining:
+            log.info("draining: %d request(s) in flight", self.inflight)
+        self.draining = True
+        if self.metrics is not None:
+            self.metrics.ready.set(0)
+
+    def readiness(self) -> dict[str, bool]:
+        engine_ok = self.engine is not None and self.engine.started and not self.engine.draining
+        return {**self.checks, "engine_running": engine_ok, "not_draining": not self.draining}

@@ -1,0 +1,122 @@
+"""The layering, read from the source with ``ast``: loadtest -> service -> exporters -> model, no cycles.
+
+- no package imports one above it (``model`` imports nothing of ours but itself);
+- no import cycles between modules (inside a package or across packages);
+- project modules are imported at module level only (``if TYPE_CHECKING:`` counts as module level), except in
+  the CLI glue ``*/commands.py``, whose handlers import lazily so that ``adafocus --help`` stays fast.
+And the scheduler is pure: importing it loads neither torch nor numpy.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = ("model", "exporters", "service", "loadtest")  # bottom to top: each may import only those before it
+# Function-local imports still in files owned by the model rewrite (issue 10 leaves them to it).
+PENDING_LOCAL = {"model/calibrate.py", "model/data.py"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> tuple[set[str], list[tuple[int, str]]]:
+    """(project modules imported at module level, (line, module) of project imports inside functions)."""
+    tree = ast.parse(path.read_text(), str(path))
+    top: set[str] = set()
+    local: list[tuple[int, str]] = []
+
+    def names(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            return [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        return []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            inner = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+            for name in names(child):
+                if name.split(".")[0] in LAYERS:
+                    (local.append((child.lineno, name)) if in_function else top.add(name))  # type: ignore[func-returns-value]
+            visit(child, inner)
+
+    visit(tree, False)
+    return top, local
+
+
+def graph() -> tuple[dict[str, set[str]], dict[str, list[tuple[int, str]]]]:
+    files = {module_name(p): p for pkg in LAYERS for p in (ROOT / pkg).rglob("*.py")}
+    edges: dict[str, set[str]] = {}
+    local: dict[str, list[tuple[int, str]]] = {}
+    for name, path in files.items():
+        top, inner = imports(path)
+        # ``from pkg import module`` names a module; ``from module import name`` names the module
+        edges[name] = {m for m in top if m in files and m != name}
+        local[str(path.relative_to(ROOT))] = inner
+    return edges, local
+
+
+def test_no_upward_imports() -> None:
+    edges, _ = graph()
+    rank = {pkg: i for i, pkg in enumerate(LAYERS)}
+    upward = [(a, b) for a, deps in edges.items() for b in deps if rank[b.split(".")[0]] > rank[a.split(".")[0]]]
+    assert not upward, f"imports up the layering {LAYERS}: {upward}"
+
+
+def test_no_import_cycles() -> None:
+    edges, _ = graph()
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = done
+    cycles: list[list[str]] = []
+
+    def walk(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(edges.get(node, ())):
+            if state.get(dep) == 1:
+                cycles.append([*path[path.index(dep) :], dep])
+            elif dep not in state:
+                walk(dep, [*path, dep])
+        state[node] = 2
+
+    for node in sorted(edges):
+        if node not in state:
+            walk(node, [node])
+    assert not cycles, f"import cycles: {cycles}"
+
+
+def test_project_imports_are_at_module_level() -> None:
+    _, local = graph()
+    offenders = {
+        path: lines for path, lines in local.items()
+        if lines and not path.endswith("/commands.py") and path not in PENDING_LOCAL
+    }
+    assert not offenders, f"function-local imports of project modules: {offenders}"
+
+
+def test_the_scheduler_imports_neither_torch_nor_numpy() -> None:
+    code = (
+        "import sys, service.engine.scheduler; "
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+MAX_LINES = 450
+OVERSIZED_PENDING = {"model/train.py"}  # being rewritten by the model-side issue; split there
+
+
+def test_no_module_over_450_lines() -> None:
+    long = {
+        str(p.relative_to(ROOT)): n
+        for pkg in LAYERS
+        for p in (ROOT / pkg).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(ROOT)) not in OVERSIZED_PENDING
+    }
+    assert not long, f"modules over {MAX_LINES} lines: {long}"
