@@ -52,10 +52,6 @@ class Corpus:
     def labelled(self) -> bool:
         return any(item.label is not None or item.class_id is not None for item in self.items)
 
-    @property
-    def total_bytes(self) -> int:
-        return sum(len(item.data) for item in self.items)
-
 
 def _read_labels(path: Path) -> dict[str, tuple[str | None, int | None]]:
     with path.open(newline="") as fh:
