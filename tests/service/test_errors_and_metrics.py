@@ -7,13 +7,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from model.budgets import BudgetError
 from model.video import DecodeError
-from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull
-from service.engine.types import EngineResult
 from service.auth import BudgetChangesDisabled, Forbidden, Unauthorized
 from service.decode import DecodeBusy, DecoderCrashed
+from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull
+from service.engine.types import EngineResult
 from service.errors import to_api_error
-from service.upload import BadUpload, NotMultipart, UploadTooLarge
 from service.metrics import Metrics
+from service.upload import BadUpload, NotMultipart, UploadTooLarge
 
 
 @pytest.mark.parametrize(
