@@ -133,8 +133,9 @@ class AdaFocusV3(nn.Module):
             raise ValueError(
                 f"cube_size {config.cube_size} must be a multiple of f_L's stride {self.local_encoder.total_stride}"
             )
-        g_dim, l_dim = self.global_encoder.out_channels, self.local_encoder.out_channels
-        self.policy = HeatmapPolicy(g_dim, config.policy_hidden, config.num_cubes)
+        map_dim, l_dim = self.global_encoder.out_channels, self.local_encoder.out_channels
+        g_dim = map_dim * (2 if config.glance_pool == "mean_max" else 1)
+        self.policy = HeatmapPolicy(map_dim, config.policy_hidden, config.num_cubes)
         self.classifier = PoolingClassifier(
             g_dim, l_dim, config.classifier_hidden, config.num_classes, config.num_cubes + 1, config.dropout
         )
@@ -186,15 +187,25 @@ class AdaFocusV3(nn.Module):
         maps = encoder.forward_features(x)  # (B*T, C', h, w)
         return maps.view(B, T, *maps.shape[1:]).permute(0, 2, 1, 3, 4)  # (B, C', T, h, w)
 
-    def glance(self, frames_small: torch.Tensor) -> GlanceOutput:
-        """f_G on the whole clip, all K centres, and the exit-0 prediction. (B, C, T, g, g) pixels in."""
+    def glance(self, frames_small: torch.Tensor, policy_trains_glance: bool = False) -> GlanceOutput:
+        """f_G on the whole clip, all K centres, and the exit-0 prediction. (B, C, T, g, g) pixels in.
+
+        The policy reads detached glance maps (the paper's setting); ``policy_trains_glance`` lets the policy's
+        gradient reach f_G (the policy-discovery training stage)."""
         maps = self.encode_frames(self.global_encoder, self.normalize(frames_small))  # (B, Cg, T, hg, wg)
-        global_feats = maps.mean(dim=(2, 3, 4))  # (B, Cg)
-        policy_logits = self.policy(maps.detach())  # (B, K, T, hg, wg)
+        global_feats = self.pool_glance(maps)  # (B, Cg) or (B, 2 Cg)
+        policy_logits = self.policy(maps if policy_trains_glance else maps.detach())  # (B, K, T, hg, wg)
         centres = self.heatmap_centres(policy_logits)  # (B, K, 3)
         step = torch.zeros(global_feats.shape[0], dtype=torch.long, device=global_feats.device)  # (B,)
         logits, pooled = self.classifier(global_feats, None, None, step)  # (B, classes), (B, D)
         return GlanceOutput(global_feats, centres, logits, FocusState(global_feats, pooled, step), policy_logits)
+
+    def pool_glance(self, maps: torch.Tensor) -> torch.Tensor:
+        """The clip feature from f_G's maps (B, Cg, T, hg, wg): mean, or mean and max concatenated."""
+        mean = maps.mean(dim=(2, 3, 4))  # (B, Cg)
+        if self.config.glance_pool == "mean":
+            return mean
+        return torch.cat([mean, maps.amax(dim=(2, 3, 4))], dim=1)  # (B, 2 Cg)
 
     def focus(self, cubes: torch.Tensor, state: FocusState) -> tuple[torch.Tensor, FocusState]:
         """f_L on one cube per sample (B, C, t, h, w) pixels, then f_C's next step for each sample."""
@@ -204,14 +215,33 @@ class AdaFocusV3(nn.Module):
         return logits, FocusState(state.global_feats, pooled, step)
 
     def heatmap_centres(self, policy_logits: torch.Tensor) -> torch.Tensor:
-        """Soft-argmax of each cube's heatmap (B, K, T, hg, wg) -> centres (B, K, 3) as (x, y, t)."""
+        """Centres (B, K, 3) as (x, y, t) from the K heatmaps (B, K, T, hg, wg), all placed at once.
+
+        ``soft_argmax``: each heatmap's expectation over its cells. ``distinct_frames``: cube k takes the frame of
+        heatmap k with the highest mass among the frames cubes 1..k-1 left free, then the soft-argmax of that frame's
+        spatial map (differentiable in x and y, for the deep-feature gradient)."""
         B, K, Tg, hg, wg = policy_logits.shape
-        probs = policy_logits.flatten(2).softmax(-1).view(B, K, Tg, hg, wg)  # (B, K, T, hg, wg)
         gx, gy, gt = self.cell_centres((Tg, hg, wg), policy_logits)
-        x = (probs.sum(dim=(2, 3)) * gx).sum(-1)  # (B, K)
-        y = (probs.sum(dim=(2, 4)) * gy).sum(-1)  # (B, K)
-        t = (probs.sum(dim=(3, 4)) * gt).sum(-1)  # (B, K)
-        return torch.stack([x, y, t], dim=-1)  # (B, K, 3)
+        if self.config.placement == "soft_argmax":
+            probs = policy_logits.flatten(2).softmax(-1).view(B, K, Tg, hg, wg)  # (B, K, T, hg, wg)
+            x = (probs.sum(dim=(2, 3)) * gx).sum(-1)  # (B, K)
+            y = (probs.sum(dim=(2, 4)) * gy).sum(-1)  # (B, K)
+            t = (probs.sum(dim=(3, 4)) * gt).sum(-1)  # (B, K)
+            return torch.stack([x, y, t], dim=-1)  # (B, K, 3)
+        frame_ids = torch.arange(Tg, device=policy_logits.device)  # (T,)
+        taken = torch.zeros(B, Tg, dtype=torch.bool, device=policy_logits.device)  # (B, T)
+        centres = []
+        for k in range(K):
+            heat = policy_logits[:, k]  # (B, T, hg, wg)
+            frame_mass = heat.flatten(2).logsumexp(-1).masked_fill(taken, float("-inf"))  # (B, T)
+            frame = frame_mass.argmax(-1)  # (B,)
+            taken = taken | (frame_ids.unsqueeze(0) == frame.unsqueeze(1))
+            spatial = heat.gather(1, frame.view(B, 1, 1, 1).expand(B, 1, hg, wg)).squeeze(1)  # (B, hg, wg)
+            probs = spatial.flatten(1).softmax(-1).view(B, hg, wg)  # (B, hg, wg)
+            x = (probs.sum(dim=1) * gx).sum(-1)  # (B,)
+            y = (probs.sum(dim=2) * gy).sum(-1)  # (B,)
+            centres.append(torch.stack([x, y, gt[frame]], dim=-1))  # (B, 3)
+        return torch.stack(centres, dim=1)  # (B, K, 3)
 
     def cell_centres(self, grid: tuple[int, int, int], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per axis, the centre value that puts a cube's middle on the middle of each heatmap cell."""
@@ -296,6 +326,3 @@ class AdaFocusV3(nn.Module):
         feats = interpolate_features(big_feats, offsets, (t, hf, wf))  # (B, Cl, t, hf, wf)
         return feats.mean(dim=(2, 3, 4))  # (B, Cl)
 
-
-def build_model(config: AdaFocusConfig) -> AdaFocusV3:
-    return AdaFocusV3(config)

@@ -2,7 +2,7 @@
 
 Layout::
 
-    config.json          {"format_version": 1, "model": AdaFocusConfig as JSON}
+    config.json          {"format_version": 1, "model": AdaFocusConfig as JSON, "benchmark": preset or null}
     weights.safetensors  the state dict (tensors only)
     budgets.json         BudgetTable as JSON (named threshold sets)
     model_card.md        data, training command, measured results
@@ -45,6 +45,7 @@ class Bundle:
     budgets: BudgetTable
     sha256: str  # hash over the manifest's file hashes: identifies these exact weights and thresholds
     model_card: str
+    benchmark: str | None = None  # the generated benchmark preset it was trained on (``model.data.PRESETS``)
 
     def info(self) -> dict[str, Any]:
         return {
@@ -53,6 +54,7 @@ class Bundle:
             "config": self.config.to_dict(),
             "labels": list(self.config.class_names),
             "budgets": self.budgets.to_dict(),
+            "benchmark": self.benchmark,
         }
 
 
@@ -68,11 +70,15 @@ def combined_hash(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
 
-def save_bundle(path: str | Path, model: AdaFocusV3, budgets: BudgetTable, model_card: str) -> Path:
+def save_bundle(
+    path: str | Path, model: AdaFocusV3, budgets: BudgetTable, model_card: str, benchmark: str | None = None
+) -> Path:
     """Write a complete bundle (overwriting files of the same names) and its manifest."""
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    config_json = {"format_version": FORMAT_VERSION, "model": model.config.to_dict()}
+    config_json: dict[str, Any] = {"format_version": FORMAT_VERSION, "model": model.config.to_dict()}
+    if benchmark is not None:
+        config_json["benchmark"] = benchmark
     (out / "config.json").write_text(json.dumps(config_json, indent=2) + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "weights.safetensors"), metadata={"format": "pt"})
@@ -127,4 +133,5 @@ def load_bundle(path: str | Path | None = None, device: str | torch.device = "cp
     except RuntimeError as exc:
         raise BundleError(f"weights do not fit the config: {exc}") from exc
     model.to(device).eval()
-    return Bundle(root, config, model, budgets, sha, (root / "model_card.md").read_text())
+    benchmark = config_json.get("benchmark")
+    return Bundle(root, config, model, budgets, sha, (root / "model_card.md").read_text(), benchmark)

@@ -1,4 +1,4 @@
-"""Model subcommands of the ``adafocus`` CLI: ``cost``, ``info``, ``synth``, ``train`` and ``calibrate``."""
+"""Model subcommands of the ``adafocus`` CLI: ``cost``, ``info``, ``synth``, ``train``, ``calibrate``, ``evaluate``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-SYNTH_STAGES = "pretrain_local:300,policy:1500,deep_feature:300"
+GENERATED_STAGES = "pretrain_local:300,policy:1500,deep_feature:300"
 FOLDER_STAGES = "random:300,policy:1500,deep_feature:300"
 
 
@@ -39,8 +39,9 @@ def register(sub: Any) -> None:
     train.add_argument(
         "--stages",
         default=None,
-        help=f"comma list of stage:steps (stages: pretrain_local, policy, deep_feature, random, policy_only); "
-        f"default {SYNTH_STAGES} on synthetic data, {FOLDER_STAGES} on class folders (no target locations there)",
+        help=f"comma list of stage:steps (stages: pretrain_local, policy, deep_feature, pixel, random, policy_only); "
+        f"default {GENERATED_STAGES} on a generated benchmark, {FOLDER_STAGES} on class folders (no target "
+        "locations there)",
     )
     train.add_argument("--batch-size", type=int, default=32)
     train.add_argument("--lr", type=float, default=1e-3)
@@ -49,6 +50,10 @@ def register(sub: Any) -> None:
         "--lr-mult", default="policy=0.1", help="paper-stage lr multipliers, e.g. policy=0.1,classifier=2"
     )
     train.add_argument("--entropy-bonus", type=float, default=0.01)
+    train.add_argument(
+        "--policy-reward", default="marginal", choices=("marginal", "own"), help="policy-discovery reward per cube"
+    )
+    train.add_argument("--own-reward-weight", type=float, default=0.5, help="own-CE weight in the marginal reward")
     train.add_argument("--centred-fraction", type=float, default=0.25)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=1, help="data worker processes")
@@ -56,14 +61,17 @@ def register(sub: Any) -> None:
     train.add_argument("--device", default="cpu", help="cpu or cuda")
     train.add_argument("--run-dir", default="runs/train", help="checkpoints and state (resumable)")
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
+    train.add_argument(
+        "--init-from", default=None, help="starting weights (a checkpoint.safetensors or weights.safetensors file)"
+    )
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--out", required=True, help="bundle directory to write")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(handler=run_train)
 
-    cal = sub.add_parser("calibrate", help="solve budget threshold sets on the calibration split; Figure 6")
+    cal = sub.add_parser("calibrate", help="solve budget threshold sets on the calibration split; card and Figure 6")
     cal.add_argument("--bundle", required=True, help="bundle directory (budgets.json and model_card.md rewritten)")
-    _add_data_args(cal)
+    _add_data_args(cal, default=None)
     cal.add_argument("--calib-seed", type=int, default=1)
     cal.add_argument("--calib-count", type=int, default=1024)
     cal.add_argument("--test-seed", type=int, default=2)
@@ -72,17 +80,46 @@ def register(sub: Any) -> None:
     cal.add_argument("--test-data", default=None, help="class-folder test set (real data)")
     cal.add_argument("--criterion", default="entropy", choices=("entropy", "max_prob"))
     cal.add_argument("--default-level", default="balanced")
+    cal.add_argument(
+        "--min-gain", type=float, default=0.0, help="accuracy a level must gain over the fixed-count mixing line"
+    )
     cal.add_argument("--batch-size", type=int, default=64)
     cal.add_argument("--workers", type=int, default=1)
     cal.add_argument("--threads", type=int, default=1)
     cal.add_argument("--device", default="cpu")
     cal.add_argument("--plot", default=None, help="PNG path (default: <bundle>/figure6.png)")
+    cal.add_argument("--report", default=None, help="also write the test-split evaluation report (JSON) here")
     cal.set_defaults(handler=run_calibrate)
 
+    ev = sub.add_parser("evaluate", help="evaluate a bundle on fresh clips of a benchmark with the staged API")
+    ev.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle)")
+    _add_data_args(ev, default=None)
+    ev.add_argument("--split", default="test", choices=("train", "calibration", "test"), help="which images")
+    ev.add_argument("--seed", type=int, required=True, help="stream seed (pick one no training run used)")
+    ev.add_argument("--count", type=int, default=1024, help="number of clips")
+    ev.add_argument("--batch-size", type=int, default=64)
+    ev.add_argument("--workers", type=int, default=1)
+    ev.add_argument("--threads", type=int, default=1)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    ev.set_defaults(handler=run_evaluate)
 
-def _add_data_args(parser: Any) -> None:
-    parser.add_argument("--data", default="synth", help="'synth' or a folder of class folders root/<class>/<video>")
-    parser.add_argument("--preset", default="hard", choices=("hard", "easy"), help="synthetic benchmark setting")
+
+def _add_data_args(parser: Any, default: str | None = "fashion") -> None:
+    parser.add_argument(
+        "--data",
+        default=default,
+        help="a generated benchmark (fashion, synth) or a folder of class folders root/<class>/<video>"
+        + ("" if default else "; default: the benchmark the bundle was trained on"),
+    )
+    parser.add_argument("--preset", default=None, choices=("hard", "easy"), help="synth benchmark setting (hard)")
+
+
+def _is_benchmark(data: str) -> bool:
+    """``--data`` names a generated benchmark (not a class-folder root)."""
+    from model.data import BENCHMARKS
+
+    return data.split(":")[0] in BENCHMARKS
 
 
 def run_cost(args: argparse.Namespace) -> int:
@@ -156,19 +193,21 @@ def run_train(args: argparse.Namespace) -> int:
     from model.bundle import save_bundle
     from model.config import get_config
     from model.cost import cost_report
-    from model.data import DataSpec, VideoFolderDataset
-    from model.synth import SYNTH_PRESETS
-    from model.train import TrainConfig, train, training_section
+    from model.data import DataSpec, VideoFolderDataset, generated_spec, preset_name
+    from model.objectives import TrainConfig
+    from model.train import train, training_section
 
     torch.set_num_threads(args.threads)
     model_cfg = get_config(args.config)
-    stages_arg = args.stages or (SYNTH_STAGES if args.data == "synth" else FOLDER_STAGES)
+    generated = _is_benchmark(args.data)
+    stages_arg = args.stages or (GENERATED_STAGES if generated else FOLDER_STAGES)
     stages = tuple((name, int(steps)) for name, steps in (item.split(":") for item in stages_arg.split(",")))
     total_steps = sum(steps for _, steps in stages)
-    if args.data == "synth":
-        preset = SYNTH_PRESETS[args.preset]
-        data = DataSpec("synth", args.train_seed, total_steps * args.batch_size, preset)
-        model_cfg = model_cfg.replace(num_classes=preset.num_classes, labels=preset.class_names)
+    benchmark = None
+    if generated:
+        benchmark = preset_name(args.data, args.preset)
+        data = generated_spec(benchmark, "train", args.train_seed, total_steps * args.batch_size)
+        model_cfg = model_cfg.replace(num_classes=len(data.benchmark.class_names), labels=data.benchmark.class_names)
     else:
         data = DataSpec(args.data)
         names = VideoFolderDataset(args.data, model_cfg.num_frames, model_cfg.frame_size).class_names
@@ -183,13 +222,18 @@ def run_train(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay,
         lr_mult=lr_mult,
         entropy_bonus=args.entropy_bonus,
+        policy_reward=args.policy_reward,
+        own_reward_weight=args.own_reward_weight,
         centred_fraction=args.centred_fraction,
         seed=args.seed,
         workers=args.workers,
         device=args.device,
         checkpoint_every=args.checkpoint_every,
     )
-    model, state = train(cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress)
+    init_from = Path(args.init_from) if args.init_from else None
+    model, state = train(
+        cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress, init_from=init_from
+    )
     model.cpu()
     cost = cost_report(model)
     # provisional table until `adafocus calibrate` solves the real one: every video takes all K cubes
@@ -204,7 +248,7 @@ def run_train(args: argparse.Namespace) -> int:
         "Not calibrated yet: run `adafocus calibrate --bundle <this dir>`.\n\n"
         + training_section(cfg, state, _command_line(args), cost_line)
     )
-    out = save_bundle(args.out, model, budgets, card)
+    out = save_bundle(args.out, model, budgets, card, benchmark=benchmark)
     sys.stdout.write(f"wrote bundle {out} after {state.seconds / 60:.1f} min of training\n")
     return 0
 
@@ -213,3 +257,46 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from model.calibrate import calibrate_command
 
     return calibrate_command(args, _command_line(args))
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.bundle import load_bundle
+    from model.cost import cost_report
+    from model.data import DataSpec, build_dataset, generated_spec, preset_name
+    from model.report import evaluation_report, targets_summary
+
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    cfg = bundle.config
+    exit_gmacs = cost_report(bundle.model).exit_gmacs
+    if args.data and not _is_benchmark(args.data):
+        dataset = build_dataset(DataSpec(args.data), cfg.num_frames, cfg.frame_size, cfg.class_names)
+        desc = f"class folders under `{args.data}`"
+    else:
+        benchmark = preset_name(args.data, args.preset) if args.data else bundle.benchmark
+        if benchmark is None:
+            raise SystemExit("the bundle names no benchmark it was trained on: pass --data")
+        spec = generated_spec(benchmark, args.split, args.seed, args.count)
+        dataset = build_dataset(spec, cfg.num_frames, cfg.frame_size, cfg.class_names)
+        desc = f"`{benchmark}` {args.split} stream seed {args.seed}, {args.count} clips"
+    model = bundle.model.to(args.device)
+    report = evaluation_report(model, bundle.budgets, exit_gmacs, dataset, desc, args.batch_size, args.workers)
+    report["bundle"] = {"path": str(bundle.path), "sha256": bundle.sha256}
+    report["targets"] = targets_summary(report)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(f"{desc}\nexit  MMACs  acc(policy)  acc(random centres)\n")
+    for e in report["exits"]:
+        sys.stdout.write(f"{e['k']:4d}  {e['gmacs'] * 1e3:5.1f}  {e['accuracy']:.3f}        ")
+        sys.stdout.write(f"{e['accuracy_random_centres']:.3f}\n")
+    for lvl in report["levels"]:
+        sys.stdout.write(
+            f"level {lvl['name']:9s} {lvl['gmacs'] * 1e3:6.2f} MMACs acc {lvl['accuracy']:.3f}  fixed mix "
+            f"{lvl['fixed_mix_accuracy']:.3f}  random exits {lvl['random_exit_accuracy']:.3f}\n"
+        )
+    sys.stdout.write(f"distinct cube frames per clip: {report['distinct_cube_frames_mean']:.2f}\n")
+    return 0

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from model.backbones import MobileNetV2Config, ResNetConfig
+from model.fashion import FASHION_LABELS
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,11 @@ class AdaFocusConfig:
     classifier_hidden: int = 1024  # width of f_C's per-step MLP (4096 in the authors' code)
     dropout: float = 0.2
     skip_covered_frames: bool = False  # paper 4.1: skip a cube whose frames earlier cubes already covered
+    # f_G's clip feature: mean over (T, h, w), or mean and max concatenated (a small object can dominate the max)
+    glance_pool: Literal["mean", "mean_max"] = "mean"
+    # how the K centres come out of the K heatmaps: each one's soft-argmax, or (not in the paper) cube k takes the
+    # best frame of heatmap k among the frames cubes 1..k-1 left free, then the soft-argmax within that frame
+    placement: Literal["soft_argmax", "distinct_frames"] = "soft_argmax"
     labels: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -36,6 +42,12 @@ class AdaFocusConfig:
             raise ValueError(f"cube_frames {self.cube_frames} must be in (0, num_frames={self.num_frames}]")
         if self.num_cubes < 1:
             raise ValueError("num_cubes must be >= 1")
+        if self.glance_pool not in ("mean", "mean_max"):
+            raise ValueError(f"glance_pool must be 'mean' or 'mean_max', got {self.glance_pool!r}")
+        if self.placement not in ("soft_argmax", "distinct_frames"):
+            raise ValueError(f"placement must be 'soft_argmax' or 'distinct_frames', got {self.placement!r}")
+        if self.placement == "distinct_frames" and self.num_cubes * self.cube_frames > self.num_frames:
+            raise ValueError("distinct_frames needs num_cubes * cube_frames <= num_frames")
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -83,10 +95,10 @@ def _tiny() -> AdaFocusConfig:
     )
 
 
-def _default() -> AdaFocusConfig:
-    """The shipped, CPU-servable model (the spike's sizes): 16 frames at 96 px, a 24x24x1 cube, K = 4."""
+def _synth() -> AdaFocusConfig:
+    """The first shipped model, for the procedural benchmark: 16 frames at 96 px, a 24x24x1 cube, K = 4."""
     return AdaFocusConfig(
-        name="default",
+        name="synth",
         num_classes=10,
         num_frames=16,
         frame_size=96,
@@ -104,6 +116,33 @@ def _default() -> AdaFocusConfig:
         policy_hidden=16,
         classifier_hidden=256,
         labels=tuple(f"pattern_{i:02d}" for i in range(10)),  # the synthetic benchmark's classes (model/synth.py)
+    )
+
+
+def _default() -> AdaFocusConfig:
+    """The shipped, CPU-servable model for the moving Fashion-MNIST benchmark: 16 frames at 112 px, a 28 px glance,
+    K = 6 cubes of 32x32x1 on distinct frames. The cubes dominate the cost, as in the paper."""
+    return AdaFocusConfig(
+        name="default",
+        num_classes=10,
+        num_frames=16,
+        frame_size=112,
+        glance_size=28,
+        glance=MobileNetV2Config(
+            width_mult=1.0,
+            setting=((1, 16, 1, 1), (3, 24, 1, 2), (3, 32, 1, 1), (3, 48, 1, 1)),
+            stem_channels=16,
+            last_channel=64,
+        ),
+        local=ResNetConfig("basic", layers=(2, 1), base_channels=64),
+        cube_size=32,
+        cube_frames=1,
+        num_cubes=6,
+        policy_hidden=8,
+        classifier_hidden=256,
+        glance_pool="mean_max",
+        placement="distinct_frames",
+        labels=FASHION_LABELS,
     )
 
 
@@ -126,7 +165,7 @@ def _paper_mn2_r50() -> AdaFocusConfig:
     )
 
 
-NAMED_CONFIGS = {"tiny": _tiny, "default": _default, "paper-mn2-r50": _paper_mn2_r50}
+NAMED_CONFIGS = {"tiny": _tiny, "default": _default, "synth": _synth, "paper-mn2-r50": _paper_mn2_r50}
 
 
 def get_config(name: str) -> AdaFocusConfig:

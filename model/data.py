@@ -1,7 +1,8 @@
-"""Training and evaluation data: the synthetic benchmark (generated on the fly) or class folders of videos.
+"""Training and evaluation data: a generated benchmark (procedural ``synth`` or moving Fashion-MNIST ``fashion``,
+both generated on the fly) or class folders of videos.
 
-Both yield ``(frames (3, T, S, S) uint8, label, target (5,) int64)``; ``target`` is the synthetic clip's
-``TargetBox`` (x, y, t, size, frames) and all -1 for real videos, which have no ground-truth location.
+All yield ``(frames (3, T, S, S) uint8, label, boxes (T, 4) int64)``; ``boxes`` are the object's per-frame boxes
+(``model.targets``) and all -1 for real videos, which have no ground-truth location.
 Batches are planned as lists of indices (``batch_plan``) so that a resumed run sees exactly the clips it would
 have seen, and a ``DataLoader`` worker process decodes/generates them beside the training process.
 """
@@ -16,10 +17,31 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from model.synth import SynthConfig, make_clip
+from model import fashion
+from model.fashion import FashionConfig
+from model.synth import SPLIT_SEEDS, SYNTH_PRESETS, SynthConfig, make_clip
+from model.targets import no_boxes, static_boxes
+from model.video import decode_clip
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
-NO_TARGET = (-1, -1, -1, -1, -1)
+BenchmarkConfig = SynthConfig | FashionConfig
+BENCHMARKS = ("synth", "fashion")
+# Named benchmark settings: "<source>" or "<source>:<preset>"; a bundle records the one it was trained on.
+PRESETS: dict[str, BenchmarkConfig] = {
+    "fashion": FashionConfig(),
+    # the tiny model config's input (4 frames of 32 px), for tests
+    "fashion:tiny": FashionConfig(
+        num_frames=4,
+        size=32,
+        clear_sizes=(16, 24),
+        small_sizes=(8, 12),
+        degraded_sizes=(10, 20),
+        degraded_visible=(2, 4),
+        clutter=2,
+    ),
+    **{f"synth:{name}": cfg for name, cfg in SYNTH_PRESETS.items()},
+}
+DEFAULT_PRESETS = {"fashion": "fashion", "synth": "synth:hard"}
 
 Sample = tuple[torch.Tensor, int, torch.Tensor]
 
@@ -37,7 +59,26 @@ class SynthDataset(Dataset[Sample]):
     def __getitem__(self, index: int) -> Sample:
         clip = make_clip(self.cfg, self.seed, index)
         frames = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).contiguous()  # (3, T, S, S)
-        return frames, clip.label, torch.tensor(tuple(clip.target), dtype=torch.int64)
+        box = clip.target
+        boxes = static_boxes(box.x, box.y, box.size, box.t, box.frames, self.cfg.num_frames)  # (T, 4)
+        return frames, clip.label, torch.from_numpy(boxes)
+
+
+class FashionDataset(Dataset[Sample]):
+    """Clips ``0 .. length - 1`` of the moving Fashion-MNIST stream ``(split, seed)``."""
+
+    def __init__(self, cfg: FashionConfig, split: str, seed: int, length: int) -> None:
+        self.cfg, self.split, self.seed, self.length = cfg, split, seed, length
+        self.class_names = cfg.class_names
+        fashion.load_split_images(split)  # fail here, with the install hint, not in a worker
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> Sample:
+        clip = fashion.make_clip(self.cfg, self.split, self.seed, index)
+        frames = torch.from_numpy(clip.frames).permute(3, 0, 1, 2).contiguous()  # (3, T, S, S)
+        return frames, clip.label, torch.from_numpy(clip.boxes)
 
 
 class VideoFolderDataset(Dataset[Sample]):
@@ -67,37 +108,64 @@ class VideoFolderDataset(Dataset[Sample]):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Sample:
-        from model.video import decode_clip
-
         path, label = self.items[index]
         clip = decode_clip(path, self.num_frames, self.size)  # (T, S, S, 3) uint8
         frames = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).contiguous()  # (3, T, S, S)
-        return frames, label, torch.tensor(NO_TARGET, dtype=torch.int64)
+        return frames, label, torch.from_numpy(no_boxes(self.num_frames))
 
 
 @dataclass(frozen=True)
 class DataSpec:
-    """Where clips come from: ``synth`` (a seed stream of ``count`` clips) or a class-folder root."""
+    """Where clips come from: a generated benchmark (``synth`` or ``fashion``: the stream ``(split, seed)`` of
+    ``count`` clips, drawn with ``benchmark``'s settings) or a class-folder root."""
 
-    source: str  # "synth" or a folder path
+    source: str  # "synth", "fashion" or a folder path
     seed: int = 0
     count: int = 1024
-    synth: SynthConfig = field(default_factory=SynthConfig)
+    benchmark: BenchmarkConfig = field(default_factory=SynthConfig)
+    split: str = "train"  # fashion: which images (train, calibration, test); synth: splits are seeds
+
+    def __post_init__(self) -> None:
+        if self.source == "synth" and not isinstance(self.benchmark, SynthConfig):
+            raise ValueError("source 'synth' needs a SynthConfig")
+        if self.source == "fashion" and not isinstance(self.benchmark, FashionConfig):
+            raise ValueError("source 'fashion' needs a FashionConfig")
+        if self.split not in SPLIT_SEEDS:
+            raise ValueError(f"unknown split {self.split!r}; choose one of {tuple(SPLIT_SEEDS)}")
 
     @property
-    def is_synth(self) -> bool:
-        return self.source == "synth"
+    def is_generated(self) -> bool:
+        """A generated benchmark: an endless stream with ground-truth boxes."""
+        return self.source in BENCHMARKS
+
+
+def preset_name(data: str, preset: str | None = None) -> str:
+    """The registry name of ``--data`` (a benchmark or preset name) with an optional ``--preset`` (synth: hard,
+    easy); raises ValueError for names that are neither."""
+    name = data if preset is None or ":" in data else f"{data}:{preset}"
+    name = DEFAULT_PRESETS.get(name, name)
+    if name not in PRESETS:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {sorted(PRESETS)} or a class-folder root")
+    return name
+
+
+def generated_spec(preset: str, split: str, seed: int, count: int) -> DataSpec:
+    """The stream ``(split, seed)`` of ``count`` clips of a named benchmark preset."""
+    return DataSpec(preset.split(":")[0], seed, count, PRESETS[preset], split)
 
 
 def build_dataset(
     spec: DataSpec, num_frames: int, size: int, class_names: tuple[str, ...] | None = None
 ) -> Dataset[Sample]:
-    if spec.is_synth:
-        if (spec.synth.num_frames, spec.synth.size) != (num_frames, size):
+    if spec.is_generated:
+        bench = spec.benchmark
+        if (bench.num_frames, bench.size) != (num_frames, size):
             raise ValueError(
-                f"synthetic clips are {spec.synth.num_frames}x{spec.synth.size}px, the model wants {num_frames}x{size}"
+                f"{spec.source} clips are {bench.num_frames}x{bench.size}px, the model wants {num_frames}x{size}"
             )
-        return SynthDataset(spec.synth, spec.seed, spec.count)
+        if isinstance(bench, FashionConfig):
+            return FashionDataset(bench, spec.split, spec.seed, spec.count)
+        return SynthDataset(bench, spec.seed, spec.count)
     return VideoFolderDataset(spec.source, num_frames, size, class_names)
 
 
@@ -122,7 +190,7 @@ def batch_plan(
 
 
 def iterate(dataset: Dataset[Sample], plan: list[list[int]], workers: int) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Batches (frames (B, 3, T, S, S) uint8, labels (B,), targets (B, 5)) in ``plan`` order."""
+    """Batches (frames (B, 3, T, S, S) uint8, labels (B,), boxes (B, T, 4)) in ``plan`` order."""
     loader = DataLoader(dataset, batch_sampler=plan, num_workers=workers, persistent_workers=False)
     yield from loader
 

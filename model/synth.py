@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import functools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -183,21 +184,6 @@ def make_batch(cfg: SynthConfig, seed: int, indices: list[int]) -> tuple[np.ndar
     return frames, labels, targets
 
 
-def cube_hits(starts: np.ndarray, cube_shape: tuple[int, int, int], targets: np.ndarray) -> np.ndarray:
-    """Whether each cube sees the target: it shares a visible frame with it and covers >= half its area.
-
-    ``starts`` (N, K, 3) integer (x0, y0, t0); ``cube_shape`` (t, h, w); ``targets`` (N, 5) TargetBox rows.
-    Returns (N, K) bool.
-    """
-    t, h, w = cube_shape
-    tx, ty, tt, size, vis = (targets[:, i : i + 1] for i in range(5))  # each (N, 1)
-    x0, y0, t0 = starts[..., 0], starts[..., 1], starts[..., 2]  # each (N, K)
-    ox = np.clip(np.minimum(x0 + w, tx + size) - np.maximum(x0, tx), 0, None)
-    oy = np.clip(np.minimum(y0 + h, ty + size) - np.maximum(y0, ty), 0, None)
-    ot = np.minimum(t0 + t, tt + vis) - np.maximum(t0, tt)
-    return (ot > 0) & (ox * oy * 2 >= size * size)
-
-
 def write_mp4(path: Path, frames: np.ndarray, fps: int = 8, crf: int = 12) -> None:
     """Encode (T, H, W, 3) uint8 RGB as H.264 (yuv420p) MP4. Low CRF keeps the 1-pixel class texture."""
     import av
@@ -217,31 +203,35 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 8, crf: int = 12) -> No
 LABELS_HEADER = ("filename", "label", "class_name", "x", "y", "t", "size", "frames")
 
 
-def write_dataset(out: Path, cfg: SynthConfig, count: int, seed: int, fps: int = 8) -> Path:
-    """``count`` clips of stream ``seed`` as ``clip_000000.mp4`` ... plus ``labels.csv``; returns the CSV path."""
+def write_clips(
+    out: Path, clips: Iterable[tuple[np.ndarray, tuple[object, ...]]], header: tuple[str, ...], fps: int
+) -> Path:
+    """Encode each (frames, row) as ``clip_000000.mp4`` ... and write ``labels.csv`` (``header``, then the file name
+    followed by each row); returns the CSV path."""
     out.mkdir(parents=True, exist_ok=True)
-    names = cfg.class_names
     rows = []
-    for index in range(count):
-        clip = make_clip(cfg, seed, index)
+    for index, (frames, row) in enumerate(clips):
         name = f"clip_{index:06d}.mp4"
-        write_mp4(out / name, clip.frames, fps=fps)
-        rows.append((name, clip.label, names[clip.label], *clip.target))
+        write_mp4(out / name, frames, fps=fps)
+        rows.append((name, *row))
     labels = out / "labels.csv"
     with labels.open("w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(LABELS_HEADER)
+        writer.writerow(header)
         writer.writerows(rows)
     return labels
 
 
-def pattern_table(cfg: SynthConfig) -> list[str]:
-    """The class tiles as text rows, for the model card."""
-    pats = class_patterns(cfg.num_classes, cfg.tile, cfg.pattern_seed)
-    return [
-        f"{name}: " + " / ".join("".join(str(v) for v in row) for row in p)
-        for name, p in zip(cfg.class_names, pats, strict=True)
-    ]
+def write_dataset(out: Path, cfg: SynthConfig, count: int, seed: int, fps: int = 8) -> Path:
+    """``count`` clips of stream ``seed`` as ``clip_000000.mp4`` ... plus ``labels.csv``; returns the CSV path."""
+    names = cfg.class_names
+
+    def clips() -> Iterator[tuple[np.ndarray, tuple[object, ...]]]:
+        for index in range(count):
+            clip = make_clip(cfg, seed, index)
+            yield clip.frames, (clip.label, names[clip.label], *clip.target)
+
+    return write_clips(out, clips(), LABELS_HEADER, fps)
 
 
 __all__ = [
@@ -251,9 +241,9 @@ __all__ = [
     "SynthConfig",
     "TargetBox",
     "class_patterns",
-    "cube_hits",
     "make_batch",
     "make_clip",
+    "write_clips",
     "write_dataset",
     "write_mp4",
 ]

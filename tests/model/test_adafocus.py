@@ -132,3 +132,44 @@ def test_skip_covered_frames_repeats_the_previous_exit() -> None:
     assert model.skip_mask(centres).tolist() == [[False, True, False]]
     torch.testing.assert_close(out.exit_logits[0, 2], out.exit_logits[0, 1])
     assert not torch.allclose(out.exit_logits[0, 3], out.exit_logits[0, 2])
+
+
+def distinct() -> AdaFocusV3:
+    torch.manual_seed(0)
+    cfg = get_config("tiny").replace(placement="distinct_frames", glance_pool="mean_max")
+    return AdaFocusV3(cfg).eval()
+
+
+def test_distinct_frames_placement_gives_every_cube_its_own_frame() -> None:
+    model = distinct()
+    logits = torch.full((1, 3, 4, 4, 4), -10.0)  # (B, K, T, hg, wg): every heatmap prefers frame 2 ...
+    logits[:, :, 2, 1, 3] = 5.0
+    logits[:, 1, 0, 0, 0] = 3.0  # ... cube 2's second choice is frame 0, cube 3's is frame 3 (x = 2)
+    logits[:, 2, 3, 0, 2] = 4.0
+    centres = model.heatmap_centres(logits)  # (1, 3, 3)
+    starts = model.cube_starts(centres)[0]  # (3, 3) x0, y0, t0
+    assert starts[:, 2].tolist() == [2, 0, 3]
+    gx, gy, _ = model.cell_centres((4, 4, 4), logits)
+    assert torch.allclose(centres[0, 0, :2], torch.stack([gx[3], gy[1]]), atol=1e-3)  # the soft-argmax in frame 2
+    assert torch.allclose(centres[0, 1, :2], torch.stack([gx[0], gy[0]]), atol=1e-3)
+
+
+def test_mean_max_glance_pool_doubles_the_clip_feature_and_the_staged_api_still_matches_forward() -> None:
+    model = distinct()
+    video = frames(b=2)
+    out = model.glance(model.glance_input(video))
+    assert out.global_feats.shape == (2, 2 * model.global_encoder.out_channels)
+    starts = model.cube_starts(out.centres)  # (2, K, 3)
+    assert all(len(set(row.tolist())) == model.config.num_cubes for row in starts[..., 2])
+    with torch.no_grad():
+        full = model(video).exit_logits  # (2, K+1, C)
+        state, logits = out.state, [out.logits]
+        for k in range(model.config.num_cubes):
+            step_logits, state = model.focus(model.crop_cubes(video, out.centres[:, k]), state)
+            logits.append(step_logits)
+    assert torch.allclose(torch.stack(logits, dim=1), full, atol=1e-5)
+
+
+def test_distinct_frames_needs_enough_frames() -> None:
+    with pytest.raises(ValueError, match="distinct_frames"):
+        get_config("tiny").replace(placement="distinct_frames", num_cubes=5)

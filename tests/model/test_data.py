@@ -3,8 +3,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.data import NO_TARGET, DataSpec, SynthDataset, VideoFolderDataset, batch_plan, build_dataset, iterate
+from model.data import DataSpec, SynthDataset, VideoFolderDataset, batch_plan, build_dataset, iterate
 from model.synth import SynthConfig, make_clip, write_mp4
+from model.targets import no_boxes, static_boxes
 
 SMALL = SynthConfig(num_frames=4, size=32, num_classes=5, target_size=8, visible_frames=1, distractor_sizes=(3, 6))
 
@@ -15,7 +16,8 @@ def test_synth_dataset_items_are_channel_first_clips_with_their_target() -> None
     assert frames.shape == (3, 4, 32, 32) and frames.dtype == torch.uint8
     assert torch.equal(frames.permute(1, 2, 3, 0), torch.from_numpy(clip.frames))
     assert label == clip.label
-    assert target.tolist() == list(clip.target)
+    box = clip.target
+    assert target.tolist() == static_boxes(box.x, box.y, box.size, box.t, box.frames, 4).tolist()
 
 
 def test_batch_plan_is_resumable_at_any_step() -> None:
@@ -32,7 +34,7 @@ def test_iterate_yields_batches_in_plan_order() -> None:
     ((frames, labels, targets),) = list(iterate(data, [[5, 0]], workers=0))
     assert frames.shape == (2, 3, 4, 32, 32)
     assert labels.tolist() == [make_clip(SMALL, 2, 5).label, make_clip(SMALL, 2, 0).label]
-    assert targets.shape == (2, 5)
+    assert targets.shape == (2, 4, 4)
 
 
 def test_video_folder_dataset_decodes_class_folders(tmp_path: Path) -> None:
@@ -46,7 +48,7 @@ def test_video_folder_dataset_decodes_class_folders(tmp_path: Path) -> None:
     frames, label, target = data[1]
     assert frames.shape == (3, 4, 32, 32) and frames.dtype == torch.uint8
     assert label == 1
-    assert target.tolist() == list(NO_TARGET)
+    assert target.tolist() == no_boxes(4).tolist()
     original = make_clip(SMALL, 0, 1).frames.astype(int)
     assert (
         np.abs(frames.permute(1, 2, 3, 0).numpy().astype(int) - original).mean() < 12

@@ -8,7 +8,6 @@ from model.synth import (
     SYNTH_PRESETS,
     SynthConfig,
     class_patterns,
-    cube_hits,
     make_batch,
     make_clip,
     write_dataset,
@@ -59,13 +58,6 @@ def test_every_4x4_window_of_a_class_texture_has_the_same_mean() -> None:
         assert means == {0.5}
     flat = {p.tobytes() for p in patterns}
     assert len(flat) == 10
-
-
-def test_cube_hits_needs_a_shared_frame_and_half_the_target_area() -> None:
-    targets = np.array([[10, 10, 5, 8, 2]] * 4)  # x, y, t, size, frames
-    starts = np.array([[[10, 10, 5]], [[10, 10, 7]], [[14, 10, 6]], [[15, 10, 6]]])  # (4, 1, 3)
-    hits = cube_hits(starts, (1, 8, 8), targets)
-    assert hits[:, 0].tolist() == [True, False, True, False]
 
 
 def test_synth_writes_decodable_h264_files_and_labels(tmp_path: Path) -> None:

@@ -6,19 +6,10 @@ import torch
 from model.adafocus import AdaFocusV3
 from model.config import get_config
 from model.data import DataSpec, build_dataset, iterate
+from model.objectives import STEP_FNS, TrainConfig, centred_centres, policy_rewards, sample_cells
 from model.synth import SynthConfig
-from model.train import (
-    STEP_FNS,
-    TrainConfig,
-    TrainState,
-    centred_centres,
-    load_checkpoint,
-    lr_factor,
-    make_optimizer,
-    sample_cells,
-    save_checkpoint,
-    train,
-)
+from model.targets import cube_hits
+from model.train import TrainState, load_checkpoint, lr_factor, make_optimizer, save_checkpoint, train
 
 # clips shaped like the tiny config's input: 4 frames of 32x32, 5 classes
 SMALL = SynthConfig(num_frames=4, size=32, num_classes=5, target_size=8, visible_frames=1, distractor_sizes=(3, 6))
@@ -80,12 +71,11 @@ def test_sampled_cells_are_cell_centres_with_log_probabilities() -> None:
 
 
 def test_target_centred_cubes_hit_the_target() -> None:
-    from model.synth import cube_hits
-
     model = AdaFocusV3(get_config("tiny"))
     _, _, targets = fixed_batch(16)
     centres = centred_centres(model, targets, jitter=0, gen=torch.Generator().manual_seed(0))
     starts = model.cube_starts(centres).unsqueeze(1).numpy()  # (B, 1, 3)
+    assert targets.shape == (16, 4, 4)
     assert cube_hits(starts, model.cube_shape, targets.numpy()).all()
 
 
@@ -134,3 +124,26 @@ def test_train_command_on_class_folders_writes_a_bundle_with_the_folder_labels(t
     bundle = load_bundle(out)
     assert bundle.config.labels == ("jump", "run") and bundle.config.num_classes == 2
     assert f"class folders under `{root}`" in bundle.model_card
+
+
+def test_sampled_cells_take_distinct_frames_with_distinct_frames_placement() -> None:
+    model = AdaFocusV3(get_config("tiny").replace(placement="distinct_frames"))
+    logits = torch.zeros(5, 3, 4, 4, 4)
+    logits[:, :, 1] = 8.0  # every cube's heatmap prefers frame 1
+    centres, log_p, _ = sample_cells(model, logits, torch.Generator().manual_seed(0))
+    frames = model.cube_starts(centres)[..., 2]  # (5, 3)
+    assert all(len(set(row.tolist())) == 3 for row in frames)
+    assert (frames[:, 0] == 1).all()  # the first cube takes the preferred frame; the others cannot
+    assert torch.isfinite(log_p).all()
+
+
+def test_marginal_reward_credits_what_a_cube_adds_to_the_earlier_ones() -> None:
+    y = torch.tensor([0])
+    sure, unsure = torch.tensor([[4.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    exit_logits = torch.stack([unsure, sure, sure], dim=1)  # (1, 3, 2): cube 1 helps, cube 2 repeats it
+    local_aux = torch.stack([sure, sure], dim=1)  # (1, 2, 2): both cubes look good on their own
+    own = policy_rewards(exit_logits, local_aux, y, "own", 0.5)
+    assert own[0, 0] == pytest.approx(own[0, 1].item())
+    marginal = policy_rewards(exit_logits, local_aux, y, "marginal", 0.0)
+    gain = torch.log(torch.tensor(2.0)) - torch.log1p(torch.exp(torch.tensor(-4.0)))  # CE(unsure) - CE(sure)
+    assert marginal[0].tolist() == pytest.approx([gain.item(), 0.0], abs=1e-6)
