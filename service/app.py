@@ -9,7 +9,8 @@ tears down what the routes use.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -20,9 +21,10 @@ from service.routes import router
 from service.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The application; the model loads in its lifespan, not here."""
-    state = ServiceState(settings or Settings())
+def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+    """The application; the model loads in its lifespan, not here. ``clock`` (seconds, monotonic) times the
+    request deadlines, in the routes and in the engine alike; tests inject one to pass a deadline at will."""
+    state = ServiceState(settings or Settings(), clock=clock)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

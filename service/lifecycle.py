@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +43,7 @@ class ServiceState:
     )
     draining: bool = False
     inflight: int = 0  # /classify requests between their first byte and their answer
+    clock: Callable[[], float] = time.monotonic  # request deadlines and timings; shared with the engine
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -57,7 +60,8 @@ class ServiceState:
             bundle.model, s.backend, device, bundle=bundle, export_dir=source.export_dir, max_batch=s.max_batch
         )
         self.engine = Engine(
-            runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics
+            runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics,
+            clock=self.clock,
         )
         self.engine.start()
         if s.warmup:

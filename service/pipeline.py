@@ -8,7 +8,6 @@ outcome; errors are mapped by service/errors.py.
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from fastapi import Request
@@ -41,7 +40,7 @@ async def classify(state: ServiceState, request: Request, started: float) -> Cla
     s, cfg = state.settings, state.bundle.config
     deadline = started + s.request_timeout_s
     try:
-        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):  # a slow upload counts too
+        async with asyncio.timeout(max(0.0, deadline - state.clock())):  # a slow upload counts too
             upload = await read_upload(
                 request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
                 s.max_upload_bytes, s.spool_bytes,
@@ -70,13 +69,13 @@ async def classify(state: ServiceState, request: Request, started: float) -> Cla
             raise
     finally:
         disconnect.cancel()
-    return answer(state, result, decoded.seconds, time.monotonic() - started)
+    return answer(state, result, decoded.seconds, state.clock() - started)
 
 
 async def _wait(
     state: ServiceState, work: asyncio.Future[Any], disconnect: asyncio.Future[None], deadline: float
 ) -> Any:
-    timeout = max(0.0, deadline + DEADLINE_GRACE_S - time.monotonic())
+    timeout = max(0.0, deadline + DEADLINE_GRACE_S - state.clock())
     done, _ = await asyncio.wait({work, disconnect}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if work in done:
         return work.result()

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-import time
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Request
@@ -18,6 +18,7 @@ from service.metrics import CONTENT_TYPE
 from service.pipeline import ClientGone
 from service.schemas import BudgetLevelBody, BudgetResponse, BudgetUpdate, ClassifyResponse, Health, Readiness
 
+log = logging.getLogger(__name__)
 router = APIRouter()
 
 # The body is streamed by service.upload.read_upload (declaring File/Form parameters would make FastAPI buffer
@@ -70,8 +71,9 @@ def require_operator(state: StateDep, authorization: Annotated[str | None, Heade
 )
 async def classify(request: Request, state: StateDep) -> ClassifyResponse | Response:
     """Classify one uploaded video (multipart field `video`)."""
-    started = time.monotonic()
+    started = state.clock()
     state.inflight += 1
+    log.debug("/classify: %d request(s) in flight", state.inflight)  # the drain test waits for these
     status = 500
     try:
         answer = await pipeline.classify(state, request, started)
@@ -91,7 +93,7 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
     finally:
         state.inflight -= 1
         if state.metrics is not None:
-            state.metrics.on_request(status, time.monotonic() - started)
+            state.metrics.on_request(status, state.clock() - started)
 
 
 def budget_body(budget: BudgetState, default: str) -> BudgetResponse:

@@ -1,4 +1,5 @@
-"""Fixtures for the HTTP tests: a tiny bundle, a video corpus encoded by PyAV, and a real `adafocus serve` process."""
+"""Fixtures for the HTTP tests: a tiny bundle, videos encoded by PyAV, the app in-process (``in_process``: FastAPI's
+TestClient, lifespan included) and, for what needs a real socket or signals, a real `adafocus serve` process."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,13 @@ from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import save_bundle
 from model.config import get_config
 from model.cost import cost_report
+from service.app import create_app
+from service.lifecycle import ServiceState
+from service.settings import Settings
+
+with warnings.catch_warnings():  # Starlette 1.x asks for `httpx2` under its TestClient; httpx works the same here
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+    from fastapi.testclient import TestClient
 
 OPERATOR_TOKEN = "test-operator-token-0123456789"
 
@@ -114,3 +123,47 @@ def serve(bundle: Path, tmp: Path, **env: Any) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+class ManualClock:
+    """A monotonic clock that tests move forward at will (``create_app(clock=...)``): deadlines pass on demand."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+
+def in_process(bundle: Path, clock: Callable[[], float] = time.monotonic, **settings: Any) -> Iterator[TestClient]:
+    """The app in this process, its lifespan run (model load, warm-up, decoder pool self-test) as ``serve`` does,
+    with the settings a real test server gets; the environment's ``ADAFOCUS_*`` variables are ignored."""
+    with pytest.MonkeyPatch.context() as env:
+        for key in os.environ:
+            if key.startswith("ADAFOCUS_"):
+                env.delenv(key)
+        config = Settings(bundle=bundle, device="cpu", decode_workers=2, **settings)
+    with TestClient(create_app(config, clock=clock)) as client:
+        yield client
+
+
+def service_state(client: TestClient) -> ServiceState:
+    state: ServiceState = client.app.state.service  # type: ignore[attr-defined]
+    return state
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    limit = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < limit, f"timed out after {timeout} s waiting for {what}"
+        time.sleep(0.005)
+
+
+def wait_until_dead(pid: int, timeout: float = 10.0) -> None:
+    """Until ``pid`` has exited (a zombie until its parent reaps it)."""
+    status = Path(f"/proc/{pid}/status")
+    wait_until(lambda: not status.exists() or "zombie" in status.read_text(), timeout, f"process {pid} to die")

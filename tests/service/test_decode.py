@@ -15,7 +15,7 @@ from model.video import DecodeError, DecodeLimits, encode_video
 from service.decode import DecodeBusy, DecodeJob, DecodePool, DecoderCrashed
 from service.errors import to_api_error
 from service.upload import BadUpload, NotMultipart, UploadSpool, UploadTooLarge, read_upload
-from tests.service.conftest import ramp
+from tests.service.conftest import ramp, wait_until_dead
 from tests.service.jobs import scripted_job
 
 
@@ -137,10 +137,3 @@ def test_read_upload_rejects() -> None:
     error = to_api_error(info.value)
     assert (error.status, error.code) == (415, "unsupported_media_type")
 
-
-def wait_until_dead(pid: int, timeout: float = 10.0) -> None:
-    status = Path(f"/proc/{pid}/status")
-    limit = time.monotonic() + timeout
-    while status.exists() and "zombie" not in status.read_text():
-        assert time.monotonic() < limit, f"process {pid} still alive after SIGKILL"
-        time.sleep(0.005)

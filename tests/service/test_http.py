@@ -1,9 +1,12 @@
-"""HTTP integration tests against a real `adafocus serve` process (tiny random bundle) on a free local port."""
+"""HTTP tests (tiny random bundle): the routes in-process through FastAPI's TestClient (the lifespan runs: model
+load, warm-up, decoder pool and its self-test), and every codec and container over real HTTP against a real
+`adafocus serve` process."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +17,15 @@ import numpy as np
 import pytest
 
 from model.video import encode_video
-from tests.service.conftest import OPERATOR_TOKEN, Server, ramp, serve
+from tests.service.conftest import (
+    OPERATOR_TOKEN,
+    TestClient,
+    in_process,
+    ramp,
+    serve,
+    service_state,
+    wait_until_dead,
+)
 
 MAX_UPLOAD = 300_000
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
@@ -28,10 +39,19 @@ CODECS = {  # file name -> encoder
 
 
 @pytest.fixture(scope="module")
-def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from serve(
+def app(tiny_bundle: Path) -> Iterator[TestClient]:
+    """The app in-process, shared by the module's route tests."""
+    yield from in_process(tiny_bundle, operator_token=OPERATOR_TOKEN, max_upload_bytes=MAX_UPLOAD)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """A real server, for the codecs over real HTTP."""
+    for running in serve(
         tiny_bundle, tmp_path_factory.mktemp("http"), operator_token=OPERATOR_TOKEN, max_upload_bytes=MAX_UPLOAD
-    )
+    ):
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            yield client
 
 
 @pytest.fixture(scope="module")
@@ -65,20 +85,20 @@ def videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return out
 
 
-def classify(server: Server, path: Path, client: httpx.Client | None = None, **fields: str) -> httpx.Response:
-    post = client.post if client is not None else httpx.post
+def classify(client: httpx.Client, path: Path, **fields: str) -> httpx.Response:
+    """POST /classify through ``client`` (the in-process TestClient or an httpx client of a real server)."""
     with path.open("rb") as fh:
-        return post(f"{server.url}/classify", files={"video": (path.name, fh)}, data=fields, timeout=60)
+        return client.post("/classify", files={"video": (path.name, fh)}, data=fields)
 
 
 @pytest.fixture()
-def default_budget(server: Server) -> Iterator[None]:
+def default_budget(app: TestClient) -> Iterator[None]:
     yield
-    assert httpx.put(f"{server.url}/budget", json={"level": "high"}, headers=AUTH).status_code == 200
+    assert app.put("/budget", json={"level": "high"}, headers=AUTH).status_code == 200
 
 
 @pytest.mark.parametrize("name", [*CODECS, "odd.mkv", "rotated.mp4"])
-def test_classify_every_codec_and_container(server: Server, videos: dict[str, Path], name: str) -> None:
+def test_classify_every_codec_and_container(server: httpx.Client, videos: dict[str, Path], name: str) -> None:
     response = classify(server, videos[name])
     assert response.status_code == 200, response.text
     body = response.json()
@@ -94,9 +114,9 @@ def test_classify_every_codec_and_container(server: Server, videos: dict[str, Pa
     assert timings["total"] >= timings["decode"] + timings["compute"]
 
 
-def test_same_video_same_answer_and_explain_lists_the_cubes(server: Server, videos: dict[str, Path]) -> None:
-    first = classify(server, videos["h264.mp4"]).json()
-    second = classify(server, videos["h264.mp4"], explain="true").json()
+def test_same_video_same_answer_and_explain_lists_the_cubes(app: TestClient, videos: dict[str, Path]) -> None:
+    first = classify(app, videos["h264.mp4"]).json()
+    second = classify(app, videos["h264.mp4"], explain="true").json()
     assert (second["class_id"], second["exit_step"]) == (first["class_id"], first["exit_step"])
     assert second["confidence"] == pytest.approx(first["confidence"], abs=1e-5)
     cubes = second["cubes"]
@@ -119,22 +139,22 @@ def test_same_video_same_answer_and_explain_lists_the_cubes(server: Server, vide
     ],
 )
 def test_bad_videos_get_json_errors(
-    server: Server, videos: dict[str, Path], name: str, status: int, code: str
+    app: TestClient, videos: dict[str, Path], name: str, status: int, code: str
 ) -> None:
-    response = classify(server, videos[name])
+    response = classify(app, videos[name])
     assert (response.status_code, response.json()["code"]) == (status, code)
     assert response.json()["message"]
 
 
-def test_bad_requests_get_json_errors(server: Server, videos: dict[str, Path]) -> None:
-    url = f"{server.url}/classify"
+def test_bad_requests_get_json_errors(app: TestClient, videos: dict[str, Path]) -> None:
+    url = "/classify"
     cases = {
-        "no video part": httpx.post(url, data={"budget": "low"}, files={"other": ("x", b"x")}),
-        "json body": httpx.post(url, json={"video": "x"}),
-        "unknown level": classify(server, videos["h264.mp4"], budget="turbo"),
-        "bad explain": classify(server, videos["h264.mp4"], explain="maybe"),
-        "wrong method": httpx.get(url),
-        "no route": httpx.get(f"{server.url}/nope"),
+        "no video part": app.post(url, data={"budget": "low"}, files={"other": ("x", b"x")}),
+        "json body": app.post(url, json={"video": "x"}),
+        "unknown level": classify(app, videos["h264.mp4"], budget="turbo"),
+        "bad explain": classify(app, videos["h264.mp4"], explain="maybe"),
+        "wrong method": app.get(url),
+        "no route": app.get("/nope"),
     }
     got = {name: (r.status_code, r.json()["code"]) for name, r in cases.items()}
     assert got == {
@@ -147,7 +167,7 @@ def test_bad_requests_get_json_errors(server: Server, videos: dict[str, Path]) -
     }
 
 
-def test_chunked_upload_over_the_cap_is_refused_while_streaming(server: Server, videos: dict[str, Path]) -> None:
+def test_chunked_upload_over_the_cap_is_refused_while_streaming(app: TestClient, videos: dict[str, Path]) -> None:
     boundary = "b0undary"
     head = (f'--{boundary}\r\nContent-Disposition: form-data; name="video"; filename="big.mp4"\r\n\r\n').encode()
 
@@ -158,35 +178,33 @@ def test_chunked_upload_over_the_cap_is_refused_while_streaming(server: Server, 
         yield f"\r\n--{boundary}--\r\n".encode()
 
     headers = {"Content-Type": f"multipart/form-data; boundary={boundary}"}
-    try:
-        response = httpx.post(f"{server.url}/classify", content=body(), headers=headers, timeout=30)
-    except httpx.TransportError:  # the server may close the connection before the client finishes writing
-        return
+    response = app.post("/classify", content=body(), headers=headers)
+    assert "content-length" not in response.request.headers
     assert (response.status_code, response.json()["code"]) == (413, "too_large")
 
 
-def test_per_request_budget(server: Server, videos: dict[str, Path]) -> None:
-    body = classify(server, videos["vp9.webm"], budget="low").json()
+def test_per_request_budget(app: TestClient, videos: dict[str, Path]) -> None:
+    body = classify(app, videos["vp9.webm"], budget="low").json()
     assert (body["budget"], body["exit_step"], body["exit_reason"], body["cubes_used"]) == ("low", 0, "confident", 0)
-    body = classify(server, videos["vp9.webm"], budget="mid").json()
+    body = classify(app, videos["vp9.webm"], budget="mid").json()
     assert (body["budget"], body["exit_step"], body["cubes_used"]) == ("mid", 1, 1)
 
 
-def test_budget_changes_need_the_operator_token(server: Server, default_budget: None) -> None:
-    url = f"{server.url}/budget"
-    before = httpx.get(url).json()
+def test_budget_changes_need_the_operator_token(app: TestClient, default_budget: None) -> None:
+    url = "/budget"
+    before = app.get(url).json()
     assert [lvl["name"] for lvl in before["levels"]] == ["low", "mid", "high"]
-    missing = httpx.put(url, json={"level": "low"})
+    missing = app.put(url, json={"level": "low"})
     assert (missing.status_code, missing.json()["code"]) == (401, "unauthorized")
     assert missing.headers["www-authenticate"] == "Bearer"
-    wrong = httpx.put(url, json={"level": "low"}, headers={"Authorization": "Bearer not-the-token-at-all"})
+    wrong = app.put(url, json={"level": "low"}, headers={"Authorization": "Bearer not-the-token-at-all"})
     assert (wrong.status_code, wrong.json()["code"]) == (403, "forbidden")
-    assert httpx.get(url).json()["version"] == before["version"]
-    ok = httpx.put(url, json={"level": "low"}, headers=AUTH).json()
+    assert app.get(url).json()["version"] == before["version"]
+    ok = app.put(url, json={"level": "low"}, headers=AUTH).json()
     assert (ok["name"], ok["version"]) == ("low", before["version"] + 1)
-    by_gmacs = httpx.put(url, json={"gmacs": before["levels"][1]["expected_gmacs"]}, headers=AUTH).json()
+    by_gmacs = app.put(url, json={"gmacs": before["levels"][1]["expected_gmacs"]}, headers=AUTH).json()
     assert (by_gmacs["name"], by_gmacs["version"]) == ("mid", before["version"] + 2)
-    custom = httpx.put(url, json={"thresholds": [0.0, 0.0, 9.0, 9.0]}, headers=AUTH).json()
+    custom = app.put(url, json={"thresholds": [0.0, 0.0, 9.0, 9.0]}, headers=AUTH).json()
     assert (custom["name"], custom["thresholds"], custom["version"]) == ("custom", [0, 0, 9, 9], before["version"] + 3)
 
 
@@ -201,40 +219,39 @@ def test_budget_changes_need_the_operator_token(server: Server, default_budget: 
         ({}, "invalid_request"),
     ],
 )
-def test_invalid_budget_changes(server: Server, body: dict[str, object], code: str) -> None:
-    response = httpx.put(f"{server.url}/budget", json=body, headers=AUTH)
+def test_invalid_budget_changes(app: TestClient, body: dict[str, object], code: str) -> None:
+    response = app.put("/budget", json=body, headers=AUTH)
     assert (response.status_code, response.json()["code"]) == (422, code)
 
 
 def test_budget_switches_atomically_under_concurrent_requests(
-    server: Server, videos: dict[str, Path], default_budget: None
+    app: TestClient, videos: dict[str, Path], default_budget: None
 ) -> None:
     stop = threading.Event()
     results: list[dict[str, object]] = []
     answered = threading.Condition()
     clients = 3
 
-    def client_loop() -> None:
-        with httpx.Client() as client:
-            while not stop.is_set():
-                response = classify(server, videos["h264.mp4"], client)
-                assert response.status_code == 200, response.text
-                with answered:
-                    results.append(response.json())
-                    answered.notify_all()
+    def client_loop() -> None:  # the TestClient is shared by the threads: their requests run concurrently
+        while not stop.is_set():
+            response = classify(app, videos["h264.mp4"])
+            assert response.status_code == 200, response.text
+            with answered:
+                results.append(response.json())
+                answered.notify_all()
 
     def wait_for_answers(count: int) -> None:
         with answered:
             assert answered.wait_for(lambda: len(results) >= count, timeout=60), f"{len(results)} < {count} answers"
 
-    swaps = [httpx.get(f"{server.url}/budget").json()]
+    swaps = [app.get("/budget").json()]
     with ThreadPoolExecutor(clients) as pool:
         loops = [pool.submit(client_loop) for _ in range(clients)]
         for i in range(6):
             # one answer more than there are clients: at least one request was submitted after the last swap
             wait_for_answers(len(results) + clients + 1)
             level = "low" if i % 2 == 0 else "high"
-            swaps.append(httpx.put(f"{server.url}/budget", json={"level": level}, headers=AUTH).json())
+            swaps.append(app.put("/budget", json={"level": level}, headers=AUTH).json())
         wait_for_answers(len(results) + clients + 1)
         stop.set()
         for loop in loops:
@@ -249,13 +266,13 @@ def test_budget_switches_atomically_under_concurrent_requests(
         assert (r["exit_step"], r["exit_reason"]) == expected
 
 
-def test_health_readiness_openapi_and_metrics(server: Server, videos: dict[str, Path]) -> None:
-    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    ready = httpx.get(f"{server.url}/readyz")
+def test_health_readiness_openapi_and_metrics(app: TestClient, videos: dict[str, Path]) -> None:
+    assert app.get("/healthz").json() == {"status": "ok"}
+    ready = app.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "checks": dict.fromkeys(
         ["model_loaded", "warmed_up", "decoder_self_test", "engine_running", "not_draining"], True)}
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+    spec = app.get("/openapi.json").json()
     post = spec["paths"]["/classify"]["post"]
     assert {"413", "415", "422", "503", "504"} <= set(post["responses"])
     assert set(post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {
@@ -264,9 +281,9 @@ def test_health_readiness_openapi_and_metrics(server: Server, videos: dict[str, 
     for name in ("ClassifyResponse", "Timings", "TopK", "Cube", "BudgetResponse", "ErrorBody"):
         fields = spec["components"]["schemas"][name]["properties"]
         assert all(field.get("description") for field in fields.values()), name
-    classify(server, videos["h264.mp4"])
-    classify(server, videos["empty.mp4"])
-    text = httpx.get(f"{server.url}/metrics").text
+    classify(app, videos["h264.mp4"])
+    classify(app, videos["empty.mp4"])
+    text = app.get("/metrics").text
     for metric in (
         'adafocus_requests_total{status="200"}', "adafocus_request_duration_seconds_bucket",
         "adafocus_queue_wait_seconds_bucket", "adafocus_decode_duration_seconds_bucket",
@@ -278,27 +295,17 @@ def test_health_readiness_openapi_and_metrics(server: Server, videos: dict[str, 
         assert metric in text, metric
 
 
-def decoder_pids(server_pid: int) -> list[int]:
-    children: list[int] = []
-    for task in Path(f"/proc/{server_pid}/task").iterdir():
-        children += [int(pid) for pid in (task / "children").read_text().split()]
-    return [pid for pid in children if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
-
-
-def test_killed_decoder_workers_are_replaced(server: Server, videos: dict[str, Path]) -> None:
-    import os
-    import signal
-
-    pids = decoder_pids(server.process.pid)
+def test_killed_decoder_workers_are_replaced(app: TestClient, videos: dict[str, Path]) -> None:
+    pool = service_state(app).pool
+    assert pool is not None
+    pids = pool.worker_pids()
     assert len(pids) == 2
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    for pid in pids:  # wait until the kernel has finished them (zombies until the server reaps them)
-        status = Path(f"/proc/{pid}/status")
-        while status.exists() and "zombie" not in status.read_text():
-            time.sleep(0.01)
-    with ThreadPoolExecutor(4) as pool:
-        responses = list(pool.map(lambda _: classify(server, videos["h264.mp4"]), range(4)))
+    for pid in pids:  # wait until the kernel has finished them (zombies until the pool reaps them)
+        wait_until_dead(pid)
+    with ThreadPoolExecutor(4) as threads:
+        responses = list(threads.map(lambda _: classify(app, videos["h264.mp4"]), range(4)))
     assert [r.status_code for r in responses] == [200, 200, 200, 200], [r.text for r in responses]
-    assert len(set(decoder_pids(server.process.pid)) - set(pids)) == 2
-    assert 'adafocus_decoder_restarts_total{reason="died_idle"} 2.0' in httpx.get(f"{server.url}/metrics").text
+    assert len(set(pool.worker_pids()) - set(pids)) == 2
+    assert 'adafocus_decoder_restarts_total{reason="died_idle"} 2.0' in app.get("/metrics").text
