@@ -155,8 +155,8 @@ def clock() -> ManualClock:
 
 @pytest.fixture(scope="module")
 def app(tiny_bundle: Path, clock: ManualClock) -> Iterator[TestClient]:
-    """One request at a time, no operator token, the default 30 s deadline on a clock the tests move."""
-    yield from in_process(tiny_bundle, clock, mode="single", max_batch=1, max_active=1)
+    """One request at a time, a queue of 2, no operator token, the default 30 s deadline on a clock the tests move."""
+    yield from in_process(tiny_bundle, clock, mode="single", max_batch=1, max_active=1, max_queue=2, retry_after_s=2)
 
 
 class HeldEngine:
@@ -181,7 +181,7 @@ def test_requests_past_their_deadline_get_504(app: TestClient, clock: ManualCloc
     engine = service_state(app).engine
     assert engine is not None
     body = multipart(video)
-    requests = 6
+    requests = 2  # the queue's length
     held = HeldEngine(engine)
     with ThreadPoolExecutor(requests) as pool:
         try:
@@ -198,6 +198,30 @@ def test_requests_past_their_deadline_get_504(app: TestClient, clock: ManualCloc
     assert f'adafocus_rejected_total{{reason="deadline"}} {float(requests)}' in app.get("/metrics").text
     after = post_to(app, body)  # a new request gets a new deadline on the moved clock
     assert after.status_code == 200, after.text
+
+
+def test_a_full_queue_answers_503_with_retry_after_while_the_engine_is_held(app: TestClient, video: bytes) -> None:
+    engine = service_state(app).engine
+    assert engine is not None
+    body = multipart(video)
+    rejected_before = rejected(app, "queue_full")
+    held = HeldEngine(engine)
+    with ThreadPoolExecutor(2) as pool:
+        try:
+            queued = [pool.submit(post_to, app, body) for _ in range(2)]
+            wait_until(lambda: engine.queue_depth == 2, what="the queue to fill")
+            refused = post_to(app, body)  # the queue is full until the engine moves: refused, deterministically
+        finally:
+            held.release()
+        answered = [f.result() for f in queued]
+    assert (refused.status_code, refused.json()["code"], refused.headers["retry-after"]) == (503, "queue_full", "2")
+    assert [r.status_code for r in answered] == [200, 200], [r.text for r in answered]
+    assert rejected(app, "queue_full") == rejected_before + 1
+
+
+def rejected(client: httpx.Client, reason: str) -> int:
+    found = re.search(rf'adafocus_rejected_total\{{reason="{reason}"\}} (\d+)', client.get("/metrics").text)
+    return 0 if found is None else int(float(found.group(1)))
 
 
 def test_the_http_side_gives_up_at_the_deadline_when_the_engine_does_not_answer(app: TestClient) -> None:
