@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install tools test lint serve operator-token clean
+.PHONY: install tools data test lint serve operator-token clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -28,7 +28,18 @@ tools:
 			prometheus docker-compose >/dev/null; } || echo "WARNING: apt-get install failed; tests/deploy will skip"; \
 	else echo "note: missing$$missing (not root or no apt-get): tests/deploy skips the checks that need them"; fi
 
-test: tools lint
+# The moving Fashion-MNIST benchmark reads Debian's dataset-fashion-mnist (the real images, MIT licence; never
+# downloaded at run time). Installed here when missing and root; elsewhere the tests that need it skip and say so.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+data:
+	@if [ -f $(FASHION_MNIST) ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			dataset-fashion-mnist >/dev/null; } || echo "WARNING: apt-get install dataset-fashion-mnist failed"; \
+	else echo "note: $(FASHION_MNIST) missing: install Debian's dataset-fashion-mnist (tests that need it skip)"; fi
+
+test: tools data lint
 	$(BIN)/pytest -q
 
 serve: install

@@ -222,11 +222,14 @@ def export_bundle(
     (out / PARITY_REPORT).unlink(missing_ok=True)
     copy_bundle(bundle, out)
     manifest = export_model(bundle.model, out, bundle.sha256, options)
-    return manifest, _parity(bundle.model, out, bundle.budgets, bundle.sha256, parity_clips)
+    options_ = ParityOptions(clips=parity_clips, benchmark=bundle.benchmark)
+    return manifest, _parity(bundle.model, out, bundle.budgets, bundle.sha256, options_)
 
 
-def _parity(model: AdaFocusV3, out: Path, budgets: BudgetTable | None, sha256: str, clips: int) -> dict[str, Any]:
-    report = check_parity(model, out, budgets, sha256, ParityOptions(clips=clips))
+def _parity(
+    model: AdaFocusV3, out: Path, budgets: BudgetTable | None, sha256: str, options: ParityOptions
+) -> dict[str, Any]:
+    report = check_parity(model, out, budgets, sha256, options)
     report.write(out / PARITY_REPORT)
     return report.to_dict()
 
@@ -259,7 +262,7 @@ def export_to_cache(
             _, report = export_bundle(bundle, tmp, options, parity_clips=4)
         else:
             export_model(model, tmp, sha, options)
-            report = _parity(model, tmp, None, sha, clips=4)
+            report = _parity(model, tmp, None, sha, ParityOptions(clips=4))
         if not report["passed"]:
             raise ExportError(f"the on-the-fly ONNX export fails its parity check: {report['failures']}")
         if final.exists():

@@ -23,8 +23,8 @@ from exporters.onnx_runner import OnnxRunner
 from model.adafocus import AdaFocusV3, FocusState
 from model.budgets import BudgetTable, Criterion
 from model.config import AdaFocusConfig
+from model.data import benchmark_clips
 from model.exits import StagedModel, first_exit, score_table, staged_exit_logits
-from model.synth import SPLIT_SEEDS, SynthConfig, make_batch
 
 GLANCE_OUTPUTS = ("centres", "logits", "global_feats", "pooled", "step")
 FOCUS_OUTPUTS = ("logits", "next_pooled", "next_step")
@@ -34,8 +34,9 @@ FOCUS_OUTPUTS = ("logits", "next_pooled", "next_step")
 class ParityOptions:
     tolerance: float = 1e-3  # max abs difference allowed on any output (fp32 graphs differ by about 1e-5)
     random_batch: int = 4
-    clips: int = 16  # synthetic clips for the real-input and decision checks
+    clips: int = 16  # benchmark clips for the real-input and decision checks
     seed: int = 0
+    benchmark: str | None = None  # the bundle's benchmark preset (model.data.PRESETS) for those clips
 
 
 @dataclass
@@ -78,23 +79,16 @@ def synthetic_clips(config: AdaFocusConfig, n: int, seed: int = 0) -> torch.Tens
     return clips.to(torch.uint8)
 
 
-def load_clips(config: AdaFocusConfig, n: int, seed: int) -> tuple[torch.Tensor, str]:
-    """(n, 3, T, H, W) uint8 clips of the project's synthetic focus benchmark (test split), sized for ``config``;
-    ``synthetic_clips`` where the benchmark cannot be drawn at this size."""
+def load_clips(config: AdaFocusConfig, n: int, seed: int, benchmark: str | None = None) -> tuple[torch.Tensor, str]:
+    """(n, 3, T, H, W) uint8 test clips sized for ``config`` (``model.data.benchmark_clips``: the bundle's
+    benchmark, else the procedural one); ``synthetic_clips`` where no benchmark can be drawn at this size."""
     try:
-        target = min(20, config.frame_size // 4 * 4)
-        cfg = SynthConfig(
-            num_frames=config.num_frames,
-            size=config.frame_size,
-            num_classes=config.num_classes,
-            target_size=target,
-            visible_frames=min(4, config.num_frames),
-            distractor_sizes=(min(8, target), target),
-        )
-        frames, _, _ = make_batch(cfg, SPLIT_SEEDS["test"] + 1000 * seed, list(range(n)))  # (n, T, H, W, 3)
+        frames, _, source = benchmark_clips(
+            config.num_frames, config.frame_size, config.num_classes, n, 1000 * seed, benchmark
+        )  # (n, T, H, W, 3)
     except ValueError:
         return synthetic_clips(config, n, seed), "exporters.validate.synthetic_clips"
-    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).contiguous(), "model.synth (test split)"
+    return torch.from_numpy(frames).permute(0, 4, 1, 2, 3).contiguous(), source
 
 
 def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -156,6 +150,7 @@ def decide(logits: torch.Tensor, thresholds: tuple[float, ...], criterion: Crite
     labels = logits[torch.arange(N), steps].argmax(-1)  # (N,)
     return labels.tolist(), steps.tolist()
 
+
 def near_ties(logits: torch.Tensor, thresholds: tuple[float, ...], criterion: Criterion, eps: float) -> list[bool]:
     """Per clip: is PyTorch's own decision within ``eps`` of flipping (top-2 logits or an exit score vs its
     threshold)? Such a clip may legitimately decide differently under fp32 rounding; it is reported, not failed."""
@@ -210,7 +205,7 @@ def check_parity(
     model = copy.deepcopy(model).cpu().eval()  # the caller's model may live on a GPU: leave it there
     ref = model  # PyTorch itself through its staged API, in inference mode below
     onnx = OnnxRunner(export_dir, "cpu", bundle_sha256=source_sha256, expected=model_specs(model))
-    clips, source = load_clips(model.config, options.clips, options.seed)
+    clips, source = load_clips(model.config, options.clips, options.seed, options.benchmark)
     with torch.inference_mode():
         random = random_parity(model, ref, onnx, options)
         real = real_parity(model, ref, onnx, clips)

@@ -34,8 +34,8 @@ from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import DEFAULT_BUNDLE, load_bundle
 from model.config import AdaFocusConfig, get_config
 from model.cost import CostReport, cost_report
+from model.data import benchmark_clips
 from model.exits import first_exit, quantile_thresholds, score_table
-from model.synth import SynthConfig, make_batch
 from service.engine.config import ENGINE_MODES, EngineConfig, EngineMode
 from service.engine.engine import Engine
 from service.engine.errors import EngineError
@@ -127,12 +127,15 @@ def steady_allocator() -> str:
 
 
 # ---------------------------------------------------------------------------------------------- workload
-def make_clips(config: AdaFocusConfig, count: int, seed: int) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Synthetic-benchmark clips at the model's input size (test split seed), else random pixels."""
+def make_clips(
+    config: AdaFocusConfig, count: int, seed: int, benchmark: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Test clips at the model's input size (``model.data.benchmark_clips``), else random pixels."""
     try:
-        synth = SynthConfig(num_frames=config.num_frames, size=config.frame_size, num_classes=config.num_classes)
-        frames, labels, _ = make_batch(synth, 2 + seed, list(range(count)))
-        return frames, labels, f"model.synth clips (seed {2 + seed}), {count} distinct"
+        frames, labels, desc = benchmark_clips(
+            config.num_frames, config.frame_size, config.num_classes, count, seed, benchmark
+        )
+        return frames, labels, f"{desc}, {count} distinct"
     except ValueError as exc:
         shape = (count, config.num_frames, config.frame_size, config.frame_size, 3)
         return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8), None, f"random uint8 clips ({exc})"
@@ -164,7 +167,7 @@ def load_workload(bundle: str | None, config: str | None, clips: int, seed: int,
         path = bundle or (str(DEFAULT_BUNDLE) if (DEFAULT_BUNDLE / "manifest.json").exists() else None)
         if path is not None:
             loaded = load_bundle(path)
-            frames, labels, clip_source = make_clips(loaded.config, clips, seed)
+            frames, labels, clip_source = make_clips(loaded.config, clips, seed, loaded.benchmark)
             costs = cost_report(loaded.model)
             source = f"bundle {loaded.path} (sha256 {loaded.sha256[:12]})"
             return Workload(loaded.model.eval(), loaded.budgets, costs, frames, labels, source, clip_source)
@@ -181,10 +184,12 @@ def load_workload(bundle: str | None, config: str | None, clips: int, seed: int,
 # ---------------------------------------------------------------------------------------------- one run
 @dataclass
 class _Run:
-    """The futures and times of one run; done times are stamped by the engine's runner thread."""
+    """The futures and times of one run; done times are stamped by the engine's runner thread. A future's waiters
+    can wake before its done callbacks ran, so readers wait for the stamp (``done_time``)."""
 
     intended: list[float] = field(default_factory=list)
     done: list[float | None] = field(default_factory=list)
+    stamped: list[threading.Event] = field(default_factory=list)
     futures: list[Future[EngineResult]] = field(default_factory=list)
     labels: list[int | None] = field(default_factory=list)  # ground truth per tracked request
     rejected: int = 0
@@ -193,13 +198,22 @@ class _Run:
         index = len(self.done)
         self.intended.append(intended)
         self.done.append(None)
+        self.stamped.append(threading.Event())
         self.futures.append(future)
         self.labels.append(request.label)
 
         def stamp(_: Future[EngineResult]) -> None:
             self.done[index] = time.monotonic()
+            self.stamped[index].set()
 
         future.add_done_callback(stamp)
+
+    def done_time(self, index: int) -> float:
+        """When request ``index`` finished (its future must be done)."""
+        self.stamped[index].wait()
+        done = self.done[index]
+        assert done is not None
+        return done
 
 
 def _request(work: Workload, i: int, deadline: float | None) -> EngineRequest:
@@ -215,15 +229,14 @@ def _summarize(run: _Run, stats: StatsObserver, deadline_s: float | None, starte
     failed: dict[str, int] = {}
     for i, future in enumerate(run.futures):
         exc = future.exception()
+        run.stamped[i].wait()
         if exc is not None:
             failed[type(exc).__name__] = failed.get(type(exc).__name__, 0) + 1
             latencies.append(deadline_s if deadline_s is not None else float("nan"))
             continue
         results.append(future.result())
         labels.append(run.labels[i])
-        done = run.done[i]
-        assert done is not None
-        latencies.append(done - run.intended[i])
+        latencies.append(run.done_time(i) - run.intended[i])
     end = max((d for d in run.done if d is not None), default=started)
     wall = max(end - started, 1e-9)
     gmacs = [r.gmacs for r in results]
@@ -316,8 +329,9 @@ def _engines(work: Workload, cfg: EngineBenchConfig) -> dict[str, tuple[Engine, 
     for label in cfg.modes:
         mode, min_glance = parse_mode(label)
         recorder = _Recorder()
-        config = EngineConfig(mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue,
-                              min_glance_batch=min_glance)
+        config = EngineConfig(
+            mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue, min_glance_batch=min_glance
+        )
         engine = Engine(runner, work.model.config, work.budgets, work.costs, config, recorder)
         engine.start()
         engine.warmup()

@@ -24,11 +24,13 @@ def register(sub: Any) -> None:
     info.add_argument("--json", action="store_true", help="print as JSON")
     info.set_defaults(handler=run_info)
 
-    synth = sub.add_parser("synth", help="write synthetic benchmark clips as H.264 MP4 files plus labels.csv")
+    synth = sub.add_parser("synth", help="write benchmark clips (fashion or synth) as H.264 MP4 files plus labels.csv")
     synth.add_argument("--out", required=True, help="output folder")
+    synth.add_argument("--data", default="fashion", help="benchmark: fashion, synth (or a preset, e.g. synth:easy)")
+    synth.add_argument("--preset", default=None, choices=("hard", "easy"), help="synth benchmark setting (hard)")
+    synth.add_argument("--split", default="test", choices=("train", "calibration", "test"), help="fashion: images")
     synth.add_argument("--count", type=int, default=32, help="number of clips")
-    synth.add_argument("--seed", type=int, default=2, help="stream seed (train 0, calibration 1, test 2)")
-    synth.add_argument("--preset", default="hard", choices=("hard", "easy"), help="benchmark setting")
+    synth.add_argument("--seed", type=int, default=2, help="stream seed (synth: train 0, calibration 1, test 2)")
     synth.add_argument("--fps", type=int, default=8)
     synth.set_defaults(handler=run_synth)
 
@@ -164,10 +166,16 @@ def run_info(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from model.synth import SYNTH_PRESETS, write_dataset
+    from model import fashion, synth
+    from model.data import PRESETS, preset_name
 
-    labels = write_dataset(Path(args.out), SYNTH_PRESETS[args.preset], args.count, args.seed, fps=args.fps)
-    sys.stdout.write(f"wrote {args.count} clips and {labels}\n")
+    name = preset_name(args.data, args.preset)
+    cfg = PRESETS[name]
+    if isinstance(cfg, fashion.FashionConfig):
+        labels = fashion.write_dataset(Path(args.out), cfg, args.count, args.split, args.seed, fps=args.fps)
+    else:
+        labels = synth.write_dataset(Path(args.out), cfg, args.count, args.seed, fps=args.fps)
+    sys.stdout.write(f"wrote {args.count} `{name}` clips and {labels}\n")
     return 0
 
 

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from model import fashion
 from model.fashion import FashionConfig
-from model.synth import SPLIT_SEEDS, SYNTH_PRESETS, SynthConfig, make_clip
+from model.synth import SPLIT_SEEDS, SYNTH_PRESETS, SynthConfig, make_batch, make_clip
 from model.targets import no_boxes, static_boxes
 from model.video import decode_clip
 
@@ -200,3 +200,31 @@ def eval_batches(dataset: Dataset[Sample], batch_size: int, workers: int) -> Ite
     n = len(dataset)  # type: ignore[arg-type]
     plan = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
     yield from iterate(dataset, plan, workers)
+
+
+def benchmark_clips(
+    config_frames: int, config_size: int, num_classes: int, count: int, seed: int, benchmark: str | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """``count`` test-split clips (N, T, H, W, 3) uint8 with labels (N,) for a model of this input size: from
+    ``benchmark`` (a bundle's preset) when its clips have that size and its data is installed, else from the
+    procedural benchmark drawn at that size. Raises ValueError when neither fits (callers fall back to noise)."""
+    preset = PRESETS.get(benchmark or "")
+    if preset is not None and (preset.num_frames, preset.size) == (config_frames, config_size):
+        try:
+            spec = generated_spec(str(benchmark), "test", seed, count)
+            items = [build_dataset(spec, config_frames, config_size)[i] for i in range(count)]
+            frames = np.stack([f.permute(1, 2, 3, 0).numpy() for f, _, _ in items])  # (N, T, H, W, 3)
+            return frames, np.array([y for _, y, _ in items]), f"`{benchmark}` test stream seed {seed}"
+        except fashion.MissingDataset:
+            pass
+    target = min(20, config_size // 4 * 4)
+    synth = SynthConfig(
+        num_frames=config_frames,
+        size=config_size,
+        num_classes=num_classes,
+        target_size=target,
+        visible_frames=min(4, config_frames),
+        distractor_sizes=(min(8, target), target),
+    )
+    frames, labels, _ = make_batch(synth, SPLIT_SEEDS["test"] + seed, list(range(count)))
+    return frames, labels, f"`synth` clips at {config_size} px, stream seed {SPLIT_SEEDS['test'] + seed}"

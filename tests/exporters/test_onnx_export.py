@@ -76,7 +76,7 @@ def test_parity_report_shows_equal_outputs_and_identical_decisions(tiny: tuple[B
     report = read_report(export)
     assert report["passed"] is True
     assert report["failures"] == []
-    assert report["clip_source"] == "model.synth (test split)"
+    assert report["clip_source"] == "`synth` clips at 32 px, stream seed 2"
     assert set(report["random"]) == set(report["real"])
     assert len(report["random"]) == 8  # 5 glance outputs + 3 focus outputs
     assert max(report["random"].values()) < 1e-4
