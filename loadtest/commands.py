@@ -103,7 +103,8 @@ def _register_bench(sub: Any) -> None:
         "--modes",
         type=_names,
         default=("continuous", "drain", "single"),
-        help="engine modes; continuous-mgN = continuous with min_glance_batch N",
+        help="engine modes; continuous-mgN = continuous with min_glance_batch N; continuous-auto = the glance batch "
+        "from the measured step costs",
     )
     eng.add_argument(
         "--min-glance-batch",
@@ -251,15 +252,8 @@ def run_bench_engine(args: argparse.Namespace) -> int:
 
 
 def _bench_engine(args: argparse.Namespace) -> int:
-    from loadtest.engine_bench import (
-        EngineBenchConfig,
-        format_engine,
-        load_workload,
-        mode_label,
-        parse_mode,
-        run_engine_bench,
-        steady_allocator,
-    )
+    from loadtest.engine_bench import EngineBenchConfig, format_engine, mode_label, parse_mode, run_engine_bench
+    from loadtest.workload import load_workload, steady_allocator
 
     modes = tuple(dict.fromkeys([*args.modes, *(mode_label("continuous", n) for n in args.min_glance_batch)]))
     try:

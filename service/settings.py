@@ -33,8 +33,13 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=32, ge=1, description="max samples per model call, per stage")
     max_active: int = Field(default=64, ge=1, description="max admitted requests holding frames on the device")
     max_queue: int = Field(default=256, ge=1, description="admission queue length; beyond it requests get 503")
-    min_glance_batch: int = Field(
-        default=1, ge=1, description="continuous mode: admit waiting requests once this many slots are free"
+    min_glance_batch: int | Literal["auto"] = Field(
+        default=1,
+        description="continuous mode: admit waiting requests once this many slots are free; auto = the knee of "
+        "the measured glance cost per video",
+    )
+    max_glance_wait_steps: int = Field(
+        default=4, ge=1, description="continuous mode: steps the oldest waiting request may wait for a glance batch"
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="deadline per /classify request")
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 answers")
@@ -110,7 +115,8 @@ class Settings(BaseSettings):
             max_batch=self.max_batch,
             max_active=self.max_active,
             max_queue=self.max_queue,
-            min_glance_batch=self.min_glance_batch,
+            min_glance_batch=None if self.min_glance_batch == "auto" else self.min_glance_batch,
+            max_glance_wait_steps=self.max_glance_wait_steps,
         )
 
     def resolved_device(self) -> str:

@@ -13,6 +13,7 @@ EngineMode = Literal["continuous", "drain", "single"]
 ENGINE_MODES: tuple[EngineMode, ...] = ("continuous", "drain", "single")
 Backend = Literal["torch", "onnx", "auto"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "auto")
+Stage = Literal["glance", "focus"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,17 +24,25 @@ class EngineConfig:
     max_queue: int = 256  # bounded admission queue; submit() beyond it raises QueueFull
     # continuous mode: waiting requests are admitted (their glance runs) only when at least
     # min(min_glance_batch, number waiting) slots are free, OR when no request is active (the engine never idles
-    # with work waiting); 1 = refill at the very next step (the default contract). Larger values trade a little
-    # queueing for larger, cheaper-per-video glance batches. Ignored by drain and single.
-    min_glance_batch: int = 1
+    # with work waiting); 1 = refill at the very next step. None = automatic: the knee of the measured glance cost
+    # per video (service.engine.costs; 1 until costs are measured), and the oldest waiting request waits at most
+    # max_glance_wait_steps steps. Larger values trade a little queueing for cheaper-per-video glance batches.
+    # Ignored by drain and single.
+    min_glance_batch: int | None = 1
+    max_glance_wait_steps: int = 4
+    glance_batch_tolerance: float = 0.10  # automatic: cost per video within this of the best batch's
 
     def __post_init__(self) -> None:
         if self.mode not in ENGINE_MODES:
             raise ValueError(f"unknown engine mode {self.mode!r}; choose one of {ENGINE_MODES}")
-        for name in ("max_batch", "max_active", "max_queue", "min_glance_batch"):
+        for name in ("max_batch", "max_active", "max_queue", "max_glance_wait_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.min_glance_batch > self.max_batch:
+        if self.min_glance_batch is not None and self.min_glance_batch < 1:
+            raise ValueError(f"min_glance_batch must be >= 1 or None (automatic), got {self.min_glance_batch}")
+        if not 0 <= self.glance_batch_tolerance < 1:
+            raise ValueError(f"glance_batch_tolerance must be in [0, 1), got {self.glance_batch_tolerance}")
+        if self.min_glance_batch is not None and self.min_glance_batch > self.max_batch:
             raise ValueError(f"min_glance_batch ({self.min_glance_batch}) must be <= max_batch ({self.max_batch})")
         if self.max_active < self.max_batch and self.mode != "single":
             raise ValueError(f"max_active ({self.max_active}) must be >= max_batch ({self.max_batch})")

@@ -30,6 +30,7 @@ from model.budgets import BudgetTable, validate_thresholds
 from model.config import AdaFocusConfig
 from model.cost import CostReport
 from service.engine.config import EngineConfig
+from service.engine.costs import StepCostTable
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
 from service.engine.observer import EngineObserver, NullObserver
 from service.engine.runner import Runner
@@ -63,7 +64,8 @@ class Engine:
         for level in budgets.levels:
             validate_thresholds(list(level.thresholds), self.num_exits)
         self.video_shape = (model_config.num_frames, model_config.frame_size, model_config.frame_size)
-        self._step_executor = StepExecutor(runner, model_config, costs, self.observer, clock)
+        self._cost_table = StepCostTable(config.batch_cap)
+        self._step_executor = StepExecutor(runner, model_config, costs, self.observer, clock, self._cost_table)
         self._scheduler = Scheduler(config, model_config.num_cubes)
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)  # runner thread waits here when there is nothing to do
@@ -119,7 +121,10 @@ class Engine:
 
     def warmup(self) -> None:
         """Run glance and focus on dummy data at the batch sizes the engine uses (on the runner thread)."""
-        sizes = sorted({1, self.config.batch_cap})
+        cap = self.config.batch_cap
+        sizes = sorted({1, cap})
+        if self.config.min_glance_batch is None:  # automatic glance batch: measure the cost curve
+            sizes = sorted({*(2**i for i in range(cap.bit_length()) if 2**i <= cap), cap})
         self.call_on_runner(lambda: self._step_executor.warmup(sizes))
 
     def call_on_runner(self, fn: Callable[[], None]) -> None:
@@ -274,7 +279,8 @@ class Engine:
     def _step(self) -> None:
         with self._lock:
             late = self._pop(self._scheduler.expire(self.clock()))
-            plan = self._scheduler.plan()
+            auto = self.config.min_glance_batch is None
+            plan = self._scheduler.plan(self._cost_table.snapshot() if auto else None)
             snapshot = self._budget
             glance = [self._entries[rid] for rid in plan.glance]
             focus = [(self._entries[rid], self._scheduler.exit_index(rid)) for rid in plan.focus]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from typing import Literal, Protocol
 
+from service.engine.config import Stage
 from service.engine.types import EngineResult
 
-Stage = Literal["glance", "focus"]
 RejectReason = Literal["queue_full", "draining", "deadline", "cancelled", "error"]
 
 

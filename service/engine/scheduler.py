@@ -8,7 +8,9 @@ focus batch because f_L's weights are shared by every step.
 
 Modes (same code, different admission rule):
 - ``continuous``: a slot freed by an exit is refilled by a waiting request at the very next step (with
-  ``min_glance_batch`` > 1: once that many slots are free, or fewer if fewer wait, or at once when nothing is active);
+  ``min_glance_batch`` > 1: once that many slots are free, or fewer if fewer wait, or at once when nothing is active;
+  ``min_glance_batch=None``: that batch is the knee of the glance cost per video in the ``StepCosts`` passed to
+  ``plan`` (see ``service.engine.costs``), and the oldest waiting request waits at most ``max_glance_wait_steps``);
 - ``drain``: admit a batch only when nothing is active, then run it until every sample has left (batched exit);
 - ``single``: one request at a time end to end (batch size 1).
 
@@ -24,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from service.engine.config import EngineConfig
+from service.engine.costs import StepCosts, knee_batch
 from service.engine.errors import QueueFull
 
 
@@ -48,6 +51,7 @@ class SchedRequest:
     request_id: int
     arrival: int  # admission-queue order, for FIFO ties
     deadline: float | None
+    queued_step: int = 0  # the scheduler step at which it was queued (bounds its wait for a glance batch)
     status: RequestStatus = RequestStatus.WAITING
     exit_index: int = -1  # last exit evaluated: -1 before the glance, then 0..K
     cubes_run: int = 0  # cubes computed through f_L (skipped cubes advance exit_index only)
@@ -118,21 +122,22 @@ class Scheduler:
             raise ValueError(f"request {request_id} is already scheduled")
         if len(self.waiting) >= self.config.max_queue:
             raise QueueFull(f"admission queue is full ({self.config.max_queue} waiting)")
-        self.requests[request_id] = SchedRequest(request_id, self._arrivals, deadline)
+        self.requests[request_id] = SchedRequest(request_id, self._arrivals, deadline, queued_step=self.step)
         self._arrivals += 1
         self.waiting.append(request_id)
         # NOTE(engine): O(1) here (called per submit, from request threads); the full O(n) check runs per step
         assert len(self.waiting) + len(self.running) == len(self.requests), "request sets out of sync"
 
-    def plan(self) -> StepPlan:
-        """Admit waiting requests (glance) and pick active ones for their next cube (focus)."""
+    def plan(self, costs: StepCosts | None = None) -> StepPlan:
+        """Admit waiting requests (glance) and pick active ones for their next cube (focus). ``costs`` (measured
+        by the engine) set the glance batch when ``min_glance_batch`` is automatic."""
         assert self.in_flight is None, "plan() called twice without apply()"
         cap = self.config.batch_cap
         # requests already active before this step, least recently scheduled first (round-robin past ``cap``)
         ready = sorted(self.running.values(), key=lambda r: (r.last_step, r.arrival))
         assert all(r.exit_index >= 0 for r in ready), "an active request has no glance"
         focus = tuple(r.request_id for r in ready[:cap])
-        glance = tuple(self.waiting.popleft() for _ in range(self._admissible()))
+        glance = tuple(self.waiting.popleft() for _ in range(self._admissible(costs)))
         for rid in glance:
             req = self.requests[rid]
             req.status = RequestStatus.RUNNING
@@ -210,14 +215,30 @@ class Scheduler:
         return finished
 
     # ------------------------------------------------------------------------------------------ internals
-    def _admissible(self) -> int:
+    def glance_batch(self, costs: StepCosts | None) -> int:
+        """The glance batch continuous mode waits for: ``min_glance_batch``, or when automatic the knee of the
+        glance cost per video up to the batch cap (1 without costs)."""
+        if self.config.min_glance_batch is not None:
+            return self.config.min_glance_batch
+        if costs is None:
+            return 1
+        sizes = costs.glance[: min(self.config.batch_cap, self.config.active_cap)]
+        return knee_batch(sizes, self.config.glance_batch_tolerance)
+
+    def _admissible(self, costs: StepCosts | None = None) -> int:
         """How many waiting requests this step may admit."""
         if self.config.mode != "continuous" and self.running:
             return 0  # drain and single: the current batch must leave entirely first
         free = self.config.active_cap - len(self.running)
         admissible = max(0, min(free, self.config.batch_cap, len(self.waiting)))
-        if self.running and admissible < min(self.config.min_glance_batch, len(self.waiting)):
-            return 0  # continuous with min_glance_batch > 1: wait for a larger glance batch while others progress
+        if not self.running or not self.waiting:
+            return admissible  # never idle with work waiting
+        oldest = self.requests[self.waiting[0]]
+        automatic = self.config.min_glance_batch is None
+        if automatic and self.step - oldest.queued_step >= self.config.max_glance_wait_steps:
+            return admissible  # the oldest has waited long enough
+        if admissible < min(self.glance_batch(costs), len(self.waiting)):
+            return 0  # wait for a larger, cheaper-per-video glance batch while the active requests progress
         return admissible
 
     def _finish(self, req: SchedRequest, status: RequestStatus) -> Finished:

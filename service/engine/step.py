@@ -24,7 +24,9 @@ from model.config import AdaFocusConfig
 from model.cost import CostReport
 from model.cubes import covered_cube_mask, glance_frames, integer_starts
 from model.exits import skip_covered
-from service.engine.observer import EngineObserver, Stage
+from service.engine.config import Stage
+from service.engine.costs import StepCostTable
+from service.engine.observer import EngineObserver
 from service.engine.runner import Runner
 from service.engine.scheduler import Finished, RequestOutput, RequestStatus
 from service.engine.types import BudgetState, CubeBox, EngineRequest, EngineResult
@@ -75,8 +77,10 @@ class StepExecutor:
         costs: CostReport,
         observer: EngineObserver,
         clock: Callable[[], float] = time.monotonic,
+        cost_table: StepCostTable | None = None,
     ) -> None:
         self.runner = runner
+        self.cost_table = cost_table  # step seconds by batch size, refined by every step (automatic glance batch)
         self.model_config = model_config
         self.costs = costs
         self.observer = observer
@@ -122,7 +126,10 @@ class StepExecutor:
             for item in items:
                 outputs.update(self._run_stage(stage, [item], snapshot))
             return outputs
-        self.observer.on_step(stage, len(items), self.clock() - start)
+        elapsed = self.clock() - start
+        self.observer.on_step(stage, len(items), elapsed)
+        if self.cost_table is not None:
+            self.cost_table.record(stage, len(items), elapsed)
         return outputs
 
     def _glance(self, entries: list[Entry], snapshot: BudgetState, start: float) -> dict[int, RequestOutput]:
@@ -231,12 +238,20 @@ class StepExecutor:
         )
 
     def warmup(self, sizes: list[int]) -> None:
-        """Glance and focus on dummy data at each batch size in ``sizes``."""
+        """Glance and focus on dummy data at each batch size in ``sizes``; with a cost table, each size runs twice
+        and the second run's seconds seed the table."""
         T, H, W = self.video_shape
         dev = self.runner.device
         with torch.inference_mode():
             for b in sizes:
                 clips = torch.zeros(b, 3, T, H, W, dtype=torch.uint8, device=dev)  # (B, 3, T, H, W)
-                out = self.runner.glance(glance_frames(clips, self.model_config.glance_size))
                 cubes = torch.zeros(b, 3, *self.cube_shape, dtype=torch.uint8, device=dev)  # (B, 3, t, h, w)
-                self.runner.focus(cubes, out.state)
+                for _ in range(1 if self.cost_table is None else 2):
+                    start = self.clock()
+                    out = self.runner.glance(glance_frames(clips, self.model_config.glance_size))
+                    mid = self.clock()
+                    self.runner.focus(cubes, out.state)
+                    end = self.clock()
+                if self.cost_table is not None:
+                    self.cost_table.record("glance", b, mid - start)
+                    self.cost_table.record("focus", b, end - mid)

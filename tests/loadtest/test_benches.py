@@ -7,16 +7,9 @@ import pytest
 
 from loadtest.decode_bench import DecodeBenchConfig, run_decode_bench
 from loadtest.encode import DECODE_SPECS
-from loadtest.engine_bench import (
-    EngineBenchConfig,
-    Workload,
-    _ratio_pairs,
-    load_workload,
-    mode_label,
-    parse_mode,
-    run_engine_bench,
-)
+from loadtest.engine_bench import EngineBenchConfig, _ratio_pairs, mode_label, parse_mode, run_engine_bench
 from loadtest.schedule import Bound, poisson_arrivals
+from loadtest.workload import Workload, load_workload
 from service.cli import main
 
 
@@ -127,7 +120,7 @@ def test_bench_engine_cli_min_glance_batch_adds_a_continuous_variant(capsys: pyt
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt tuning is glibc-only")
 def test_steady_allocator_sets_glibc_malloc_in_a_fresh_process() -> None:
-    code = "from loadtest.engine_bench import steady_allocator; print(steady_allocator())"
+    code = "from loadtest.workload import steady_allocator; print(steady_allocator())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "glibc mallopt: 1 arena, mmap threshold 32 MiB, trim threshold 1 GiB"
 
@@ -149,3 +142,10 @@ def test_decode_bench_decodes_real_files_in_a_worker_pool() -> None:
     assert fmt["format"] == "h264-gop250" and fmt["file_bytes"] > 0
     (run,) = fmt["runs"]
     assert run["workers"] == 1 and run["clips"] == 6 and run["clips_per_s"] > 0 and run["speedup_vs_1"] == 1.0
+
+
+def test_bench_mode_label_for_the_automatic_glance_batch() -> None:
+    assert mode_label("continuous", None) == "continuous-auto"
+    assert parse_mode("continuous-auto") == ("continuous", None)
+    with pytest.raises(ValueError):
+        parse_mode("drain-auto")

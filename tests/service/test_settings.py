@@ -109,3 +109,13 @@ def test_serve_refuses_bad_settings_before_loading_anything(tmp_path: Path) -> N
     done = subprocess.run([str(entry), "serve", "--bundle", str(tmp_path)], env=env, capture_output=True, timeout=60)
     assert done.returncode == 2
     assert b"invalid settings" in done.stderr and b"max_batch" in done.stderr
+
+
+def test_min_glance_batch_auto_means_the_measured_knee(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAFOCUS_MIN_GLANCE_BATCH", "auto")
+    monkeypatch.setenv("ADAFOCUS_MAX_GLANCE_WAIT_STEPS", "6")
+    config = Settings().engine_config()
+    assert (config.min_glance_batch, config.max_glance_wait_steps) == (None, 6)
+    monkeypatch.setenv("ADAFOCUS_MIN_GLANCE_BATCH", "sometimes")
+    with pytest.raises(ValidationError):
+        Settings()
