@@ -155,7 +155,7 @@ class ExportManifest:
 
 def model_specs(model: AdaFocusV3) -> dict[str, GraphSpec]:
     """The graph signatures a model of this architecture exports to (and an export must match to be served)."""
-    return graph_specs(model.config, model.global_encoder.out_channels, model.config.classifier_hidden)
+    return graph_specs(model.config, model.global_dim, model.config.classifier_hidden)
 
 def is_export_dir(path: str | Path) -> bool:
     """True when ``path`` holds an ONNX export manifest (whether or not it verifies)."""

@@ -82,7 +82,7 @@ def example_inputs(model: AdaFocusV3, batch: int = 2) -> dict[str, tuple[torch.T
     gen = torch.Generator().manual_seed(0)
     frames_small = torch.rand(batch, 3, c.num_frames, c.glance_size, c.glance_size, generator=gen) * 255
     cubes = torch.randint(0, 256, (batch, 3, c.cube_frames, c.cube_size, c.cube_size), generator=gen)
-    global_feats = torch.rand(batch, model.global_encoder.out_channels, generator=gen)
+    global_feats = torch.rand(batch, model.global_dim, generator=gen)
     pooled = torch.rand(batch, c.classifier_hidden, generator=gen)
     step = torch.arange(batch, dtype=torch.long) % c.num_cubes  # (B,) mixed steps
     return {

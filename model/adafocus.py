@@ -135,6 +135,7 @@ class AdaFocusV3(nn.Module):
             )
         map_dim, l_dim = self.global_encoder.out_channels, self.local_encoder.out_channels
         g_dim = map_dim * (2 if config.glance_pool == "mean_max" else 1)
+        self.global_dim = g_dim  # width of the clip feature global_feats (FocusState.global_feats)
         self.policy = HeatmapPolicy(map_dim, config.policy_hidden, config.num_cubes)
         self.classifier = PoolingClassifier(
             g_dim, l_dim, config.classifier_hidden, config.num_classes, config.num_cubes + 1, config.dropout
