@@ -22,6 +22,7 @@ from loadtest.corpus import Corpus, CorpusItem
 from loadtest.report import Sample, summarize
 from loadtest.schedule import Bound, poisson_arrivals
 from loadtest.server_metrics import phase_figures, scrape
+from service.client import AsyncClient, ServerError
 
 Mode = Literal["open", "closed"]
 
@@ -87,9 +88,10 @@ def parse_answer(sample: Sample, response: httpx.Response, item: CorpusItem) -> 
 
 async def _classify(client: httpx.AsyncClient, item: CorpusItem, sample: Sample, cfg: LoadConfig) -> None:
     loop = asyncio.get_running_loop()
-    data = {"budget": cfg.request_budget} if cfg.request_budget else None
     try:
-        response = await client.post("/classify", files={"video": (item.filename, item.data, item.mime)}, data=data)
+        response = await AsyncClient(http=client).post_classify(
+            (item.filename, item.data, item.mime), budget=cfg.request_budget
+        )
         parse_answer(sample, response, item)
     except httpx.TimeoutException:
         sample.code = "timeout"
@@ -195,19 +197,15 @@ async def preflight(client: httpx.AsyncClient, out: TextIO) -> None:
 
 
 async def get_budget(client: httpx.AsyncClient) -> dict[str, Any]:
-    response = await client.get("/budget")
-    response.raise_for_status()
-    body: dict[str, Any] = response.json()
-    return body
+    return await AsyncClient(http=client).budget()
 
 
 async def put_budget(client: httpx.AsyncClient, token: str, name: str) -> dict[str, Any]:
     """Switch the server's active budget level; raises on any refusal (a sweep must not measure the wrong level)."""
-    response = await client.put("/budget", json={"level": name}, headers={"Authorization": f"Bearer {token}"})
-    if response.status_code != 200:
-        raise RuntimeError(f"PUT /budget {name!r} failed: {response.status_code} {response.text[:300]}")
-    body: dict[str, Any] = response.json()
-    return body
+    try:
+        return await AsyncClient(http=client, token=token).set_budget(name)
+    except ServerError as exc:
+        raise RuntimeError(f"PUT /budget {name!r} failed: {exc}") from exc
 
 
 def budget_names(state: dict[str, Any]) -> list[str]:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from collections.abc import Sequence
+
+from service.logs import configure_logging
 
 COMMAND_MODULES = (
     "model.commands",  # cost, info
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level)  # `serve` reconfigures it from its settings (ADAFOCUS_LOG_FORMAT ...)
     return int(args.handler(args) or 0)
 
 
