@@ -84,7 +84,7 @@ def calibrate_command(args: argparse.Namespace, command: str) -> int:
     report = evaluation_report(model, table, exit_gmacs, test_data, test_desc, args.batch_size, args.workers, front)
     plot = Path(args.plot) if args.plot else Path(args.bundle) / "figure6.png"
     draw_figure6(plot, report, f"{cfg.name}: test split, {test_desc.replace('`', '')}")
-    card = render_card(bundle.model_card, cfg.name, benchmark, report, calib_desc, command, plot.name)
+    card = render_card(bundle.model_card, cfg, benchmark, report, calib_desc, command, plot.name)
     save_bundle(args.bundle, model.cpu(), table, card, benchmark=benchmark)
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2) + "\n")

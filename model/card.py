@@ -15,6 +15,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from model.config import AdaFocusConfig
 from model.report import targets_summary
 
 DATA_TEXT = {
@@ -159,9 +160,40 @@ accuracy ({_pct(t["k_cube_accuracy"])}%).
 """
 
 
+def method_notes(config: AdaFocusConfig, training: str) -> str:
+    """What this model does that the paper does not (or does differently), from its config and training log."""
+    notes = []
+    if config.placement == "distinct_frames":
+        notes.append(
+            "**Cubes on distinct frames.** The policy still places all K cubes at once from the glance, but cube k "
+            "takes the frame of its heatmap with the most mass among the frames cubes 1..k-1 left free, then the "
+            "soft-argmax of that frame's spatial map (the paper takes each heatmap's expectation independently; here "
+            "that made the K cubes copies of each other). The frame choice is an argmax: the deep-feature gradient "
+            "(Eq. 5-6) reaches x and y, and the frame is learned by the policy-discovery stage."
+        )
+    if config.glance_pool == "mean_max":
+        notes.append(
+            "**Glance feature = mean and max pooling** of f_G's maps over (T, h, w), concatenated: a small product "
+            "must be able to dominate the clip feature (mean pooling alone barely learned in the benchmark's spike)."
+        )
+    if "| policy |" in training:
+        notes.append(
+            "**Policy-discovery stage** before the paper's objective: cube cells are sampled from the heatmaps "
+            "(cube k excluding the frames of cubes 1..k-1) and trained with REINFORCE; the reward of cube k is its "
+            "marginal gain, CE at exit k-1 minus CE at exit k (plus half the CE of its own auxiliary head), so a cube "
+            "that repeats what earlier cubes saw earns nothing. The local encoder is first pretrained on cubes "
+            "centred on the ground-truth boxes (standing in for ImageNet pretraining); the policy never sees them."
+        )
+    if config.skip_covered_frames:
+        notes.append("**Covered cubes are skipped** (paper 4.1) and cost nothing, in calibration and in answers.")
+    if not notes:
+        return ""
+    return "## Not in the paper\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
 def render_card(
     old_card: str,
-    name: str,
+    config: AdaFocusConfig,
     benchmark: str | None,
     report: dict[str, Any],
     calib_desc: str,
@@ -169,6 +201,7 @@ def render_card(
     plot_name: str,
 ) -> str:
     K = len(report["exits"]) - 1
+    name = config.name
     training = section(old_card, "Training")
     ablations = section(old_card, "Ablations")
     train_cmd, resumed_note = "", ""
@@ -189,6 +222,7 @@ at runtime; see `budgets.json`. Costs are multiply-adds (the paper's "GFLOPs") c
 
 {data}
 
+{method_notes(config, training)}
 {training}
 {results_section(report, calib_desc, plot_name)}
 {ablations}
