@@ -13,6 +13,7 @@ import concurrent.futures
 import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -57,6 +58,9 @@ class Decoded:
 
 def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
     """Worker process: decode jobs from the pipe until it closes; errors go back as values."""
+    # Ctrl-C in a terminal signals the whole process group: the server drains, so its decoders must not die
+    # under the requests in flight; they stop when the server closes their pipes.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send(("ready",))  # imports done: from here on, time limits measure decoding only
     while True:
         try:
@@ -82,6 +86,7 @@ class _Worker:
         self.process: Any = None
         self.conn: Connection | None = None
         self.restarts = 0
+        self.broken: str | None = None  # why the process must be replaced before its next job (restart reason)
 
     def start(self) -> None:
         parent, child = self.ctx.Pipe()
@@ -110,7 +115,23 @@ class _Worker:
                 self.process.kill()
                 self.process.join(timeout=1.0)
 
+    def exit_status(self) -> str:
+        """How the process ended, once it has (reaped first, so that a signal is not read as "exit code None")."""
+        if self.process is None:
+            return "no process"
+        self.process.join(timeout=1.0)
+        code = self.process.exitcode
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                return f"killed by signal {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
     def kill_and_restart(self) -> None:
+        self.broken = None
         if self.process is not None and self.process.is_alive():
             self.process.kill()
         if self.process is not None:
@@ -211,6 +232,12 @@ class DecodePool:
                 future.set_result(self._run(worker, job))
             except BaseException as exc:
                 future.set_exception(exc)
+            if worker.broken is not None:  # the job is answered first; only then is its crashed worker replaced
+                self.on_restart(worker.broken)
+                try:
+                    worker.kill_and_restart()
+                except Exception:  # the next job finds it dead and tries again ("died_idle")
+                    log.exception("replacing decoder worker %s failed", worker.pid)
 
     def _run(self, worker: _Worker, job: DecodeJob) -> Decoded:
         # A worker acknowledges a job before it starts decoding, so a worker that died while idle (its death
@@ -225,16 +252,15 @@ class DecodePool:
         try:
             if not worker.conn.poll(self.limits.max_decode_s + self.kill_grace_s):
                 log.warning("decoder worker %s overran %.1f s; killing it", worker.pid, self.limits.max_decode_s)
-                worker.kill_and_restart()
-                self.on_restart("timeout")
+                worker.process.kill()
+                worker.broken = "timeout"
                 raise DecodeError("decode_timeout", f"decoding took longer than {self.limits.max_decode_s:.1f} s")
             reply = worker.conn.recv()
         except (EOFError, OSError):
-            code = worker.process.exitcode if worker.process is not None else None
-            log.warning("decoder worker %s died (exit code %s) decoding an upload; replacing it", worker.pid, code)
-            worker.kill_and_restart()
-            self.on_restart("crashed")
-            raise DecoderCrashed(f"the video decoder crashed on this file (exit code {code})") from None
+            status = worker.exit_status()
+            log.warning("decoder worker %s died (%s) decoding an upload; replacing it", worker.pid, status)
+            worker.broken = "crashed"
+            raise DecoderCrashed(f"the video decoder crashed on this file ({status})") from None
         if reply[0] == "ok":
             return Decoded(reply[1], float(reply[2]))
         raise DecodeError(reply[1], reply[2])

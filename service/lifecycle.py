@@ -8,12 +8,15 @@ engine and the decoders. SIGTERM first calls ``begin_drain`` (service/commands.p
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
@@ -27,6 +30,11 @@ from service.metrics import Metrics
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class ShutdownAborted(Exception):
+    """The drain timeout passed with this request still in flight: it is answered now, before the server stops."""
 
 
 @dataclass
@@ -44,6 +52,8 @@ class ServiceState:
     draining: bool = False
     inflight: int = 0  # /classify requests between their first byte and their answer
     clock: Callable[[], float] = time.monotonic  # request deadlines and timings; shared with the engine
+    # one future per request in ``until_aborted``, set by ``abort_inflight`` (event-loop side only)
+    _aborts: set[asyncio.Future[None]] = field(default_factory=set)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -86,7 +96,7 @@ class ServiceState:
         expected = (cfg.num_frames, cfg.frame_size, cfg.frame_size, 3)
         if decoded.frames.shape != expected:
             raise RuntimeError(f"decoder self-test: got {decoded.frames.shape}, expected {expected}")
-        self.engine.submit(EngineRequest(decoded.frames)).result(timeout=120)
+        self.engine.submit(EngineRequest(decoded.frames, observed=False)).result(timeout=120)  # not in the metrics
 
     def stop(self) -> None:
         self.draining = True
@@ -105,6 +115,34 @@ class ServiceState:
         self.draining = True
         if self.metrics is not None:
             self.metrics.ready.set(0)
+
+    async def until_aborted(self, work: Awaitable[T]) -> T:
+        """``work``'s result, unless ``abort_inflight`` comes first: then ``work`` is cancelled and this raises
+        ``ShutdownAborted``, so that the client still gets a JSON answer rather than the server's cancellation."""
+        loop = asyncio.get_running_loop()
+        task, abort = asyncio.ensure_future(work), loop.create_future()
+        self._aborts.add(abort)
+        try:
+            await asyncio.wait({task, abort}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        finally:
+            self._aborts.discard(abort)
+        if task.done():
+            return task.result()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task  # its own clean-up (the upload spool, the engine request) runs before the answer
+        raise ShutdownAborted("the server shut down before this request finished; retry on another replica")
+
+    def abort_inflight(self) -> int:
+        """Drain timeout passed: answer every request still in ``until_aborted`` at once (call on the event loop);
+        returns how many."""
+        aborts = [f for f in self._aborts if not f.done()]
+        for abort in aborts:
+            abort.set_result(None)
+        return len(aborts)
 
     def readiness(self) -> dict[str, bool]:
         engine_ok = self.engine is not None and self.engine.started and not self.engine.draining

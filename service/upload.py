@@ -15,6 +15,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from model.video import Source
+from service.limits import TooManyFields
 
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
@@ -32,6 +33,10 @@ class NotMultipart(Exception):
     """The body is not multipart/form-data (with a boundary)."""
 
 
+class NotJson(Exception):
+    """A JSON route (PUT /budget) got a body of another media type (curl's `-d` alone sends a form)."""
+
+
 class BadUpload(Exception):
     """A multipart upload that cannot be used (no ``video`` part, malformed form data, a bad form field)."""
 
@@ -47,12 +52,19 @@ class UploadSpool:
     def __init__(self, max_bytes: int, spool_bytes: int = 8 * 1024 * 1024, directory: str | None = None) -> None:
         self.max_bytes, self.spool_bytes, self.directory = max_bytes, spool_bytes, directory
         self.size = 0
+        self.other = 0  # bytes of the form's other fields: they count towards ``max_bytes`` too
         self._memory: io.BytesIO | None = io.BytesIO()
         self._file: IO[bytes] | None = None
 
+    def account(self, nbytes: int) -> None:
+        """Count ``nbytes`` held elsewhere (the small form fields) towards ``max_bytes``."""
+        self.other += nbytes
+        if self.size + self.other > self.max_bytes:
+            raise UploadTooLarge(self.max_bytes)
+
     def write(self, chunk: bytes) -> None:
         self.size += len(chunk)
-        if self.size > self.max_bytes:
+        if self.size + self.other > self.max_bytes:
             raise UploadTooLarge(self.max_bytes)
         if self._memory is not None and self.size > self.spool_bytes:
             self._file = tempfile.NamedTemporaryFile(prefix="adafocus-upload-", dir=self.directory)  # noqa: SIM115
@@ -90,6 +102,7 @@ class UploadSpool:
 
 MAX_FIELD_BYTES = 1024  # non-file form fields (budget, explain)
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries on top of the file, for the Content-Length check
+DEFAULT_MAX_FIELDS = 8
 
 
 @dataclass
@@ -102,8 +115,10 @@ class Upload:
 class _MultipartSink:
     """python-multipart callbacks: the ``video`` part goes to the spool, other parts to small capped buffers."""
 
-    def __init__(self, spool: UploadSpool) -> None:
+    def __init__(self, spool: UploadSpool, max_fields: int = DEFAULT_MAX_FIELDS) -> None:
         self.spool = spool
+        self.max_fields = max_fields
+        self.parts = 0  # non-file parts seen
         self.fields: dict[str, str] = {}
         self.has_video = False
         self._header_field = b""
@@ -127,7 +142,7 @@ class _MultipartSink:
         self._headers, self._name, self._buffer = {}, None, bytearray()
 
     def on_header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header_field += data[start:end]
+        self._header_field += data[start:end]  # python-multipart bounds a part's headers (a malformed body past it)
 
     def on_header_value(self, data: bytes, start: int, end: int) -> None:
         self._header_value += data[start:end]
@@ -140,15 +155,23 @@ class _MultipartSink:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name")
         self._name = name.decode("utf-8", "replace") if name is not None else None
+        if b"filename" in options and self._name != "video":  # `-F file=@clip.mp4`: say where the video goes
+            raise BadUpload(f"send the video in the form field `video` (got a file in {self._name!r}), "
+                            "e.g. curl -F video=@clip.mp4 ...")
         if self._name == "video":
             if self.has_video:
                 raise BadUpload("more than one `video` part")
             self.has_video = True
+        else:
+            self.parts += 1
+            if self.parts > self.max_fields:
+                raise TooManyFields(self.max_fields)
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._name == "video":
             self.spool.write(data[start:end])
         else:
+            self.spool.account(end - start)
             self._buffer += data[start:end]
             if len(self._buffer) > MAX_FIELD_BYTES:
                 raise BadUpload(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
@@ -164,11 +187,14 @@ async def read_upload(
     chunks: Any,
     max_bytes: int,
     spool_bytes: int,
+    max_fields: int = DEFAULT_MAX_FIELDS,
 ) -> Upload:
     """Stream a multipart/form-data body (``chunks``: an async iterator of bytes) into an ``UploadSpool``.
 
     Rejects at once when Content-Length already says the body is too large, and otherwise as soon as the
-    ``video`` part passes ``max_bytes``; only one chunk at a time is held in the event loop.
+    ``video`` part and the other fields together pass ``max_bytes``, or the whole body (boundaries and part
+    headers included, chunked or not) passes ``max_bytes + MULTIPART_OVERHEAD``, or the form has more than
+    ``max_fields`` other fields; only one chunk at a time is held in the event loop.
     """
     kind, options = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or b"boundary" not in options:
@@ -176,10 +202,14 @@ async def read_upload(
     if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes + MULTIPART_OVERHEAD:
         raise UploadTooLarge(max_bytes)
     spool = UploadSpool(max_bytes, spool_bytes)
-    sink = _MultipartSink(spool)
+    sink = _MultipartSink(spool, max_fields)
     parser = MultipartParser(options[b"boundary"], sink.callbacks())  # type: ignore[arg-type]
+    received = 0
     try:
         async for chunk in chunks:
+            received += len(chunk)
+            if received > max_bytes + MULTIPART_OVERHEAD:  # counted as it arrives: Content-Length may be absent
+                raise UploadTooLarge(max_bytes)
             parser.write(chunk)
         parser.finalize()
     except MultipartParseError as exc:

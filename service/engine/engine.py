@@ -307,7 +307,7 @@ class Engine:
                 log.exception("building the result of request %d failed", entry.request_id)
                 self._fail([entry], EngineError(f"could not build the result: {exc!r}"), "error")
                 continue
-            if _resolve(entry.future, result=result):
+            if _resolve(entry.future, result=result) and entry.request.observed:
                 self.observer.on_result(result)
         self.observer.on_queue(depth, active)
 

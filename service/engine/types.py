@@ -24,6 +24,7 @@ class EngineRequest:
     deadline: float | None = None  # engine-clock (time.monotonic) deadline; past it: DeadlineExceeded
     explain: bool = False  # include the chosen cubes in the result
     label: int | None = None  # optional ground truth (benchmarks only), never used by the engine
+    observed: bool = True  # False: the observer never sees its result (the start-up self-test is not traffic)
 
 
 @dataclass(frozen=True)

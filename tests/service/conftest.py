@@ -62,7 +62,7 @@ def free_port() -> int:
 class Server:
     """A real `adafocus serve` subprocess on a free local port."""
 
-    def __init__(self, bundle: Path, log_path: Path, **env: Any) -> None:
+    def __init__(self, bundle: Path, log_path: Path, new_session: bool = False, **env: Any) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -72,7 +72,9 @@ class Server:
         entry = Path(sys.executable).parent / "adafocus"  # the installed console script, as a user runs it
         cmd = [str(entry), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--bundle", str(bundle)]
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=environ)
+        self.process = subprocess.Popen(  # new_session: its own process group, as a terminal's foreground job
+            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=environ, start_new_session=new_session
+        )
 
     def wait_ready(self, timeout: float = 90.0) -> None:
         limit = time.monotonic() + timeout

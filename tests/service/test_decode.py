@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import threading
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,8 +15,9 @@ import pytest
 from model.video import DecodeError, DecodeLimits, encode_video
 from service.decode import DecodeBusy, DecodeJob, DecodePool, DecoderCrashed
 from service.errors import to_api_error
-from service.upload import BadUpload, NotMultipart, UploadSpool, UploadTooLarge, read_upload
-from tests.service.conftest import ramp, wait_until_dead
+from service.limits import TooManyFields
+from service.upload import MULTIPART_OVERHEAD, BadUpload, NotMultipart, UploadSpool, UploadTooLarge, read_upload
+from tests.service.conftest import ramp, wait_until, wait_until_dead
 from tests.service.jobs import scripted_job
 
 
@@ -34,7 +36,7 @@ def test_a_crashing_worker_fails_only_its_own_job_and_is_replaced(pool: DecodePo
     with pytest.raises(DecoderCrashed, match="crashed"):
         crash.result(timeout=30)
     assert [f.result(timeout=30).frames[0, 0, 0, 0] for f in others] == [1, 2, 3, 4, 5]
-    assert pool.restarts == before + 1
+    wait_until(lambda: pool.restarts == before + 1, what="the crashed worker to be replaced")
     assert pool.submit(DecodeJob(b"ok", 2, 4)).result(timeout=30).frames.shape == (2, 4, 4, 3)
 
 
@@ -45,7 +47,41 @@ def test_a_hung_decode_is_killed_at_its_time_limit(pool: DecodePool) -> None:
         pool.submit(DecodeJob(b"hang", 2, 4)).result(timeout=30)
     assert info.value.code == "decode_timeout"
     assert time.monotonic() - started < 5
-    assert pool.restarts == before + 1
+    wait_until(lambda: pool.restarts == before + 1, what="the overrunning worker to be replaced")
+
+
+def test_a_crash_is_answered_before_its_worker_is_replaced_and_names_the_signal() -> None:
+    """The replacement is held (its restart hook waits on an event): the crashed job fails all the same."""
+    replacing, release = threading.Event(), threading.Event()
+
+    def hold_restart(reason: str) -> None:
+        replacing.set()
+        release.wait(30)
+
+    pool = DecodePool(1, DecodeLimits(), job_fn=scripted_job, on_restart=hold_restart)
+    pool.start()
+    try:
+        crashed = pool.submit(DecodeJob(b"segfault", 2, 4))
+        with pytest.raises(DecoderCrashed) as info:
+            crashed.result(timeout=30)  # while the replacement has not even started
+        assert str(info.value) == "the video decoder crashed on this file (killed by signal SIGSEGV)"
+        assert replacing.wait(30) and pool.restarts == 0
+        release.set()
+        assert pool.submit(DecodeJob(b"ok", 2, 4)).result(timeout=60).frames.shape == (2, 4, 4, 3)
+        assert pool.restarts == 1
+    finally:
+        release.set()
+        pool.shutdown()
+
+
+def test_workers_ignore_sigint_so_that_ctrl_c_drains(pool: DecodePool) -> None:
+    pids = pool.worker_pids()
+    for pid in pids:
+        os.kill(pid, signal.SIGINT)  # what Ctrl-C sends to every process of the terminal's process group
+    restarts = pool.restarts
+    results = [pool.submit(DecodeJob(b"abcd", 2, 4)) for _ in range(4)]
+    assert [f.result(timeout=30).frames[0, 0, 0, 0] for f in results] == [4, 4, 4, 4]
+    assert (pool.worker_pids(), pool.restarts) == (pids, restarts)  # nobody died
 
 
 def test_decode_errors_and_bugs_come_back_as_decode_errors(pool: DecodePool) -> None:
@@ -137,3 +173,32 @@ def test_read_upload_rejects() -> None:
     error = to_api_error(info.value)
     assert (error.status, error.code) == (415, "unsupported_media_type")
 
+
+def test_form_fields_are_bounded_in_number_and_count_towards_the_upload_limit() -> None:
+    fields = {f"f{i}": b"x" for i in range(8)}
+    result = upload(multipart({**fields, "video": b"V" * 40}), max_bytes=1000)
+    assert len(result.fields) == 8  # type: ignore[attr-defined]
+    result.spool.close()  # type: ignore[attr-defined]
+    with pytest.raises(TooManyFields) as too_many:  # one field more than the default of 8
+        upload(multipart({**fields, "f8": b"x", "video": b"V"}))
+    assert (to_api_error(too_many.value).status, to_api_error(too_many.value).code) == (413, "too_many_fields")
+    # 3 fields of 400 bytes (1200) over a limit of 1000 that the video alone (40) is far below
+    with pytest.raises(UploadTooLarge):
+        upload(multipart({"a": b"x" * 400, "b": b"x" * 400, "c": b"x" * 400, "video": b"V" * 40}))
+    with pytest.raises(UploadTooLarge):  # field bytes and video bytes share the one limit
+        upload(multipart({"a": b"x" * 600, "video": b"V" * 600}))
+    with pytest.raises(BadUpload, match="Maximum header size exceeded"):  # a part's headers are bounded too
+        upload(multipart({"video": b"V"}).replace(b'name="video"', b'name="video"; x="' + b"h" * 9000 + b'"'))
+
+
+def test_the_whole_body_is_counted_while_streaming_without_content_length() -> None:
+    """Bytes that no field holds (part headers: up to 8 of 4 KiB per part) still count, chunked or not."""
+    pad = "".join(f"X-Pad-{i}: {'p' * 4000}\r\n" for i in range(6))
+    parts = [f'--XyZ\r\nContent-Disposition: form-data; name="f{i}"\r\n{pad}\r\nx\r\n' for i in range(8)]
+    head = "".join(parts).encode()  # 8 fields of 1 byte, 190 KB of part headers
+    assert len(head) > 1000 + MULTIPART_OVERHEAD
+    with pytest.raises(UploadTooLarge):
+        upload(head + multipart({"video": b"V"}))
+    small = "".join(parts[:2]).encode() + multipart({"video": b"V"})  # the same under the overhead allowance
+    result = upload(small)
+    assert result.fields == {"f0": "x", "f1": "x"}  # type: ignore[attr-defined]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.budgets import BudgetError
-from model.video import DecodeError
+from model.video import DecodeError, encode_video
 from service.auth import BudgetChangesDisabled, Forbidden, Unauthorized
 from service.decode import DecodeBusy, DecoderCrashed
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull
@@ -14,6 +16,7 @@ from service.engine.types import EngineResult
 from service.errors import to_api_error
 from service.metrics import Metrics
 from service.upload import BadUpload, NotMultipart, UploadTooLarge
+from tests.service.conftest import in_process, ramp
 
 
 @pytest.mark.parametrize(
@@ -89,3 +92,24 @@ def test_metrics_record_engine_and_http_events() -> None:
     assert got[("adafocus_budget_version", ())] == 2
     assert got[("adafocus_rejected_total", (("reason", "queue_full"),))] == 1
     assert not any(name.endswith("_created") for name, _ in got)
+
+
+def test_the_start_up_self_test_is_not_counted_as_traffic(tiny_bundle: Path, tmp_path: Path) -> None:
+    """A fresh server has answered no client: no exit, no GMACs, no cubes in its metrics; one request makes one."""
+    video = encode_video(tmp_path / "v.mp4", ramp(8, 32, 32), "libx264")
+    for client in in_process(tiny_bundle):
+        fresh = samples_of(client.get("/metrics").text)
+        assert [k for k in fresh if k[0] == "adafocus_exits_total"] == []
+        for histogram in ("adafocus_exit_step", "adafocus_gmacs_per_video", "adafocus_cubes_per_video",
+                          "adafocus_queue_wait_seconds"):
+            assert fresh[(f"{histogram}_count", ())] == 0, histogram
+        with video.open("rb") as fh:
+            assert client.post("/classify", files={"video": ("v.mp4", fh)}).status_code == 200
+        after = samples_of(client.get("/metrics").text)
+        assert after[("adafocus_exits_total", (("budget", "high"), ("reason", "max_cubes")))] == 1
+        assert after[("adafocus_exit_step_count", ())] == 1
+
+
+def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

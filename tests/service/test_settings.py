@@ -119,3 +119,21 @@ def test_min_glance_batch_auto_means_the_measured_knee(monkeypatch: pytest.Monke
     monkeypatch.setenv("ADAFOCUS_MIN_GLANCE_BATCH", "sometimes")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_a_rejected_operator_token_never_reaches_the_log(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    secret = "hunter2-secret"  # 14 characters: refused for being short, and must not be printed
+    with pytest.raises(ValidationError) as info:
+        Settings(operator_token=secret)
+    assert secret not in str(info.value) and "at least 16 characters" in str(info.value)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAFOCUS_")}
+    env["ADAFOCUS_OPERATOR_TOKEN"] = secret
+    entry = Path(sys.executable).parent / "adafocus"
+    done = subprocess.run([str(entry), "serve", "--bundle", str(tmp_path)], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert b"at least 16 characters" in done.stderr
+    assert secret.encode() not in done.stdout + done.stderr
