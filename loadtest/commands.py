@@ -217,13 +217,13 @@ def run_loadtest(args: argparse.Namespace) -> int:
         sys.stderr.write(f"adafocus loadtest: {exc}\n")
         return 1
     if args.plots:
-        from loadtest.plots import plot_accuracy_vs_throughput, plot_load_vs_offered
+        from loadtest.plots import plot_accuracy_vs_gmacs, plot_load_vs_offered
 
         out = Path(args.plots)
         out.mkdir(parents=True, exist_ok=True)
         made = [
-            plot_load_vs_offered(result, out / "loadtest_latency_throughput.png", title=cfg.url),
-            plot_accuracy_vs_throughput(result, out / "loadtest_accuracy_throughput.png", title=cfg.url),
+            plot_load_vs_offered(result, out / "loadtest_latency_throughput.png"),
+            plot_accuracy_vs_gmacs(result, out / "loadtest_accuracy_gmacs.png"),
         ]
         result["plots"] = [str(p) for p in made if p is not None]
     if args.json:
@@ -291,7 +291,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
     if args.plot:
         from loadtest.plots import plot_engine_modes
 
-        made = plot_engine_modes(result, Path(args.plot), title=f"{result['model']}: {result['source']}")
+        made = plot_engine_modes(result, Path(args.plot), title=f"engine modes, model {result['model']}")
         result["plot"] = str(made) if made else None
     if args.json:
         write_json(result)

@@ -134,7 +134,7 @@ def test_cli_rate_and_budget_sweep_writes_json_and_plots(
     assert server.behaviour.received == 24
     assert result["phases"][0]["accuracy"] == pytest.approx(5 / 6)
     assert sorted(Path(p).name for p in result["plots"]) == [
-        "loadtest_accuracy_throughput.png",
+        "loadtest_accuracy_gmacs.png",
         "loadtest_latency_throughput.png",
     ]
     assert all(Path(p).stat().st_size > 1000 for p in result["plots"])
