@@ -48,6 +48,9 @@ class ParityReport:
     real: dict[str, float]
     decisions: dict[str, dict[str, Any]]  # budget level -> labels/exit steps agreement
     failures: list[str] = field(default_factory=list)
+    # clips whose cube frames are a near tie in PyTorch (``distinct_frames`` placement): their centres, and so their
+    # decisions, may legitimately differ under fp32 rounding; reported, not failed
+    placement_near_ties: int = 0
 
     @property
     def passed(self) -> bool:
@@ -95,10 +98,22 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
 
 
-def compare_glance(ref: StagedModel, got: StagedModel, frames_small: torch.Tensor) -> dict[str, float]:
+def placement_ties(model: AdaFocusV3, frames_small: torch.Tensor, eps: float) -> torch.Tensor:
+    """(B,) bool: clips where a cube's frame choice (``distinct_frames`` placement) is within ``eps`` of flipping."""
+    if model.config.placement != "distinct_frames":
+        return torch.zeros(frames_small.shape[0], dtype=torch.bool)
+    _, margins = model.distinct_frames(model.glance(frames_small).policy_logits)  # (B, K)
+    return (margins < eps).any(dim=1)
+
+
+def compare_glance(
+    ref: StagedModel, got: StagedModel, frames_small: torch.Tensor, ties: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Max abs difference of every glance output; the centres of clips in ``ties`` (B,) are left out."""
     ref_out, got_out = ref.glance(frames_small), got.glance(frames_small)
+    keep = slice(None) if ties is None else ~ties
     pairs = (
-        (ref_out.centres, got_out.centres),
+        (ref_out.centres[keep], got_out.centres[keep]),
         (ref_out.logits, got_out.logits),
         (ref_out.state.global_feats, got_out.state.global_feats),
         (ref_out.state.pooled, got_out.state.pooled),
@@ -123,7 +138,7 @@ def random_parity(model: AdaFocusV3, ref: StagedModel, onnx: StagedModel, opts: 
     c, B = model.config, opts.random_batch
     gen = torch.Generator().manual_seed(opts.seed)
     frames_small = torch.rand(B, 3, c.num_frames, c.glance_size, c.glance_size, generator=gen) * 255
-    diffs = compare_glance(ref, onnx, frames_small)
+    diffs = compare_glance(ref, onnx, frames_small, placement_ties(model, frames_small, opts.tolerance))
     state = ref.glance(frames_small).state
     mixed = FocusState(state.global_feats, state.pooled, torch.arange(B) % c.num_cubes)  # (B,) mixed steps
     cubes = torch.randint(0, 256, (B, 3, *model.cube_shape), generator=gen).to(torch.uint8)
@@ -131,9 +146,11 @@ def random_parity(model: AdaFocusV3, ref: StagedModel, onnx: StagedModel, opts: 
     return diffs
 
 
-def real_parity(model: AdaFocusV3, ref: StagedModel, onnx: StagedModel, clips: torch.Tensor) -> dict[str, float]:
+def real_parity(
+    model: AdaFocusV3, ref: StagedModel, onnx: StagedModel, clips: torch.Tensor, ties: torch.Tensor
+) -> dict[str, float]:
     frames_small = model.glance_input(clips)  # (N, 3, T, g, g)
-    diffs = compare_glance(ref, onnx, frames_small)
+    diffs = compare_glance(ref, onnx, frames_small, ties)
     out = ref.glance(frames_small)
     state = out.state
     for k in range(model.config.num_cubes):
@@ -163,14 +180,22 @@ def near_ties(logits: torch.Tensor, thresholds: tuple[float, ...], criterion: Cr
 
 
 def compare_decisions(
-    report: ParityReport, ref_logits: torch.Tensor, onnx_logits: torch.Tensor, budgets: BudgetTable, tol: float
+    report: ParityReport,
+    ref_logits: torch.Tensor,
+    onnx_logits: torch.Tensor,
+    budgets: BudgetTable,
+    tol: float,
+    placement: list[bool] | None = None,
 ) -> None:
-    """Every budget level's labels and exit steps, PyTorch vs ONNX, into ``report`` (failures for real ones)."""
+    """Every budget level's labels and exit steps, PyTorch vs ONNX, into ``report`` (failures for real ones);
+    clips in ``placement`` (near ties of the cube frames) count as near ties."""
     num_exits, num_classes = ref_logits.shape[1:]
     for level in budgets.levels:
         ref_labels, ref_steps = decide(ref_logits, level.thresholds, budgets.criterion)
         got_labels, got_steps = decide(onnx_logits, level.thresholds, budgets.criterion)
         ties = near_ties(ref_logits, level.thresholds, budgets.criterion, tol)
+        if placement is not None:
+            ties = [a or b for a, b in zip(ties, placement, strict=True)]
         differ = [
             i
             for i, (a, b, s, t) in enumerate(zip(ref_labels, got_labels, ref_steps, got_steps, strict=True))
@@ -208,14 +233,16 @@ def check_parity(
     clips, source = load_clips(model.config, options.clips, options.seed, options.benchmark)
     with torch.inference_mode():
         random = random_parity(model, ref, onnx, options)
-        real = real_parity(model, ref, onnx, clips)
+        ties = placement_ties(model, model.glance_input(clips), options.tolerance)  # (N,)
+        real = real_parity(model, ref, onnx, clips, ties)
         ref_logits, onnx_logits = staged_exit_logits(ref, model, clips), staged_exit_logits(onnx, model, clips)
     report = ParityReport(options.tolerance, options.clips, source, random, real, {})
+    report.placement_near_ties = int(ties.sum())
     for kind, diffs in (("random", random), ("real", real)):
         tol = options.tolerance
         report.failures += [f"{kind} {k}: max abs diff {v:.3g} > {tol:g}" for k, v in diffs.items() if v > tol]
     if budgets is not None:
-        compare_decisions(report, ref_logits, onnx_logits, budgets, options.tolerance)
+        compare_decisions(report, ref_logits, onnx_logits, budgets, options.tolerance, ties.tolist())
     return report
 
 

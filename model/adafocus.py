@@ -229,20 +229,36 @@ class AdaFocusV3(nn.Module):
             y = (probs.sum(dim=(2, 4)) * gy).sum(-1)  # (B, K)
             t = (probs.sum(dim=(3, 4)) * gt).sum(-1)  # (B, K)
             return torch.stack([x, y, t], dim=-1)  # (B, K, 3)
-        frame_ids = torch.arange(Tg, device=policy_logits.device)  # (T,)
-        taken = torch.zeros(B, Tg, dtype=torch.bool, device=policy_logits.device)  # (B, T)
+        frames, _ = self.distinct_frames(policy_logits)  # (B, K)
         centres = []
         for k in range(K):
             heat = policy_logits[:, k]  # (B, T, hg, wg)
-            frame_mass = heat.flatten(2).logsumexp(-1).masked_fill(taken, float("-inf"))  # (B, T)
-            frame = frame_mass.argmax(-1)  # (B,)
-            taken = taken | (frame_ids.unsqueeze(0) == frame.unsqueeze(1))
+            frame = frames[:, k]  # (B,)
             spatial = heat.gather(1, frame.view(B, 1, 1, 1).expand(B, 1, hg, wg)).squeeze(1)  # (B, hg, wg)
             probs = spatial.flatten(1).softmax(-1).view(B, hg, wg)  # (B, hg, wg)
             x = (probs.sum(dim=1) * gx).sum(-1)  # (B,)
             y = (probs.sum(dim=2) * gy).sum(-1)  # (B,)
             centres.append(torch.stack([x, y, gt[frame]], dim=-1))  # (B, 3)
         return torch.stack(centres, dim=1)  # (B, K, 3)
+
+    @staticmethod
+    def distinct_frames(policy_logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``distinct_frames`` placement's frame choice: cube k takes the frame with the most mass of heatmap k
+        among the frames cubes 1..k-1 left free. Returns the frames (B, K) and each choice's margin (B, K): its
+        log-mass minus the runner-up's (a margin near 0 is a near tie that fp32 rounding may flip)."""
+        B, K, Tg = policy_logits.shape[:3]
+        frame_ids = torch.arange(Tg, device=policy_logits.device)  # (T,)
+        taken = torch.zeros(B, Tg, dtype=torch.bool, device=policy_logits.device)  # (B, T)
+        frames, margins = [], []
+        for k in range(K):
+            mass = policy_logits[:, k].flatten(2).logsumexp(-1).masked_fill(taken, float("-inf"))  # (B, T)
+            top2 = mass.topk(min(2, Tg), dim=-1)  # (B, 2)
+            frame = top2.indices[:, 0]  # (B,)
+            gap = top2.values[:, 0] - top2.values[:, -1] if Tg > 1 else torch.full_like(top2.values[:, 0], 1e9)
+            frames.append(frame)
+            margins.append(torch.nan_to_num(gap, posinf=1e9))
+            taken = taken | (frame_ids.unsqueeze(0) == frame.unsqueeze(1))
+        return torch.stack(frames, dim=1), torch.stack(margins, dim=1)
 
     def cell_centres(self, grid: tuple[int, int, int], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per axis, the centre value that puts a cube's middle on the middle of each heatmap cell."""
