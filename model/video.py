@@ -98,7 +98,18 @@ def decode_clip(source: Source, num_frames: int, size: int, limits: DecodeLimits
         with _open(source) as container:  # index pass
             plan = plan_clip(container, _video_stream(container, limits), num_frames, limits)
         with _open(source) as container:  # decode pass: a fresh demuxer, no rewind (unreliable in TS, FLV ...)
-            return _decode(container, _video_stream(container, limits), plan, size, limits, started)
+            stream = _video_stream(container, limits)
+            try:
+                return _decode(container, stream, plan, size, limits, started)
+            except av.FFmpegError:
+                ctx = stream.codec_context  # FFmpeg's max_pixels refused a frame the stream switched to
+                if ctx.width * ctx.height > limits.max_pixels_per_frame:
+                    raise DecodeError(
+                        "frame_too_large",
+                        f"the stream switches to {ctx.width}x{ctx.height} frames; the limit is "
+                        f"{limits.max_pixels_per_frame} pixels",
+                    ) from None
+                raise
     except av.FFmpegError as exc:
         raise DecodeError("undecodable", f"corrupt or unsupported video data: {exc}") from exc
 
@@ -152,6 +163,8 @@ def _video_stream(container: av.container.InputContainer, limits: DecodeLimits) 
         )
     ctx.thread_count = limits.threads
     ctx.thread_type = "AUTO" if limits.threads != 1 else "SLICE"
+    # FFmpeg itself refuses to allocate a larger frame (a stream may change size mid-way; the header is not enough)
+    ctx.options = {**ctx.options, "max_pixels": str(limits.max_pixels_per_frame)}
     return stream
 
 
@@ -161,11 +174,14 @@ def plan_clip(
     """Index pass (demux only) + target selection + seek-or-scan choice."""
     pts: list[int | None] = []
     keyframe: list[bool] = []
+    shown: dict[int, int] = {}  # pts -> the packet's own display duration, where the container states one
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
         pts.append(packet.pts)
         keyframe.append(packet.is_keyframe)
+        if packet.pts is not None and packet.duration:
+            shown[packet.pts] = int(packet.duration)
         if len(pts) > limits.max_frames:
             raise DecodeError("too_long", f"more than {limits.max_frames} frames in the video stream")
     if not pts:
@@ -179,7 +195,7 @@ def plan_clip(
         order = sorted(range(len(pts)), key=lambda i: pts[i])  # type: ignore[arg-type,return-value]
         keys = [int(pts[i]) for i in order]  # type: ignore[arg-type]  # presentation order
         step = _frame_step(keys)
-        duration = (keys[-1] - keys[0] + step) * float(time_base)
+        duration = (keys[-1] - keys[0] + _last_frame_span(keys[-1], shown, step, time_base)) * float(time_base)
         tolerance = step / 2
         span = keys[-1] - keys[0] + step
         wanted = [keys[0] + (i + 0.5) * span / num_frames - tolerance for i in range(num_frames)]
@@ -199,6 +215,15 @@ def plan_clip(
     else:
         method = "seek" if seek_cost < scan_cost else "scan"
     return ClipPlan(targets, timed, method, len(pts), duration, seek_cost if method == "seek" else scan_cost)
+
+
+def _last_frame_span(last: int, shown: dict[int, int], step: int, time_base: Fraction) -> int:
+    """How long the last frame stays on screen, in pts units: its packet's duration when the container gives one,
+    else the typical frame gap but at most one second (two frames far apart do not make the clip twice as long)."""
+    stated = shown.get(last, 0)
+    if 0 < stated <= step:
+        return stated
+    return min(step, max(1, int(1 / float(time_base))))
 
 
 def _frame_step(keys: list[int]) -> int:
@@ -295,7 +320,7 @@ def _scan(
     ordinal = 0
     remaining = list(wanted)
     for frame in container.decode(stream):
-        _check_time(started, limits)
+        _check_frame(frame, started, limits)
         key = frame.pts if timed else ordinal
         ordinal += 1
         if key is None:
@@ -319,7 +344,7 @@ def _seek_one(
     container.seek(target, backward=True, any_frame=False, stream=stream)
     first = True
     for frame in container.decode(stream):
-        _check_time(started, limits)
+        _check_frame(frame, started, limits)
         if frame.pts is None:
             continue
         if first and frame.pts > target:
@@ -339,9 +364,16 @@ class _SeekMiss(Exception):
     """A seek that did not land at or before its target."""
 
 
-def _check_time(started: float, limits: DecodeLimits) -> None:
+def _check_frame(frame: av.VideoFrame, started: float, limits: DecodeLimits) -> None:
+    """Every decoded frame: within the wall-time limit, and within the pixel limit (the stream header only tells
+    the first frame's size; a raw stream may switch to a larger one mid-way)."""
     if time.monotonic() - started > limits.max_decode_s:
         raise DecodeError("decode_timeout", f"decoding took longer than {limits.max_decode_s:.1f} s")
+    if frame.width * frame.height > limits.max_pixels_per_frame:
+        raise DecodeError(
+            "frame_too_large",
+            f"a frame is {frame.width}x{frame.height}; the limit is {limits.max_pixels_per_frame} pixels",
+        )
 
 
 def to_rgb(frame: av.VideoFrame, size: int) -> np.ndarray:

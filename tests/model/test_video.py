@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -141,3 +143,44 @@ def test_decode_error_pickles_with_its_code() -> None:
 
     error = pickle.loads(pickle.dumps(DecodeError("zero_frames", "nothing")))
     assert (error.code, str(error)) == ("zero_frames", "nothing")
+
+
+def raw_h264(frames: np.ndarray) -> bytes:
+    """(T, H, W, 3) frames as a raw Annex B H.264 stream (no container: nothing but the SPS states the size)."""
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=8)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        for image in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")))
+        container.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def test_a_stream_that_switches_to_larger_frames_mid_way_is_refused(tmp_path: Path) -> None:
+    small, large = ramp(10, 64, 64), ramp(10, 128, 128)
+    path = tmp_path / "switch.h264"
+    path.write_bytes(raw_h264(small) + raw_h264(large))  # the header (first SPS) says 64x64
+    limits = DecodeLimits(max_pixels_per_frame=100 * 100)
+    with pytest.raises(DecodeError) as info:
+        decode_clip(path, 4, 32, limits)
+    assert info.value.code == "frame_too_large" and "128x128" in str(info.value)
+    assert decode_clip(path, 4, 32).shape == (4, 32, 32, 3)  # within the default limit it decodes
+
+
+def test_two_frames_far_apart_last_as_long_as_their_span(tmp_path: Path) -> None:
+    path = tmp_path / "far.mp4"
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=1)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p"
+        for i, pts in enumerate((0, 590)):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 100, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    with av.open(str(path)) as container:
+        plan = plan_clip(container, container.streams.video[0], 4, DecodeLimits())
+    assert 590.0 <= plan.duration_s <= 591.0  # not 1180 s (the gap counted twice)
+    assert decode_clip(path, 4, 32, DecodeLimits(max_duration_s=600)).shape == (4, 32, 32, 3)
