@@ -3,29 +3,33 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install tools data test lint serve operator-token clean
+.PHONY: install tools data test lint serve screenshot operator-token clean
 
 $(PY):
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-install: $(PY)
+# Installs again only when pyproject.toml changed since the last install (so `make serve` starts at once).
+INSTALLED := $(VENV)/.installed
+install: $(INSTALLED)
+$(INSTALLED): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# System tools the deployment tests use (promtool and prometheus, docker-compose), from Debian when missing and root;
-# elsewhere tests/deploy skips the checks that need them and says so.
-DEPLOY_TOOLS := prometheus promtool docker-compose
+# System tools the tests use (promtool and prometheus, docker-compose; chromium for the web page test), from Debian
+# when missing and root; elsewhere the tests that need them skip and say so.
+DEPLOY_TOOLS := prometheus promtool docker-compose chromium
 tools:
 	@missing=""; for tool in $(DEPLOY_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing prometheus docker-compose (missing:$$missing)"; \
+		echo "installing prometheus docker-compose chromium (missing:$$missing)"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			prometheus docker-compose >/dev/null; } || echo "WARNING: apt-get install failed; tests/deploy will skip"; \
+			prometheus docker-compose chromium >/dev/null; } || echo "WARNING: apt-get install failed; tests will skip"; \
 	else echo "note: missing$$missing (not root or no apt-get): tests/deploy skips the checks that need them"; fi
 
 # The moving Fashion-MNIST benchmark reads Debian's dataset-fashion-mnist (the real images, MIT licence; never
@@ -42,8 +46,21 @@ data:
 test: tools data lint
 	$(BIN)/pytest -q
 
+# With no GPU (no nvidia-smi, or ADAFOCUS_DEVICE=cpu) and no batch settings given: the CPU-sized batches that
+# docs/benchmarks.md recommends there (8/8 instead of the GPU-sized 32/64 defaults).
 serve: install
-	$(BIN)/adafocus serve
+	@if [ -z "$${ADAFOCUS_MAX_BATCH:-}$${ADAFOCUS_MAX_ACTIVE:-}" ] && \
+		{ [ "$${ADAFOCUS_DEVICE:-auto}" = cpu ] || ! nvidia-smi -L >/dev/null 2>&1; }; then \
+		echo "no GPU: CPU-sized batches (ADAFOCUS_MAX_BATCH=8 ADAFOCUS_MAX_ACTIVE=8; set them to override)"; \
+		export ADAFOCUS_MAX_BATCH=8 ADAFOCUS_MAX_ACTIVE=8; fi; \
+	exec $(BIN)/adafocus serve
+
+# The README's picture of the web page (docs/web-ui.png): the shipped model answering a benchmark clip in headless
+# Chromium (`make tools` installs it). Run it again after the shipped bundle changes.
+screenshot: install
+	$(BIN)/adafocus synth --out build/screenshot-clips --count 4 --seed 2
+	$(PY) -m tests.service.browser --bundle model/bundles/default --video build/screenshot-clips/clip_000002.mp4 \
+		--out docs/web-ui.png
 
 # The token that guards PUT /budget in the compose stack (a Docker secret; never part of the image).
 operator-token:

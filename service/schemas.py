@@ -7,13 +7,14 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from model.budgets import Criterion
+from model.budgets import BudgetTable, Criterion
 from service.engine.types import ExitReason
 
 
 class ErrorBody(BaseModel):
     code: str = Field(description="stable machine-readable error code, e.g. `not_a_video`, `queue_full`")
     message: str = Field(description="human-readable explanation")
+    request_id: str | None = Field(default=None, description="the request's ID (also in the `X-Request-ID` header)")
 
 
 class TopK(BaseModel):
@@ -38,7 +39,19 @@ class Cube(BaseModel):
     skipped: bool = Field(description="true when earlier cubes already covered its frames and it was not run")
 
 
+class Step(BaseModel):
+    exit: int = Field(description="exit index: 0 after the glance, k after cube k")
+    class_id: int = Field(description="the predicted class at this exit")
+    label: str = Field(description="its name")
+    confidence: float = Field(description="its softmax probability")
+    score: float = Field(description="the exit criterion's score here (entropy, or max probability)")
+    threshold: float | None = Field(description="the budget's threshold eta_k here (null: not known any more)")
+    exited: bool = Field(description="the video stopped here")
+    gmacs: float = Field(description="compute spent up to and including this exit, in GMACs")
+
+
 class ClassifyResponse(BaseModel):
+    request_id: str = Field(description="the request's ID (the client's `X-Request-ID`, or one made up)")
     label: str = Field(description="predicted class name")
     class_id: int = Field(description="predicted class index")
     confidence: float = Field(description="softmax probability of the predicted class")
@@ -55,6 +68,14 @@ class ClassifyResponse(BaseModel):
     cubes: list[Cube] | None = Field(
         default=None, description="the cubes chosen by the policy, in order (with `explain`)"
     )
+    steps: list[Step] | None = Field(
+        default=None,
+        description="the prediction after the glance and after each cube up to the exit (with `explain`; the same "
+        "model replayed on the same frames)",
+    )
+    frames: list[str] | None = Field(
+        default=None, description="the frames the model saw, in order, as PNG data URLs (with `frames`)"
+    )
 
 
 class BudgetLevelBody(BaseModel):
@@ -62,6 +83,19 @@ class BudgetLevelBody(BaseModel):
     thresholds: list[float] = Field(description="exit thresholds eta_0..eta_K")
     expected_gmacs: float = Field(description="mean GMACs/video on the calibration split")
     expected_accuracy: float = Field(description="accuracy on the calibration split, in [0, 1]")
+
+
+def level_bodies(table: BudgetTable) -> list[BudgetLevelBody]:
+    """Every named level of ``table``, cheapest first (GET /budget, GET /v2/models/{name})."""
+    return [
+        BudgetLevelBody(
+            name=lvl.name,
+            thresholds=list(lvl.thresholds),
+            expected_gmacs=lvl.expected_gmacs,
+            expected_accuracy=lvl.expected_accuracy,
+        )
+        for lvl in table.levels
+    ]
 
 
 class BudgetResponse(BaseModel):
