@@ -10,6 +10,7 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from service.engine.autobudget import Decision
 from service.engine.config import Stage
 from service.engine.types import EngineResult
 
@@ -79,6 +80,28 @@ class Metrics:
             "adafocus_exits", "Answered videos by exit reason and budget", ["reason", "budget"], registry=r
         )
         self.ready = Gauge("adafocus_ready", "1 when the server reports ready", registry=r)
+        self.auto_rank = Gauge(
+            "adafocus_auto_budget_rank", "Automatic budget: the chosen level's place on its ladder (0 = the floor)",
+            registry=r,
+        )
+        self.auto_arrival = Gauge(
+            "adafocus_auto_budget_arrival_rate", "Automatic budget: arrivals per second (refused ones too)", registry=r
+        )
+        self.auto_demand = Gauge(
+            "adafocus_auto_budget_demand", "Automatic budget: arrival rate plus backlog / objective, videos/s",
+            registry=r,
+        )
+        self.auto_service = Gauge(
+            "adafocus_auto_budget_service_rate", "Automatic budget: videos/s the chosen level serves (measured)",
+            registry=r,
+        )
+        self.auto_pinned = Gauge(
+            "adafocus_auto_budget_pinned", "Automatic budget: 1 while at the floor and the floor cannot keep up",
+            registry=r,
+        )
+        self.level_seconds = Counter(
+            "adafocus_budget_level_seconds", "Automatic budget: seconds spent at each level", ["budget"], registry=r
+        )
         self._budget_lock = threading.Lock()
 
     # EngineObserver
@@ -105,6 +128,15 @@ class Metrics:
 
     def on_reject(self, reason: str) -> None:
         self.rejected.labels(reason).inc()
+
+    def on_auto_budget(self, decision: Decision) -> None:
+        self.auto_rank.set(decision.rank)
+        self.auto_arrival.set(decision.arrival_rate)
+        self.auto_demand.set(decision.demand)
+        self.auto_service.set(decision.service_rate or 0.0)
+        self.auto_pinned.set(1 if decision.pinned else 0)
+        level, seconds = decision.held
+        self.level_seconds.labels(level).inc(seconds)
 
     # HTTP side
     def on_request(self, status: int, seconds: float) -> None:

@@ -31,6 +31,9 @@ class EngineConfig:
     min_glance_batch: int | None = 1
     max_glance_wait_steps: int = 4
     glance_batch_tolerance: float = 0.10  # automatic: cost per video within this of the best batch's
+    # a request whose deadline comes within about one step and that had its glance leaves with its prediction so
+    # far (exit reason "deadline") instead of failing with DeadlineExceeded; False: it fails at its deadline
+    deadline_answers: bool = True
 
     def __post_init__(self) -> None:
         if self.mode not in ENGINE_MODES:

@@ -10,6 +10,17 @@ once per step and binds it to the requests whose glance runs in that step, so a 
 step boundary, a request that is already in flight finishes under the version it started with, and every result
 reports the version whose thresholds decided its exit.
 
+Automatic budget (``set_budget_auto``): at every step boundary, before ``plan()``, the controller of
+``service.engine.autobudget`` gets the arrivals (every submit, refused ones too), the backlog, the measured step costs
+and the cubes answered videos ran, and may pick another level; that swap is an ordinary one (new version), so
+answers report the level and version that decided them. While it is pinned at its floor, submits beyond the queue the
+floor serves within the objective are refused (QueueFull). A manual swap turns it off.
+
+Deadlines: a request whose deadline comes within about one step (the measured step wall time) and that had its
+glance leaves with its prediction so far (exit reason ``deadline``), unless ``deadline_answers`` is off; one that
+never got its glance fails with DeadlineExceeded once its deadline passed. Requests with ``on_progress`` get their
+prediction after every step that computed something for them (anytime predictions), on this thread.
+
 Failures: a model call that raises is retried one sample at a time (in the step), so only the samples that fail
 on their own get the error on their future; the runner thread never dies of a step.
 """
@@ -29,14 +40,16 @@ import numpy as np
 from model.budgets import BudgetTable, validate_thresholds
 from model.config import AdaFocusConfig
 from model.cost import CostReport
+from service.engine.autobudget import AutoBudget, AutoBudgetConfig
 from service.engine.config import EngineConfig
 from service.engine.costs import StepCostTable
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
 from service.engine.observer import EngineObserver, NullObserver
+from service.engine.pilot import Pilot
 from service.engine.runner import Runner
 from service.engine.scheduler import Finished, RequestOutput, RequestStatus, Scheduler, StepPlan
 from service.engine.step import Entry, StepExecutor
-from service.engine.types import BudgetState, EngineRequest, EngineResult
+from service.engine.types import BudgetState, EngineRequest, EngineResult, Progress
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +92,7 @@ class Engine:
         self._draining = False
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._pilot = Pilot(config, self._cost_table, costs.glance_gmacs, costs.focus_step_gmacs)
         self.observer.on_budget(default.name, 1)
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -185,6 +199,22 @@ class Engine:
         level = self._budget.levels.get(name)
         return self._swap(level.name, level.thresholds)
 
+    def set_budget_auto(self, config: AutoBudgetConfig) -> BudgetState:
+        """Let the automatic budget choose the level from the next step on (starting from the active level)."""
+        levels = self._budget.levels
+        if config.min_level is not None:
+            levels.get(config.min_level)  # BudgetError for an unknown floor
+        with self._lock:
+            auto = self._pilot.enable(config, levels.levels, self._budget.name, self.clock())
+            state = self._swap_locked(auto.level, levels.get(auto.level).thresholds, config)
+        self.observer.on_budget(state.name, state.version)
+        return state
+
+    @property
+    def auto_budget(self) -> AutoBudget | None:
+        """The automatic budget's controller while it is on (read its ``last`` decision for monitoring)."""
+        return self._pilot.auto
+
     def set_budget_gmacs(self, gmacs: float) -> BudgetState:
         """Switch to the most accurate level expected to spend at most ``gmacs`` per video."""
         level = self._budget.levels.best_within(float(gmacs))
@@ -194,13 +224,18 @@ class Engine:
         """Explicit thresholds eta_0..eta_K (validated: count, finite, non-negative); named "custom"."""
         return self._swap(CUSTOM_BUDGET, validate_thresholds(thresholds, self.num_exits))
 
-    def _swap(self, name: str, thresholds: tuple[float, ...]) -> BudgetState:
+    def _swap(self, name: str, thresholds: tuple[float, ...], auto: AutoBudgetConfig | None = None) -> BudgetState:
         with self._lock:
-            old = self._budget
-            self._budget = BudgetState(name, thresholds, old.version + 1, old.criterion, old.levels)
-            state = self._budget
+            state = self._swap_locked(name, thresholds, auto)
+            if auto is None:
+                self._pilot.disable()
         self.observer.on_budget(state.name, state.version)
         return state
+
+    def _swap_locked(self, name: str, thresholds: tuple[float, ...], auto: AutoBudgetConfig | None) -> BudgetState:
+        old = self._budget
+        self._budget = BudgetState(name, thresholds, old.version + 1, old.criterion, old.levels, auto)
+        return self._budget
 
     # ------------------------------------------------------------------------------------------ submit path
     def _submit(self, request: EngineRequest, block: bool, timeout: float | None) -> Future[EngineResult]:
@@ -222,6 +257,7 @@ class Engine:
             now = self.clock()
             rid = next(self._ids)
             try:
+                self._pilot.on_arrival(now, self._scheduler.num_waiting)
                 self._scheduler.add(rid, request.deadline)
             except QueueFull:
                 self.observer.on_reject("queue_full")
@@ -277,23 +313,63 @@ class Engine:
                     self._fail(aborted, EngineError("internal engine error"), "error")
 
     def _step(self) -> None:
+        start = self.clock()
         with self._lock:
-            late = self._pop(self._scheduler.expire(self.clock()))
-            auto = self.config.min_glance_batch is None
-            plan = self._scheduler.plan(self._cost_table.snapshot() if auto else None)
+            expired = self._scheduler.expire(start, self._pilot.deadline_margin)
+            late = list(zip(expired, self._pop(expired), strict=True))
+            steer = self._steer_locked(start)
+            auto_glance = self.config.min_glance_batch is None
+            plan = self._scheduler.plan(self._cost_table.snapshot() if auto_glance else None)
             snapshot = self._budget
             glance = [self._entries[rid] for rid in plan.glance]
             focus = [(self._entries[rid], self._scheduler.exit_index(rid)) for rid in plan.focus]
-        self._fail(late, DeadlineExceeded("the request's deadline passed"), "deadline")
+        if steer is not None:
+            self.observer.on_budget(steer.name, steer.version)
+        failed = [entry for fin, entry in late if fin.status == RequestStatus.FINISHED_DEADLINE]
+        self._fail(failed, DeadlineExceeded("the request's deadline passed before its glance"), "deadline")
+        self._answer([(fin, entry) for fin, entry in late if fin.status != RequestStatus.FINISHED_DEADLINE])
         outputs = self._step_executor.run(glance, focus, snapshot)
-        self._finish_step(plan, outputs)
+        self._finish_step(plan, outputs, [*glance, *(e for e, _ in focus)])
+        with self._lock:
+            self._pilot.on_step(self.clock() - start, self._step_executor.model_seconds)
 
-    def _finish_step(self, plan: StepPlan, outputs: dict[int, RequestOutput]) -> None:
+    def _steer_locked(self, now: float) -> BudgetState | None:
+        """The automatic budget's decision for this step; the new state if it swapped the level."""
+        decision = self._pilot.decide(now, self._scheduler.num_waiting)
+        if decision is None:
+            return None
+        self.observer.on_auto_budget(decision)
+        if decision.level == self._budget.name:
+            return None
+        level = self._budget.levels.get(decision.level)
+        return self._swap_locked(level.name, level.thresholds, self._budget.auto)
+
+    def _finish_step(self, plan: StepPlan, outputs: dict[int, RequestOutput], planned: list[Entry]) -> None:
         with self._lock:
             finished = self._scheduler.apply(plan, outputs)
             done = list(zip(finished, self._pop(finished), strict=True))
             depth, active = self._scheduler.num_waiting, self._scheduler.num_running
             self._space.notify_all()
+        leaving = {entry.request_id for _, entry in done}
+        for entry in planned:  # not for a request that failed, or was cancelled or expired while the step ran
+            out = outputs.get(entry.request_id)
+            if entry.request.on_progress is None or out is None or out.failed:
+                continue
+            if entry.request_id in leaving or self._scheduler.status(entry.request_id) is not None:
+                self._progress(entry, out, entry.request_id in leaving)
+        self._answer(done)
+        self.observer.on_queue(depth, active)
+
+    def _progress(self, entry: Entry, out: RequestOutput, final: bool) -> None:
+        try:
+            event: Progress = self._step_executor.progress(entry, out, final)
+            assert entry.request.on_progress is not None
+            entry.request.on_progress(event)
+        except Exception:
+            log.exception("the progress callback of request %d failed", entry.request_id)
+
+    def _answer(self, done: list[tuple[Finished, Entry]]) -> None:
+        """Resolve the futures of requests that left: a result, or the error of a failed step."""
         now = self.clock()
         for fin, entry in done:
             if fin.status == RequestStatus.FINISHED_FAILED:
@@ -307,9 +383,10 @@ class Engine:
                 log.exception("building the result of request %d failed", entry.request_id)
                 self._fail([entry], EngineError(f"could not build the result: {exc!r}"), "error")
                 continue
+            with self._lock:
+                self._pilot.on_result(result.budget, result.cubes_used)
             if _resolve(entry.future, result=result) and entry.request.observed:
                 self.observer.on_result(result)
-        self.observer.on_queue(depth, active)
 
     # ------------------------------------------------------------------------------------------ bookkeeping
     def _pop(self, finished: list[Finished]) -> list[Entry]:

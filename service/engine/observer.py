@@ -1,8 +1,9 @@
 """The engine's metrics hook. The HTTP layer implements it with Prometheus; benchmarks record steps with it.
 
 Called from the engine's runner thread (``on_step``, ``on_result``, ``on_queue``, ``on_reject`` for deadlines and
-cancellations) and from submitting threads (``on_reject`` for queue_full / draining, ``on_budget``):
-implementations must be thread-safe and cheap.
+cancellations, ``on_auto_budget`` once per step while the automatic budget is on, under the engine's lock) and from
+submitting threads (``on_reject`` for queue_full / draining, ``on_budget``): implementations must be thread-safe and
+cheap.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Literal, Protocol
 
+from service.engine.autobudget import Decision
 from service.engine.config import Stage
 from service.engine.types import EngineResult
 
@@ -26,6 +28,8 @@ class EngineObserver(Protocol):
     def on_budget(self, name: str, version: int) -> None: ...
 
     def on_reject(self, reason: str) -> None: ...
+
+    def on_auto_budget(self, decision: Decision) -> None: ...
 
 
 class NullObserver:
@@ -46,6 +50,9 @@ class NullObserver:
     def on_reject(self, reason: str) -> None:
         pass
 
+    def on_auto_budget(self, decision: Decision) -> None:
+        pass
+
 
 class StatsObserver:
     """Keeps per-step and per-result records in memory (tests, ``adafocus bench engine``); thread-safe."""
@@ -56,6 +63,7 @@ class StatsObserver:
         self.results: list[EngineResult] = []
         self.rejects: dict[str, int] = {}
         self.budgets: list[tuple[str, int]] = []
+        self.decisions: list[Decision] = []  # the automatic budget's, one per step while it is on
         self.max_queue_depth = 0
         self.max_active = 0
 
@@ -79,6 +87,10 @@ class StatsObserver:
     def on_reject(self, reason: str) -> None:
         with self._lock:
             self.rejects[reason] = self.rejects.get(reason, 0) + 1
+
+    def on_auto_budget(self, decision: Decision) -> None:
+        with self._lock:
+            self.decisions.append(decision)
 
     def batch_sizes(self, stage: Stage) -> list[int]:
         with self._lock:

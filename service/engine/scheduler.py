@@ -37,9 +37,10 @@ class RequestStatus(enum.IntEnum):
     RUNNING = 1  # admitted: holds an active slot (frames on the device) until it leaves
     FINISHED_CONFIDENT = 2  # met its exit threshold
     FINISHED_MAX_CUBES = 3  # used all K cubes
-    FINISHED_CANCELLED = 4  # cancelled (client gone, or shutdown without drain)
-    FINISHED_DEADLINE = 5  # deadline passed before it finished
-    FINISHED_FAILED = 6  # the model step failed for it
+    FINISHED_AT_DEADLINE = 4  # its deadline came near after its glance: answered with its prediction so far
+    FINISHED_CANCELLED = 5  # cancelled (client gone, or shutdown without drain)
+    FINISHED_DEADLINE = 6  # deadline passed before it finished (and without an answer)
+    FINISHED_FAILED = 7  # the model step failed for it
 
     @property
     def is_finished(self) -> bool:
@@ -201,10 +202,18 @@ class Scheduler:
         self.check_invariants()
         return done
 
-    def expire(self, now: float) -> list[Finished]:
-        """Remove every request whose deadline is at or before ``now``."""
-        late = [r for r in self.requests.values() if r.deadline is not None and r.deadline <= now]
-        finished = [self._finish(r, RequestStatus.FINISHED_DEADLINE) for r in late]
+    def expire(self, now: float, answer_within: float | None = None) -> list[Finished]:
+        """Remove every request whose deadline is at or before ``now`` (FINISHED_DEADLINE). With ``answer_within``
+        (deadline answers on), a request past its glance leaves as soon as its deadline is within
+        ``answer_within`` of ``now`` (FINISHED_AT_DEADLINE: answered with its prediction so far)."""
+        finished = []
+        for req in list(self.requests.values()):
+            if req.deadline is None:
+                continue
+            if answer_within is not None and req.exit_index >= 0 and req.deadline <= now + answer_within:
+                finished.append(self._finish(req, RequestStatus.FINISHED_AT_DEADLINE))
+            elif req.deadline <= now:
+                finished.append(self._finish(req, RequestStatus.FINISHED_DEADLINE))
         self.check_invariants()
         return finished
 

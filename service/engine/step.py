@@ -29,11 +29,16 @@ from service.engine.costs import StepCostTable
 from service.engine.observer import EngineObserver
 from service.engine.runner import Runner
 from service.engine.scheduler import Finished, RequestOutput, RequestStatus
-from service.engine.types import BudgetState, CubeBox, EngineRequest, EngineResult
+from service.engine.types import BudgetState, CubeBox, EngineRequest, EngineResult, ExitReason, Progress
 
 log = logging.getLogger(__name__)
 
 TOP_K = 5
+EXIT_REASONS: dict[RequestStatus, ExitReason] = {
+    RequestStatus.FINISHED_CONFIDENT: "confident",
+    RequestStatus.FINISHED_MAX_CUBES: "max_cubes",
+    RequestStatus.FINISHED_AT_DEADLINE: "deadline",
+}
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,7 @@ class Entry:
     skip: list[bool] = field(default_factory=list)  # per cube: covered by earlier cubes
     state: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # rows of FocusState: (Cg,), (D,), ()
     logits: torch.Tensor | None = None  # (classes,) at the last exit evaluated
+    score: float = 0.0  # the exit criterion's score at the last exit evaluated
     error: BaseException | None = None
 
 
@@ -88,12 +94,14 @@ class StepExecutor:
         c = model_config
         self.video_shape = (c.num_frames, c.frame_size, c.frame_size)
         self.cube_shape = (c.cube_frames, c.cube_size, c.cube_size)
+        self.model_seconds = 0.0  # seconds inside the last ``run``'s model calls (successful batches)
 
     def run(
         self, glance: list[Entry], focus: list[tuple[Entry, int]], snapshot: BudgetState
     ) -> dict[int, RequestOutput]:
         """The step's outputs per request id; ``focus`` pairs each entry with its last evaluated exit index."""
         outputs: dict[int, RequestOutput] = {}
+        self.model_seconds = 0.0
         try:
             with torch.inference_mode():
                 if glance:
@@ -127,6 +135,7 @@ class StepExecutor:
                 outputs.update(self._run_stage(stage, [item], snapshot))
             return outputs
         elapsed = self.clock() - start
+        self.model_seconds += elapsed
         self.observer.on_step(stage, len(items), elapsed)
         if self.cost_table is not None:
             self.cost_table.record(stage, len(items), elapsed)
@@ -205,6 +214,7 @@ class StepExecutor:
         """Exit decision at ``index``; cubes covered by earlier ones are skipped without compute (same logits)."""
         assert entry.budget is not None and entry.state is not None
         exited, score = decision
+        entry.score = score
         reached, exited = skip_covered(index, exited, score, entry.skip, entry.budget.thresholds, snapshot.criterion)
         gf, pooled, step = entry.state
         entry.state = (gf, pooled, step + (reached - index))  # a skipped cube still advances f_C's step counter
@@ -228,13 +238,35 @@ class StepExecutor:
             top_k=top_k,
             cubes_used=fin.cubes_run,
             exit_step=fin.exit_index,
-            exit_reason="confident" if fin.status == RequestStatus.FINISHED_CONFIDENT else "max_cubes",
+            exit_reason=EXIT_REASONS[fin.status],
             gmacs=self.costs.glance_gmacs + fin.cubes_run * self.costs.focus_step_gmacs,
             budget=entry.budget.name,
             budget_version=entry.budget.version,
             queue_seconds=entry.glance_start - entry.submitted,
             compute_seconds=now - entry.glance_start,
             cubes=cubes,
+        )
+
+    def progress(self, entry: Entry, out: RequestOutput, final: bool) -> Progress:
+        """The anytime prediction of ``entry`` after the step that produced ``out``."""
+        assert entry.logits is not None
+        probs = torch.softmax(entry.logits.float(), dim=-1)  # (classes,)
+        confidence, class_id = (float(v) for v in probs.max(-1))
+        cube = None
+        if out.cubes_run:  # the cube this step ran: the last one not skipped before the exit it reached
+            c = max(i for i in range(out.exit_index) if not entry.skip[i])
+            x0, y0, t0 = entry.starts[c]
+            cube = CubeBox(t0, y0, x0, self.model_config.cube_frames, self.model_config.cube_size, False)
+        cubes_run = out.exit_index - sum(entry.skip[: out.exit_index])
+        return Progress(
+            request_id=entry.request_id,
+            exit_index=out.exit_index,
+            class_id=int(class_id),
+            confidence=confidence,
+            score=entry.score,
+            cube=cube,
+            gmacs=self.costs.glance_gmacs + cubes_run * self.costs.focus_step_gmacs,
+            final=final,
         )
 
     def warmup(self, sizes: list[int]) -> None:

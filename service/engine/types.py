@@ -7,14 +7,18 @@ These names are the contract the HTTP layer, the ONNX runner and the benchmarks 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from model.budgets import BudgetTable, Criterion
+from service.engine.autobudget import AutoBudgetConfig
 
-ExitReason = Literal["confident", "max_cubes"]
+# confident: met its threshold; max_cubes: used every cube; deadline: answered with its prediction so far because
+# its deadline was near (``EngineConfig.deadline_answers``)
+ExitReason = Literal["confident", "max_cubes", "deadline"]
 
 
 @dataclass
@@ -25,6 +29,9 @@ class EngineRequest:
     explain: bool = False  # include the chosen cubes in the result
     label: int | None = None  # optional ground truth (benchmarks only), never used by the engine
     observed: bool = True  # False: the observer never sees its result (the start-up self-test is not traffic)
+    # called on the engine's runner thread after the glance and after every step that ran a cube for it (anytime
+    # predictions); must be cheap and thread-safe; whatever it raises is logged and ignored
+    on_progress: Callable[[Progress], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -35,6 +42,20 @@ class CubeBox:
     frames: int  # cube duration t
     size: int  # cube side h = w
     skipped: bool  # skipped because earlier cubes covered its frames
+
+
+@dataclass(frozen=True)
+class Progress:
+    """The prediction of an unfinished (or just finished) request after one step: an anytime answer."""
+
+    request_id: int
+    exit_index: int  # 0 after the glance, k after cube k (skipped cubes advance it without compute)
+    class_id: int
+    confidence: float  # softmax probability of class_id
+    score: float  # the exit criterion's score here (entropy, or max probability)
+    cube: CubeBox | None  # the cube this step ran (None for the glance)
+    gmacs: float  # compute spent on the video so far
+    final: bool  # it leaves the engine at this exit (its answer follows)
 
 
 @dataclass(frozen=True)
@@ -63,3 +84,4 @@ class BudgetState:
     version: int  # bumped by every swap, starting at 1
     criterion: Criterion
     levels: BudgetTable
+    auto: AutoBudgetConfig | None = None  # set: the automatic budget chose this level (and will change it)

@@ -45,7 +45,7 @@ def test_status_order_puts_terminal_states_last() -> None:
     assert not RequestStatus.WAITING.is_finished and not RequestStatus.RUNNING.is_finished
     terminal = [s for s in RequestStatus if s.is_finished]
     assert terminal == sorted(terminal) and min(terminal) > RequestStatus.RUNNING
-    assert len(terminal) == 5
+    assert len(terminal) == 6
 
 
 def test_admission_respects_batch_and_active_caps() -> None:
@@ -237,6 +237,25 @@ def test_deadline_expiry_in_queue_and_in_flight() -> None:
     assert s.expire(5.0) == [Finished(1, RequestStatus.FINISHED_DEADLINE, -1, 0)]
     assert s.expire(10.0) == [Finished(0, RequestStatus.FINISHED_DEADLINE, 0, 0)]
     assert s.plan().glance == (2,)
+
+
+def test_deadline_answers_for_requests_past_their_glance() -> None:
+    """With ``answer_within``, a glanced request leaves that long before its deadline, to be answered; one still
+    waiting for its glance only fails once its deadline has passed."""
+    s = scheduler(max_batch=2, max_active=2)
+    s.add(0, deadline=10.0)
+    s.add(1, deadline=10.0)
+    s.add(2, deadline=9.8)
+    s.apply(s.plan(), {0: RequestOutput(exit_index=0), 1: RequestOutput(exit_index=0)})
+    s.apply(s.plan(), {0: RequestOutput(exit_index=1, cubes_run=1), 1: RequestOutput(exit_index=1, cubes_run=1)})
+    assert s.expire(9.69, answer_within=0.3) == []
+    assert s.expire(9.7, answer_within=0.3) == [
+        Finished(0, RequestStatus.FINISHED_AT_DEADLINE, 1, 1),
+        Finished(1, RequestStatus.FINISHED_AT_DEADLINE, 1, 1),
+    ]
+    assert s.status(2) == RequestStatus.WAITING  # deadline 9.8 is within 0.3 s, but it has no prediction yet
+    assert s.expire(9.8, answer_within=0.3) == [Finished(2, RequestStatus.FINISHED_DEADLINE, -1, 0)]
+    assert not s.has_work
 
 
 def test_abort_all() -> None:
