@@ -143,3 +143,37 @@ def plot_engine_modes(result: dict[str, Any], out: Path, title: str = "") -> Pat
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_adaptive(result: dict[str, Any], out: Path) -> Path:
+    """``bench adaptive``: offered and answered rate, p99 and the budget level on one time axis, one column per
+    run (fixed top level, automatic budget)."""
+    runs = result["runs"]
+    names = [lvl["name"] for lvl in sorted(result["levels"], key=lambda lvl: (lvl["expected_accuracy"],
+                                                                              lvl["expected_gmacs"]))]
+    fig, axes = plt.subplots(3, len(runs), figsize=(6 * len(runs), 8), sharex=True, squeeze=False)
+    slo = result["config"]["slo_p99_s"]
+    for col, (name, run) in enumerate(runs.items()):
+        rows = run["per_second"]
+        t = [r["t_s"] for r in rows]
+        ax_rate, ax_p99, ax_level = axes[0][col], axes[1][col], axes[2][col]
+        ax_rate.plot(t, [r["offered_per_s"] for r in rows], label="offered")
+        ax_rate.plot(t, [r["answered_per_s"] for r in rows], label="answered (200)")
+        ax_rate.set_ylabel("videos/s")
+        ax_rate.set_title(f"{name}: {100 * run['answered_ok_fraction']:.1f}% answered, p99 {run['p99_s'] or 0:.2f} s")
+        ax_rate.legend(loc="upper right")
+        ax_p99.plot(t, [r["p99_s"] for r in rows], color="tab:red")
+        ax_p99.axhline(slo, color="grey", linestyle="--", label=f"objective {slo:g} s")
+        ax_p99.set_yscale("log")
+        ax_p99.set_ylabel("p99 of answers (s)")
+        ax_p99.legend(loc="upper right")
+        ax_level.step(t, [names.index(r["level"]) if r["level"] in names else -1 for r in rows], where="post")
+        ax_level.set_yticks(range(len(names)), names)
+        ax_level.set_ylabel("budget level")
+        ax_level.set_xlabel("time (s)")
+    fig.suptitle(f"step load (x capacity of {result['top_level']}: {result['capacity_videos_per_s']:.1f} videos/s)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -124,6 +124,10 @@ def test_dashboard_covers_every_issue_panel(deploy_dir):
         "adafocus_budget_info",
         "adafocus_rejected_total",
         "adafocus_decode_duration_seconds_bucket",
+        "adafocus_auto_budget_rank",
+        "adafocus_auto_budget_arrival_rate",
+        "adafocus_auto_budget_service_rate",
+        "adafocus_budget_level_seconds_total",
     ):
         assert required in used
 
@@ -131,7 +135,9 @@ def test_dashboard_covers_every_issue_panel(deploy_dir):
 def test_every_alert_names_an_exported_metric(deploy_dir):
     exported = exported_metric_names() | {"up"}
     rules = [r for g in yaml.safe_load((deploy_dir / "alerts.yml").read_text())["groups"] for r in g["rules"]]
-    required = {"AdaFocusQueueNearFull", "AdaFocusHighErrorRate", "AdaFocusLatencyP99AboveSLO"}
+    required = {
+        "AdaFocusQueueNearFull", "AdaFocusHighErrorRate", "AdaFocusLatencyP99AboveSLO", "AdaFocusBudgetPinnedAtFloor"
+    }
     assert {r["alert"] for r in rules} >= required
     for rule in rules:
         names = metric_names(rule["expr"])
