@@ -29,6 +29,7 @@ from service.engine.autobudget import AutoBudgetConfig, Decision
 from service.engine.config import EngineConfig
 from service.engine.engine import Engine, run_offline
 from service.engine.errors import DeadlineExceeded, EngineError, QueueFull
+from service.engine.observer import NullObserver
 from service.engine.runner import TorchRunner
 from service.engine.types import EngineRequest, EngineResult
 
@@ -50,25 +51,13 @@ class AdaptiveBenchConfig:
 
 
 @dataclass
-class _Timeline:
+class _Timeline(NullObserver):
     """An EngineObserver that keeps when the level changed (engine clock) and the controller's decisions."""
 
     clock: Callable[[], float]
     levels: list[tuple[float, str]] = field(default_factory=list)
     decisions: list[tuple[float, Decision]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def on_step(self, stage: Any, batch_size: int, seconds: float) -> None:
-        pass
-
-    def on_result(self, result: EngineResult) -> None:
-        pass
-
-    def on_queue(self, queue_depth: int, active: int) -> None:
-        pass
-
-    def on_reject(self, reason: str) -> None:
-        pass
 
     def on_budget(self, name: str, version: int) -> None:
         with self.lock:

@@ -73,6 +73,9 @@ class ServiceState:
             runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics,
             clock=self.clock,
         )
+        auto = s.auto_budget_config()
+        if auto is not None:  # an unknown ADAFOCUS_MIN_LEVEL stops the start-up here (BudgetError)
+            self.engine.set_budget_auto(auto)
         self.engine.start()
         if s.warmup:
             self.engine.warmup()

@@ -59,7 +59,8 @@ class ClassifyResponse(BaseModel):
     cubes_used: int = Field(description="cubes processed by the local network (the glance is not a cube)")
     exit_step: int = Field(description="exit index 0..K at which the video stopped (0 = after the glance)")
     exit_reason: ExitReason = Field(
-        description="`confident`: the exit criterion met its threshold; `max_cubes`: every cube was used"
+        description="`confident`: the exit criterion met its threshold; `max_cubes`: every cube was used; "
+        "`deadline`: the request's deadline came near, and this is its prediction so far"
     )
     gmacs: float = Field(description="compute spent on this video, in GMACs (multiply-adds)")
     budget: str = Field(description="budget level the video ran under (`custom` for explicit thresholds)")
@@ -107,10 +108,16 @@ class BudgetResponse(BaseModel):
     )
     default: str = Field(description="the level the server started with")
     levels: list[BudgetLevelBody] = Field(description="every named level, cheapest first")
+    mode: Literal["manual", "auto"] = Field(
+        default="manual", description="`auto`: the automatic budget chooses the level to keep `slo_p99_s`"
+    )
+    slo_p99_s: float | None = Field(default=None, description="automatic budget: the p99 latency objective (s)")
+    min_level: str | None = Field(default=None, description="automatic budget: the least accurate level it may use")
 
 
 class BudgetUpdate(BaseModel):
-    """Exactly one of `level`, `gmacs` or `thresholds`."""
+    """Exactly one of `level`, `gmacs` or `thresholds` (manual), or `mode: "auto"` with optional `p99_s` and
+    `min_level` (the automatic budget); `mode: "manual"` alone keeps the level the automatic budget chose."""
 
     level: str | None = Field(default=None, description="switch to this named level")
     gmacs: float | None = Field(
@@ -119,12 +126,29 @@ class BudgetUpdate(BaseModel):
     thresholds: list[float] | None = Field(
         default=None, description="explicit thresholds eta_0..eta_K (finite, >= 0)"
     )
+    mode: Literal["manual", "auto"] | None = Field(
+        default=None, description="`auto`: let the automatic budget choose the level; `manual`: stop it"
+    )
+    p99_s: float | None = Field(
+        default=None, description="with `mode: auto`: the p99 latency objective (s); default ADAFOCUS_SLO_P99_S"
+    )
+    min_level: str | None = Field(default=None, description="with `mode: auto`: the least accurate level to use")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BudgetUpdate:
         given = [name for name in ("level", "gmacs", "thresholds") if getattr(self, name) is not None]
+        if self.mode == "auto":
+            if given:
+                raise ValueError(f"mode auto chooses the level itself: drop {given}")
+            if self.p99_s is not None and not (math.isfinite(self.p99_s) and self.p99_s > 0):
+                raise ValueError("p99_s must be a positive finite number")
+            return self
+        if self.p99_s is not None or self.min_level is not None:
+            raise ValueError("p99_s and min_level go with mode auto")
+        if self.mode == "manual" and not given:
+            return self
         if len(given) != 1:
-            raise ValueError(f"give exactly one of level, gmacs, thresholds (got {given or 'none'})")
+            raise ValueError(f"give exactly one of level, gmacs, thresholds, or mode (got {given or 'none'})")
         if self.gmacs is not None and not (math.isfinite(self.gmacs) and self.gmacs > 0):
             raise ValueError("gmacs must be a positive finite number")
         return self
