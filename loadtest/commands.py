@@ -138,6 +138,8 @@ def _register_bench(sub: Any) -> None:
     )
     eng.set_defaults(handler=run_bench_engine)
 
+    _register_adaptive(kinds)
+
     dec = kinds.add_parser(
         "decode",
         help="clips/s of the decoder in 1..N worker processes on H.264 (short/long GOP) and VP9 files",
@@ -154,6 +156,72 @@ def _register_bench(sub: Any) -> None:
     dec.add_argument("--markdown", action="store_true", help="print a markdown table (docs/benchmarks.md)")
     dec.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
     dec.set_defaults(handler=run_bench_decode)
+
+
+def _register_adaptive(kinds: Any) -> None:
+    ada = kinds.add_parser(
+        "adaptive",
+        help="overload: the fixed top budget level vs the automatic budget, under a step load, in-process",
+        description="Measures the top level's capacity, then plays one Poisson step-load schedule (by default "
+        "0.5x -> 3x -> 0.5x of it) at the fixed top level and with the automatic budget; prints answered fraction, "
+        "p99, accuracy, levels used, and per-second rows.",
+    )
+    src = ada.add_mutually_exclusive_group()
+    src.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle, if present)")
+    src.add_argument("--config", default=None, help="named config with RANDOM weights: tiny, default, paper-mn2-r50")
+    ada.add_argument("--factors", type=_floats, default=(0.5, 3.0, 0.5), help="load per phase, x top-level capacity")
+    ada.add_argument("--seconds", type=_floats, default=(10.0, 30.0, 20.0), help="duration of each phase")
+    ada.add_argument("--slo-p99", type=float, default=0.5, help="latency objective of the automatic budget (s)")
+    ada.add_argument("--min-level", default=None, help="the automatic budget's floor level")
+    ada.add_argument("--deadline", type=float, default=5.0, help="per-request deadline (default 5 s)")
+    ada.add_argument("--max-batch", type=int, default=8)
+    ada.add_argument("--max-active", type=int, default=8)
+    ada.add_argument("--max-queue", type=int, default=256)
+    ada.add_argument("--clips", type=int, default=64, help="distinct pre-decoded clips (default 64)")
+    ada.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ada.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    ada.add_argument("--seed", type=int, default=0)
+    ada.add_argument("--plot", default=None, help="write a PNG of rate, p99 and level on one time axis here")
+    ada.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    ada.set_defaults(handler=run_bench_adaptive)
+
+
+def run_bench_adaptive(args: argparse.Namespace) -> int:
+    import torch
+
+    from loadtest.adaptive_bench import AdaptiveBenchConfig, format_adaptive, run_adaptive_bench
+    from loadtest.workload import load_workload, steady_allocator
+
+    if len(args.factors) != len(args.seconds) or not args.factors:
+        sys.stderr.write("adafocus bench adaptive: --factors and --seconds need the same number of phases\n")
+        return 2
+    steady_allocator()
+    torch.set_num_threads(args.threads)
+    work = load_workload(args.bundle, args.config, args.clips, args.seed, args.device)
+    cfg = AdaptiveBenchConfig(
+        phases=tuple(zip(args.factors, args.seconds, strict=True)),
+        slo_p99_s=args.slo_p99,
+        min_level=args.min_level,
+        deadline_s=args.deadline,
+        max_batch=args.max_batch,
+        max_active=args.max_active,
+        max_queue=args.max_queue,
+        seed=args.seed,
+        device=args.device,
+    )
+    def log(line: str) -> None:
+        sys.stderr.write(line + "\n")
+
+    result = run_adaptive_bench(work, cfg, log)
+    if args.plot:
+        from loadtest.plots import plot_adaptive
+
+        result["plot"] = str(plot_adaptive(result, Path(args.plot)))
+    if args.json:
+        write_json(result)
+    else:
+        sys.stdout.write(format_adaptive(result) + "\n")
+    return 0
 
 
 def _quick_duration(args: argparse.Namespace, phases: int) -> float:
@@ -271,8 +339,8 @@ def _bench_engine(args: argparse.Namespace) -> int:
     cfg = EngineBenchConfig(
         modes=modes,
         levels=levels,
-        saturation_requests=64 if args.quick else args.requests,
-        repeats=1 if args.quick else args.repeats,
+        saturation_requests=32 if args.quick else args.requests,
+        repeats=max(3, args.repeats) if args.quick else args.repeats,  # a smoke run still interleaves 3 repeats
         rates=tuple(args.rates),
         rate_fractions=(0.5,) if args.quick else tuple(args.rate_fractions),
         rate_duration_s=1.5 if args.quick else args.rate_duration,

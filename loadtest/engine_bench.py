@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from loadtest.report import latency_summary
+from loadtest.report import format_ratio, latency_summary, ratio_stats
 from loadtest.schedule import Bound, poisson_arrivals
 from loadtest.workload import Workload
 from service.engine.autobudget import Decision
@@ -263,15 +263,13 @@ def _ratios(runs: Sequence[dict[str, Any]], modes: Sequence[str]) -> dict[str, A
     pairs = _ratio_pairs(modes)
     if not pairs:
         return {}
-    sat = {r["mode"]: r for r in runs if r["offered_rate"] is None}
+    sat = {r["mode"]: r["repeats_videos_per_s"] for r in runs if r["offered_rate"] is None}
     out: dict[str, Any] = {"saturation_videos_per_s": {}, "p99_at_rate": {}}
     for base, mode in pairs:
-        out["saturation_videos_per_s"][f"{base}/{mode}"] = sat[base]["videos_per_s"] / sat[mode]["videos_per_s"]
+        out["saturation_videos_per_s"][f"{base}/{mode}"] = ratio_stats(sat[base], sat[mode])
     for rate in sorted({r["offered_rate"] for r in runs if r["offered_rate"] is not None}):
-        at = {r["mode"]: r for r in runs if r["offered_rate"] == rate}
-        out["p99_at_rate"][f"{rate:.4g}"] = {
-            f"{mode}/{base}": at[mode]["latency_s"]["p99"] / at[base]["latency_s"]["p99"] for base, mode in pairs
-        }
+        at = {r["mode"]: r["repeats_p99_s"] for r in runs if r["offered_rate"] == rate}
+        out["p99_at_rate"][f"{rate:.4g}"] = {f"{mode}/{base}": ratio_stats(at[mode], at[base]) for base, mode in pairs}
     return out
 
 
@@ -371,8 +369,10 @@ def format_engine(result: dict[str, Any]) -> str:
             )
         ratios = level["ratios"]
         if ratios:
-            sat = ", ".join(f"{k} {v:.2f}x" for k, v in ratios["saturation_videos_per_s"].items())
+            sat = ", ".join(f"{k} {format_ratio(v)}" for k, v in ratios["saturation_videos_per_s"].items())
             lines.append(f"{'':<10s} saturation throughput: {sat}")
             for rate, vals in ratios["p99_at_rate"].items():
-                lines.append(f"{'':<10s} p99 at {rate}/s: " + ", ".join(f"{k} {v:.2f}x" for k, v in vals.items()))
+                lines.append(
+                    f"{'':<10s} p99 at {rate}/s: " + ", ".join(f"{k} {format_ratio(v)}" for k, v in vals.items())
+                )
     return "\n".join(lines)

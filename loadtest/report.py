@@ -100,3 +100,22 @@ def format_phase(result: dict[str, Any]) -> str:
         f"{result['throughput']:8.2f}/s  p50 {ms(lat['p50'])} p90 {ms(lat['p90'])} p99 {ms(lat['p99'])} "
         f"max {ms(lat['max'])} ms  GMACs {gm}  acc {acc}" + (f"  errors: {errors}" if errors else "")
     )
+
+
+def ratio_stats(numerators: Sequence[float], denominators: Sequence[float]) -> dict[str, Any]:
+    """A ratio over interleaved repeats: repeat i of one mode against repeat i of the other (the two ran back to
+    back), with the median and the min-max of those per-repeat ratios."""
+    per_repeat = sorted(a / b for a, b in zip(numerators, denominators, strict=True) if b > 0)
+    if not per_repeat:
+        return {"median": float("nan"), "min": float("nan"), "max": float("nan"), "repeats": []}
+    mid = len(per_repeat) // 2
+    median = per_repeat[mid] if len(per_repeat) % 2 else (per_repeat[mid - 1] + per_repeat[mid]) / 2
+    return {"median": median, "min": per_repeat[0], "max": per_repeat[-1], "repeats": per_repeat}
+
+
+def format_ratio(stats: dict[str, Any]) -> str:
+    """``1.23x (1.10-1.31x, 3 repeats)``."""
+    n = len(stats["repeats"])
+    if n < 2:
+        return f"{stats['median']:.2f}x (1 repeat)"
+    return f"{stats['median']:.2f}x ({stats['min']:.2f}-{stats['max']:.2f}x, {n} repeats)"

@@ -14,11 +14,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
+from service.bodies import BodyGuard, BodyLimits
 from service.errors import install_handlers
 from service.lifecycle import ServiceState
+from service.logs import RequestIdMiddleware
+from service.oip import router as oip_router
 from service.routes import router
 from service.settings import Settings
+from service.web import install_web
 
 
 def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.monotonic) -> FastAPI:
@@ -34,7 +39,10 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
         finally:
             await asyncio.to_thread(state.stop)
 
-    app = FastAPI(
+    # /docs (Swagger UI) from assets shipped in a package, not a CDN, so it works offline; no ReDoc (its bundle
+    # still fetches a logo from its CDN)
+    app = FastAPIOffline(
+        redoc_url=None,
         title="AdaFocusV3 video classification",
         version="0.1.0",
         description="Early-exit video recognition with continuous batching. Errors are JSON `{code, message}`.",
@@ -43,4 +51,8 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     app.state.service = state
     install_handlers(app, state.settings.retry_after_s)
     app.include_router(router)
+    app.include_router(oip_router)
+    install_web(app)
+    app.add_middleware(BodyGuard, limits=BodyLimits.of(state.settings))  # small bodies capped before routes and auth
+    app.add_middleware(RequestIdMiddleware, clock=clock)  # outermost of ours: every response has an X-Request-ID
     return app

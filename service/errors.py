@@ -22,9 +22,13 @@ from model.video import DecodeError
 from service.auth import BudgetChangesDisabled, Forbidden, Unauthorized
 from service.decode import DecodeBusy, DecoderCrashed
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull, RequestCancelled
+from service.lifecycle import ShutdownAborted
+from service.limits import BodyTooLarge, MalformedHttp, ReadTimeout, TooManyConnections, TooManyFields
+from service.logs import current_request_id
+from service.oip import ModelNotFound
 from service.pipeline import ClientGone, ServiceDraining
 from service.schemas import ErrorBody
-from service.upload import BadUpload, NotMultipart, UploadTooLarge
+from service.upload import BadUpload, NotJson, NotMultipart, UploadTooLarge
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +57,27 @@ ERRORS: dict[type[Exception], ErrorRule] = {
     UploadTooLarge: ErrorRule(
         413, "too_large", INVALID_INPUT, description="the upload exceeds `ADAFOCUS_MAX_UPLOAD_BYTES` (`too_large`)"
     ),
+    TooManyFields: ErrorRule(
+        413, "too_many_fields", INVALID_INPUT, description="more form fields than `ADAFOCUS_MAX_FORM_FIELDS` "
+        "(`too_many_fields`)"
+    ),
+    BodyTooLarge: ErrorRule(
+        413, "body_too_large", None, description="a JSON body over `ADAFOCUS_MAX_JSON_BYTES` (`body_too_large`)"
+    ),
+    ReadTimeout: ErrorRule(
+        408, "request_timeout", None, description="headers or a JSON body slower than `ADAFOCUS_HEADER_TIMEOUT_S` "
+        "(`request_timeout`)"
+    ),
+    MalformedHttp: ErrorRule(400, "bad_http_request", None, description="not an HTTP/1.1 request"),
+    TooManyConnections: ErrorRule(
+        503, "too_many_connections", None, True,
+        description="the server holds `ADAFOCUS_MAX_CONNECTIONS` connections (`too_many_connections`)",
+    ),
     NotMultipart: ErrorRule(
         415, "unsupported_media_type", INVALID_INPUT, description="not multipart form data (`unsupported_media_type`)"
+    ),
+    NotJson: ErrorRule(
+        415, "unsupported_media_type", None, description="not a JSON body (`unsupported_media_type`)"
     ),
     BadUpload: ErrorRule(422, "invalid_request", INVALID_INPUT, description="an invalid request (`invalid_request`)"),
     DecoderCrashed: ErrorRule(
@@ -75,6 +98,10 @@ ERRORS: dict[type[Exception], ErrorRule] = {
         503, "draining", "draining", True, DRAINING_TEXT, description="the server is draining (`draining`)"
     ),
     EngineDraining: ErrorRule(503, "draining", None, True, DRAINING_TEXT),
+    ShutdownAborted: ErrorRule(
+        503, "draining", "draining", True,
+        description="the drain timeout passed before this request finished (`draining`)",
+    ),
     DeadlineExceeded: ErrorRule(
         504, "deadline_exceeded", None, description="the request passed its deadline (`deadline_exceeded`)"
     ),
@@ -84,6 +111,7 @@ ERRORS: dict[type[Exception], ErrorRule] = {
         401, "unauthorized", None, description="missing or malformed `Authorization: Bearer` header"
     ),
     Forbidden: ErrorRule(403, "forbidden", None, description="wrong operator token (`forbidden`)"),
+    ModelNotFound: ErrorRule(404, "model_not_found", None, description="no model of that name (`model_not_found`)"),
     BudgetChangesDisabled: ErrorRule(
         403, "budget_changes_disabled", None,
         description="budget changes are disabled: no operator token configured (`budget_changes_disabled`)",
@@ -128,7 +156,8 @@ def to_api_error(exc: BaseException, retry_after_s: int = 1) -> ApiError:
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    return JSONResponse({"code": error.code, "message": error.message}, error.status, headers=error.headers)
+    body = {"code": error.code, "message": error.message, "request_id": current_request_id()}
+    return JSONResponse(body, error.status, headers=error.headers)
 
 
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

@@ -8,6 +8,7 @@ outcome; errors are mapped by service/errors.py.
 from __future__ import annotations
 
 import asyncio
+import math
 from typing import Any
 
 from fastapi import Request
@@ -16,9 +17,12 @@ from starlette.requests import ClientDisconnect
 from service.decode import DecodeJob
 from service.engine.errors import DeadlineExceeded
 from service.engine.types import EngineRequest, EngineResult
+from service.events import EventSink
+from service.explain import frame_images, replay_steps
 from service.lifecycle import ServiceState
+from service.logs import current_request_id
 from service.schemas import ClassifyResponse, Cube, Timings, TopK
-from service.upload import parse_bool, read_upload
+from service.upload import BadUpload, parse_bool, read_upload
 
 # The engine enforces the deadline itself; the HTTP wait allows this much more so the engine's answer wins.
 DEADLINE_GRACE_S = 0.25
@@ -32,18 +36,36 @@ class ServiceDraining(Exception):
     """The server is draining (SIGTERM) and admits no new requests."""
 
 
-async def classify(state: ServiceState, request: Request, started: float) -> ClassifyResponse:
-    """Upload -> decode (worker process) -> engine -> answer; each stage bounded by the request deadline."""
+def request_deadline(state: ServiceState, started: float, deadline_ms: str | None) -> float:
+    """The request's deadline: ``deadline_ms`` (form field or X-Deadline-Ms header) when shorter than the server's
+    ADAFOCUS_REQUEST_TIMEOUT_S, else the server's."""
+    timeout = state.settings.request_timeout_s
+    if deadline_ms:
+        try:
+            asked = float(deadline_ms) / 1000
+        except ValueError:
+            raise BadUpload(f"deadline_ms must be a number of milliseconds, got {deadline_ms[:32]!r}") from None
+        if not (math.isfinite(asked) and asked > 0):
+            raise BadUpload(f"deadline_ms must be a positive number of milliseconds, got {deadline_ms[:32]!r}")
+        timeout = min(timeout, asked)
+    return started + timeout
+
+
+async def classify(
+    state: ServiceState, request: Request, started: float, sink: EventSink | None = None
+) -> ClassifyResponse:
+    """Upload -> decode (worker process) -> engine -> answer; each stage bounded by the request deadline. With a
+    ``sink`` that wants a stream (Accept header, or the form field ``stream``), progress events go to it."""
     if state.draining:
         raise ServiceDraining("the server is draining and admits no new requests")
     assert state.engine is not None and state.pool is not None and state.bundle is not None
     s, cfg = state.settings, state.bundle.config
-    deadline = started + s.request_timeout_s
+    deadline = request_deadline(state, started, request.headers.get("x-deadline-ms"))
     try:
         async with asyncio.timeout(max(0.0, deadline - state.clock())):  # a slow upload counts too
             upload = await read_upload(
                 request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
-                s.max_upload_bytes, s.spool_bytes,
+                s.max_upload_bytes, s.spool_bytes, s.max_form_fields,
             )
     except ClientDisconnect:
         raise ClientGone() from None
@@ -54,14 +76,24 @@ async def classify(state: ServiceState, request: Request, started: float) -> Cla
         with upload.spool:
             budget = upload.fields.get("budget") or None
             explain = parse_bool(upload.fields.get("explain", ""), "explain")
+            want_frames = parse_bool(upload.fields.get("frames", ""), "frames")
+            if sink is not None and parse_bool(upload.fields.get("stream", ""), "stream"):
+                sink.wanted = True
+            if "deadline_ms" in upload.fields:
+                deadline = min(deadline, request_deadline(state, started, upload.fields["deadline_ms"]))
             if budget is not None:
                 state.engine.budget_state().levels.get(budget)  # unknown level: 422 before any decoding
             job = DecodeJob(upload.spool.source(), cfg.num_frames, cfg.frame_size)
             decoded = await _wait(state, asyncio.wrap_future(state.pool.submit(job)), disconnect, deadline)
         assert state.metrics is not None
         state.metrics.on_decode(decoded.seconds)
-        engine_request = EngineRequest(decoded.frames, budget=budget, deadline=deadline, explain=explain)
+        on_progress = sink.push if sink is not None and sink.wanted else None
+        engine_request = EngineRequest(
+            decoded.frames, budget=budget, deadline=deadline, explain=explain, on_progress=on_progress
+        )
         future = state.engine.submit(engine_request)
+        if sink is not None:
+            sink.future = future
         try:
             result: EngineResult = await _wait(state, asyncio.wrap_future(future), disconnect, deadline)
         except (ClientGone, DeadlineExceeded):
@@ -69,7 +101,21 @@ async def classify(state: ServiceState, request: Request, started: float) -> Cla
             raise
     finally:
         disconnect.cancel()
-    return answer(state, result, decoded.seconds, state.clock() - started)
+    body = answer(state, result, decoded.seconds, state.clock() - started)
+    if explain:
+        budget_now = state.engine.budget_state()
+        thresholds: tuple[float, ...] | None = None
+        if result.budget != "custom":
+            thresholds = budget_now.levels.get(result.budget).thresholds
+        elif budget_now.version == result.budget_version:
+            thresholds = budget_now.thresholds
+        body.steps = await asyncio.to_thread(
+            replay_steps, state.bundle.model, decoded.frames, result, state.engine.costs, budget_now.criterion,
+            thresholds,
+        )
+    if want_frames:
+        body.frames = await asyncio.to_thread(frame_images, decoded.frames)
+    return body
 
 
 async def _wait(
@@ -93,6 +139,7 @@ def answer(state: ServiceState, result: EngineResult, decode_s: float, total_s: 
     if result.cubes is not None:
         cubes = [Cube(t=c.t, y=c.y, x=c.x, size=c.size, frames=c.frames, skipped=c.skipped) for c in result.cubes]
     return ClassifyResponse(
+        request_id=current_request_id() or "-",
         label=names[result.class_id],
         class_id=result.class_id,
         confidence=result.confidence,

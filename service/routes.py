@@ -3,20 +3,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from service import pipeline
+from service import pipeline, stream
 from service.auth import check_operator
+from service.engine.autobudget import AutoBudgetConfig
 from service.engine.types import BudgetState
 from service.errors import error_response, error_responses, rule_for, to_api_error
+from service.events import EventSink, wants_stream
 from service.lifecycle import ServiceState
 from service.metrics import CONTENT_TYPE
 from service.pipeline import ClientGone
-from service.schemas import BudgetLevelBody, BudgetResponse, BudgetUpdate, ClassifyResponse, Health, Readiness
+from service.schemas import BudgetResponse, BudgetUpdate, ClassifyResponse, Health, Readiness, level_bodies
+from service.upload import NotJson
 
 log = logging.getLogger(__name__)
 router = APIRouter()
@@ -40,7 +44,23 @@ CLASSIFY_BODY = {
                     "explain": {
                         "type": "boolean",
                         "default": False,
-                        "description": "include the cubes the policy chose in the answer",
+                        "description": "include the cubes the policy chose and the prediction after each exit",
+                    },
+                    "frames": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "include the frames the model saw (PNG data URLs), to draw the cubes on",
+                    },
+                    "stream": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "stream Server-Sent Events: the prediction after the glance and each cube, "
+                        "then the answer (same as `Accept: text/event-stream`)",
+                    },
+                    "deadline_ms": {
+                        "type": "number",
+                        "description": "this request's deadline in ms (at most ADAFOCUS_REQUEST_TIMEOUT_S; also the "
+                        "`X-Deadline-Ms` header): near it the answer is the prediction so far",
                     },
                 },
             }
@@ -70,13 +90,25 @@ def require_operator(state: StateDep, authorization: Annotated[str | None, Heade
     openapi_extra={"requestBody": CLASSIFY_BODY},
 )
 async def classify(request: Request, state: StateDep) -> ClassifyResponse | Response:
-    """Classify one uploaded video (multipart field `video`)."""
+    """Classify one uploaded video (multipart field `video`); with `Accept: text/event-stream` or `stream=true`,
+    stream the prediction after the glance and after each cube, then the answer (Server-Sent Events)."""
     started = state.clock()
     state.inflight += 1
     log.debug("/classify: %d request(s) in flight", state.inflight)  # the drain test waits for these
     status = 500
+    sink = EventSink(asyncio.get_running_loop(), wants_stream(request.headers.get("accept")))
+    streaming = False
+
+    def stream_ended(final: int) -> None:
+        state.inflight -= 1
+        if state.metrics is not None:
+            state.metrics.on_request(final, state.clock() - started)
+
     try:
-        answer = await pipeline.classify(state, request, started)
+        answer = await stream.respond(
+            state, state.until_aborted(pipeline.classify(state, request, started, sink)), sink, stream_ended
+        )
+        streaming = isinstance(answer, Response)
         status = 200
         return answer
     except Exception as exc:
@@ -91,9 +123,8 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
             raise
         return error_response(error)
     finally:
-        state.inflight -= 1
-        if state.metrics is not None:
-            state.metrics.on_request(status, state.clock() - started)
+        if not streaming:  # a stream records its outcome when it ends
+            stream_ended(status)
 
 
 def budget_body(budget: BudgetState, default: str) -> BudgetResponse:
@@ -103,15 +134,10 @@ def budget_body(budget: BudgetState, default: str) -> BudgetResponse:
         thresholds=list(budget.thresholds),
         criterion=budget.criterion,
         default=default,
-        levels=[
-            BudgetLevelBody(
-                name=lvl.name,
-                thresholds=list(lvl.thresholds),
-                expected_gmacs=lvl.expected_gmacs,
-                expected_accuracy=lvl.expected_accuracy,
-            )
-            for lvl in budget.levels.levels
-        ],
+        levels=level_bodies(budget.levels),
+        mode="manual" if budget.auto is None else "auto",
+        slo_p99_s=None if budget.auto is None else budget.auto.slo_p99_s,
+        min_level=None if budget.auto is None else budget.auto.min_level,
     )
 
 
@@ -123,16 +149,33 @@ def get_budget(state: StateDep) -> BudgetResponse:
     return budget_body(budget, budget.levels.default)
 
 
+def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
+    """A JSON body, said so by its Content-Type; checked after the token, before the body is read."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind != "application/json" and not kind.endswith("+json"):
+        got = f"Content-Type {kind!r}" if kind else "no Content-Type"
+        raise NotJson(
+            f"PUT /budget takes a JSON body, got {got}: send `Content-Type: application/json`, "
+            """e.g. curl -X PUT -H 'Content-Type: application/json' -d '{"level": "low"}' ..."""
+        )
+
+
 @router.put(
     "/budget",
     response_model=BudgetResponse,
-    responses=error_responses(401, 403, 422),
-    dependencies=[Depends(require_operator)],
+    responses=error_responses(401, 403, 415, 422),
+    dependencies=[Depends(require_operator), Depends(require_json)],
 )
 def put_budget(state: StateDep, update: Annotated[BudgetUpdate, Body()]) -> BudgetResponse:
-    """Switch the budget by level name, by a GMACs/video target, or with explicit thresholds (operator token)."""
+    """Switch the budget by level name, by a GMACs/video target, with explicit thresholds, or to the automatic
+    budget (`mode: auto`, with an optional `p99_s` objective and `min_level` floor); needs the operator token."""
     assert state.engine is not None
-    if update.level is not None:
+    if update.mode == "auto":
+        objective = update.p99_s or state.settings.slo_p99_s
+        budget = state.engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=objective, min_level=update.min_level))
+    elif update.mode == "manual" and update.level is None and update.gmacs is None and update.thresholds is None:
+        budget = state.engine.set_budget_level(state.engine.budget_state().name)  # keep the level auto chose
+    elif update.level is not None:
         budget = state.engine.set_budget_level(update.level)
     elif update.gmacs is not None:
         budget = state.engine.set_budget_gmacs(update.gmacs)

@@ -14,13 +14,16 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.video import DecodeLimits
+from service.engine.autobudget import AutoBudgetConfig
 from service.engine.config import Backend, EngineConfig, EngineMode
+from service.logs import LogFormat
 
 MIN_TOKEN_CHARS = 16
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ADAFOCUS_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a rejected value (the operator token ...) must never reach a log through the error text
+    model_config = SettingsConfigDict(env_prefix="ADAFOCUS_", extra="ignore", frozen=True, hide_input_in_errors=True)
 
     host: str = Field(default="0.0.0.0", description="address to bind")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port)")
@@ -42,6 +45,17 @@ class Settings(BaseSettings):
         default=4, ge=1, description="continuous mode: steps the oldest waiting request may wait for a glance batch"
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="deadline per /classify request")
+    deadline_answers: bool = Field(
+        default=True, description="a request near its deadline that had its glance is answered with its prediction so "
+        "far (200, exit_reason deadline) instead of 504"
+    )
+    budget_mode: Literal["manual", "auto"] = Field(
+        default="manual", description="`auto`: the automatic budget picks the level that keeps ADAFOCUS_SLO_P99_S"
+    )
+    slo_p99_s: float = Field(default=0.5, gt=0, description="automatic budget: the p99 latency objective in seconds")
+    min_level: str | None = Field(
+        default=None, description="automatic budget: the cheapest level it may choose; unset = any level"
+    )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 answers")
 
     max_upload_bytes: int = Field(default=100 * 1024 * 1024, ge=1, description="uploads above this get 413")
@@ -51,14 +65,40 @@ class Settings(BaseSettings):
     max_decode_s: float = Field(default=20.0, gt=0, description="wall-time limit of one decode (the worker is killed)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="decoder worker processes")
     decode_queue: int = Field(default=64, ge=1, description="uploads waiting for or in a decoder; beyond it 503")
+    max_form_fields: int = Field(
+        default=8, ge=1, le=1000, description="non-file fields of a /classify form (each at most 1 KiB; their bytes "
+        "count in ADAFOCUS_MAX_UPLOAD_BYTES); beyond it 413"
+    )
+    max_json_bytes: int = Field(
+        default=16 * 1024, ge=64, description="body of every other request (PUT /budget ...); beyond it 413, "
+        "checked from Content-Length and while streaming, before authentication"
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, description="a connection must send a request's whole headers (and a JSON body) within "
+        "this, else it is closed (408 once bytes arrived)"
+    )
+    keep_alive_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections are closed after this")
+    max_connections: int = Field(
+        default=1000, ge=1, description="open connections; beyond it each new one gets 503 and is closed"
+    )
+    linger_s: float = Field(
+        default=10.0, ge=0, description="after an early answer (413, 504 ...), at most this long reading and "
+        "discarding the rest of the request body, so the client gets the answer instead of a reset"
+    )
 
-    operator_token: SecretStr | None = Field(default=None, description="bearer token for PUT /budget; unset = refused")
+    operator_token: SecretStr | None = Field(
+        default=None, description="bearer token for PUT /budget, at least 16 characters; unset = refused"
+    )
     operator_token_file: Path | None = Field(
         default=None, description="file holding the operator token (Docker secrets); used when the token is unset"
     )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, max wait for in-flight requests")
     warmup: bool = Field(default=True, description="run the model at the batch sizes used before reporting ready")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="logging level")
+    log_format: LogFormat = Field(
+        default="text", description="`text`, or `json`: one JSON object per line (access log included), with the "
+        "request ID"
+    )
 
     @field_validator("device")
     @classmethod
@@ -117,7 +157,14 @@ class Settings(BaseSettings):
             max_queue=self.max_queue,
             min_glance_batch=None if self.min_glance_batch == "auto" else self.min_glance_batch,
             max_glance_wait_steps=self.max_glance_wait_steps,
+            deadline_answers=self.deadline_answers,
         )
+
+    def auto_budget_config(self) -> AutoBudgetConfig | None:
+        """The automatic budget to start with (ADAFOCUS_BUDGET_MODE=auto), else None."""
+        if self.budget_mode != "auto":
+            return None
+        return AutoBudgetConfig(slo_p99_s=self.slo_p99_s, min_level=self.min_level or None)
 
     def resolved_device(self) -> str:
         """``auto`` -> cuda when torch sees a GPU, else cpu."""

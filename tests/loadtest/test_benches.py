@@ -149,3 +149,12 @@ def test_bench_mode_label_for_the_automatic_glance_batch() -> None:
     assert parse_mode("continuous-auto") == ("continuous", None)
     with pytest.raises(ValueError):
         parse_mode("drain-auto")
+
+
+def test_ratios_pair_interleaved_repeats_and_report_median_and_range() -> None:
+    from loadtest.report import format_ratio, ratio_stats
+
+    stats = ratio_stats([200.0, 150.0, 300.0], [100.0, 100.0, 100.0])  # repeat i of one mode over repeat i
+    assert stats == {"median": 2.0, "min": 1.5, "max": 3.0, "repeats": [1.5, 2.0, 3.0]}
+    assert format_ratio(stats) == "2.00x (1.50-3.00x, 3 repeats)"
+    assert ratio_stats([1.0, 3.0], [1.0, 1.0])["median"] == 2.0  # even count: mean of the middle two
