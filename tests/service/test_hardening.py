@@ -15,12 +15,15 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import httpx
 import pytest
 
 from model.video import encode_video
+from tests.model.test_video import raw_h264
 from tests.service.conftest import OPERATOR_TOKEN, Server, ramp, serve, wait_until
 
 MAX_UPLOAD = 300_000
@@ -42,7 +45,11 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         max_connections=MAX_CONNECTIONS,
         request_timeout_s=3,
         retry_after_s=2,
+        max_pixels_per_frame=MAX_PIXELS,
     )
+
+
+MAX_PIXELS = 100 * 100  # the switching stream below goes from 64x64 to 128x128
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +319,25 @@ def test_sigint_to_the_process_group_loses_no_in_flight_request(
         assert "Traceback" not in log and "KeyboardInterrupt" not in log and "decoder_crashed" not in log
     finally:
         server.stop()
+
+
+def test_a_stream_that_switches_to_larger_frames_gets_frame_too_large(server: Server) -> None:
+    switch = raw_h264(ramp(10, 64, 64)) + raw_h264(ramp(10, 128, 128))  # the header says 64x64
+    answer = httpx.post(f"{server.url}/classify", files={"video": ("s.h264", switch)}, timeout=30)
+    assert answer.status_code == 422 and answer.json()["code"] == "frame_too_large"
+    assert "128x128" in answer.json()["message"]
+
+
+def test_two_frames_far_apart_are_not_counted_twice_as_long(server: Server, tmp_path: Path) -> None:
+    path = tmp_path / "far.mp4"
+    with av.open(str(path), mode="w") as container:  # two frames 590 s apart: lasts 590 s, under the 600 s limit
+        stream = container.add_stream("libx264", rate=1)
+        stream.width = stream.height = 32
+        stream.pix_fmt = "yuv420p"
+        for i, pts in enumerate((0, 590)):
+            frame = av.VideoFrame.from_ndarray(ramp(1, 32, 32)[0] // (i + 1), format="rgb24")
+            frame.pts, frame.time_base = pts, Fraction(1, 1)
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    answer = httpx.post(f"{server.url}/classify", files={"video": ("far.mp4", path.read_bytes())}, timeout=30)
+    assert answer.status_code == 200, answer.text
