@@ -149,7 +149,7 @@ def _register_bench(sub: Any) -> None:
     dec.add_argument("--height", type=int, default=360)
     dec.add_argument("--fps", type=int, default=30)
     dec.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip (default 16)")
-    dec.add_argument("--size", type=int, default=96, help="side of the decoded clip (default 96)")
+    dec.add_argument("--size", type=int, default=112, help="side of the decoded clip (default 112, the shipped model)")
     dec.add_argument("--max-workers", type=int, default=None, help="up to this many processes (default: CPU count)")
     dec.add_argument("--clips-per-worker", type=int, default=10)
     dec.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
