@@ -27,7 +27,7 @@ class DecodeBenchConfig:
     width: int = 640
     height: int = 360
     num_frames: int = 16  # T sampled per clip (the model's)
-XX
+    size: int = 112  # side of the decoded clip (the model's frame_size)
     max_workers: int = 2
     clips_per_worker: int = 10  # decodes per measurement = this x workers (at least 6)
     specs: tuple[EncodeSpec, ...] = DECODE_SPECS
