@@ -83,7 +83,11 @@ def register(sub: Any) -> None:
     cal.add_argument("--criterion", default="entropy", choices=("entropy", "max_prob"))
     cal.add_argument("--default-level", default="balanced")
     cal.add_argument(
-        "--min-gain", type=float, default=0.0, help="accuracy a level must gain over the fixed-count mixing line"
+        "--min-gain",
+        type=float,
+        default=0.005,
+        help="accuracy (0-1) a level must gain over the fixed-count mixing line on the calibration split "
+        "(default 0.005: half a point; a tie is not worth a level)",
     )
     cal.add_argument("--batch-size", type=int, default=64)
     cal.add_argument("--workers", type=int, default=1)
