@@ -118,7 +118,7 @@ def engine_run(
 
 
 def engine_throughput(runners: list[Runner], bundle: Bundle, cfg: BenchConfig) -> dict[str, Any]:
-    clips, source = load_clips(bundle.config, cfg.videos, seed=0)  # (N, 3, T, H, W)
+    clips, source = load_clips(bundle.config, cfg.videos, seed=0, benchmark=bundle.benchmark)  # (N, 3, T, H, W)
     frames = [np.ascontiguousarray(c.permute(1, 2, 3, 0).numpy()) for c in clips]  # each (T, H, W, 3)
     runs: list[dict[str, Any]] = []
     decisions: dict[str, list[tuple[int, int]]] = {}
