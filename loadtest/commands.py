@@ -65,6 +65,11 @@ def register(sub: Any) -> None:
     lt.add_argument("--markdown", action="store_true", help="print a markdown table (docs/benchmarks.md)")
     lt.add_argument("--quick", action="store_true", help=f"short phases: under {QUICK_TOTAL_S:.0f}s of sending in all")
     lt.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
+    lt.add_argument(
+        "--stream",
+        action="store_true",
+        help="Accept: text/event-stream; also report the time to the first event (after the glance)",
+    )
     lt.set_defaults(handler=run_loadtest)
     _register_bench(sub)
 
@@ -209,6 +214,7 @@ def run_bench_adaptive(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
+
     def log(line: str) -> None:
         sys.stderr.write(line + "\n")
 
@@ -278,6 +284,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
         max_inflight=args.max_inflight,
         seed=args.seed,
         progress=not args.no_progress,
+        stream=args.stream,
     )
     try:
         result = asyncio.run(run_load(cfg, corpus))

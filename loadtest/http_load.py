@@ -22,6 +22,7 @@ from loadtest.corpus import Corpus, CorpusItem
 from loadtest.report import Sample, summarize
 from loadtest.schedule import Bound, poisson_arrivals
 from loadtest.server_metrics import phase_figures, scrape
+from loadtest.stream_load import post_streamed
 from service.client import AsyncClient, ServerError
 
 Mode = Literal["open", "closed"]
@@ -41,6 +42,7 @@ class LoadConfig:
     max_inflight: int = 1024  # open loop: arrivals beyond this many in flight are dropped and counted
     seed: int = 0
     progress: bool = True
+    stream: bool = False  # Accept: text/event-stream: time to the first event and to the result event
 
     def __post_init__(self) -> None:
         if self.mode == "open" and not self.rates:
@@ -61,11 +63,16 @@ class _Phase:
 
 def parse_answer(sample: Sample, response: httpx.Response, item: CorpusItem) -> None:
     """Fill the sample from a /classify response (success body or ``{code, message}`` error body)."""
-    sample.status = response.status_code
     try:
         body: Any = response.json()
     except ValueError:
         body = None
+    fill_sample(sample, response.status_code, body, item)
+
+
+def fill_sample(sample: Sample, status: int, body: Any, item: CorpusItem) -> None:
+    """Fill the sample from an answer's status and body (success body or ``{code, message}`` error body)."""
+    sample.status = status
     if not isinstance(body, dict):
         sample.code = None if sample.ok else "non_json"
         return
@@ -88,11 +95,18 @@ def parse_answer(sample: Sample, response: httpx.Response, item: CorpusItem) -> 
 
 async def _classify(client: httpx.AsyncClient, item: CorpusItem, sample: Sample, cfg: LoadConfig) -> None:
     loop = asyncio.get_running_loop()
+    video = (item.filename, item.data, item.mime)
+
+    def first_event() -> None:
+        sample.first_event = loop.time()
+
     try:
-        response = await AsyncClient(http=client).post_classify(
-            (item.filename, item.data, item.mime), budget=cfg.request_budget
-        )
-        parse_answer(sample, response, item)
+        if cfg.stream:
+            status, body = await post_streamed(client, video, cfg.request_budget, first_event)
+            fill_sample(sample, status, body, item)
+        else:
+            response = await AsyncClient(http=client).post_classify(video, budget=cfg.request_budget)
+            parse_answer(sample, response, item)
     except httpx.TimeoutException:
         sample.code = "timeout"
     except httpx.HTTPError as exc:
@@ -257,5 +271,6 @@ async def run_load(cfg: LoadConfig, corpus: Corpus, out: TextIO = sys.stderr) ->
         "bound": {"duration_s": cfg.bound.duration_s, "requests": cfg.bound.requests},
         "corpus": {"root": str(corpus.root), "videos": len(corpus.items), "labelled": corpus.labelled},
         "seed": cfg.seed,
+        "stream": cfg.stream,
         "phases": results,
     }

@@ -105,6 +105,8 @@ def decode_markdown(result: dict[str, Any]) -> str:
 
 
 def loadtest_markdown(result: dict[str, Any]) -> str:
+    """One row per phase; with ``--stream``, also the time to the first event (p50, p99) next to the answer's."""
+    streamed = any("stream" in p for p in result["phases"])
     rows = []
     for p in result["phases"]:
         lat = p["latency_s"]
@@ -131,6 +133,9 @@ def loadtest_markdown(result: dict[str, Any]) -> str:
                 "-" if batch.get("focus") is None else f"{batch['focus']:.1f}",
             ]
         )
+        if streamed:
+            first = (p.get("stream") or {}).get("first_event_s") or {}
+            rows[-1] += [_ms(first.get("p50")), _ms(first.get("p99"))]
     header = [
         "phase",
         "sent",
@@ -147,4 +152,6 @@ def loadtest_markdown(result: dict[str, Any]) -> str:
         "glance batch",
         "focus batch",
     ]
+    if streamed:
+        header += ["first event p50 ms", "first event p99 ms"]
     return _table(header, rows)

@@ -26,6 +26,7 @@ class Sample:
     exit_step: int | None = None
     budget: str | None = None
     correct: bool | None = None  # None when the corpus has no ground truth for this item
+    first_event: float | None = None  # streamed requests: when the first event arrived
 
     @property
     def ok(self) -> bool:
@@ -34,6 +35,10 @@ class Sample:
     @property
     def latency(self) -> float | None:
         return None if self.done is None else self.done - self.intended
+
+    @property
+    def first_event_latency(self) -> float | None:
+        return None if self.first_event is None else self.first_event - self.intended
 
 
 def latency_summary(latencies: Sequence[float]) -> dict[str, float | None]:
@@ -67,7 +72,7 @@ def summarize(samples: Sequence[Sample], started: float, not_sent: int = 0) -> d
         errors_by_code["max_inflight"] = not_sent
     gmacs = [s.gmacs for s in ok if s.gmacs is not None]
     judged = [s.correct for s in ok if s.correct is not None]
-    return {
+    result: dict[str, Any] = {
         "sent": len(samples),
         "completed": len(ok),
         "errors": len(failed) + not_sent,
@@ -83,6 +88,14 @@ def summarize(samples: Sequence[Sample], started: float, not_sent: int = 0) -> d
         "accuracy": float(np.mean(judged)) if judged else None,
         "labelled": len(judged),
     }
+    first = [s.first_event_latency for s in ok if s.first_event_latency is not None]
+    if first:  # streamed: time to the first event vs to the final answer, over the answered requests
+        result["stream"] = {
+            "first_event_s": latency_summary(first),
+            "result_s": latency_summary([s.latency for s in ok if s.latency is not None]),
+            "streamed": len(first),
+        }
+    return result
 
 
 def format_phase(result: dict[str, Any]) -> str:
@@ -95,10 +108,15 @@ def format_phase(result: dict[str, Any]) -> str:
     acc = "-" if result["accuracy"] is None else f"{result['accuracy']:.3f}"
     gm = "-" if result["gmacs_per_video"] is None else f"{result['gmacs_per_video']:.4f}"
     errors = ", ".join(f"{k} x{v}" for k, v in result["errors_by_code"].items())
+    stream = result.get("stream")
+    first = ""
+    if stream is not None:
+        fe = stream["first_event_s"]
+        first = f"  first event p50 {ms(fe['p50'])} p99 {ms(fe['p99'])} ms"
     return (
         f"{result['phase']:<28s} sent {result['sent']:>6d} ok {result['completed']:>6d} err {result['errors']:>5d}  "
         f"{result['throughput']:8.2f}/s  p50 {ms(lat['p50'])} p90 {ms(lat['p90'])} p99 {ms(lat['p99'])} "
-        f"max {ms(lat['max'])} ms  GMACs {gm}  acc {acc}" + (f"  errors: {errors}" if errors else "")
+        f"max {ms(lat['max'])} ms  GMACs {gm}  acc {acc}{first}" + (f"  errors: {errors}" if errors else "")
     )
 
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from loadtest.http_load import LoadConfig, run_load
 from loadtest.schedule import Bound
 from model.bundle import load_bundle
 from model.cost import cost_report
+from service.cli import main
 from tests.service.conftest import OPERATOR_TOKEN, Server, make_bundle, serve
 
 
@@ -46,3 +48,43 @@ def test_open_loop_against_the_real_server(real_server: tuple[Server, Path], cor
     assert phase["completed"] + phase["errors"] == phase["sent"] == 12
     assert phase["completed"] == 12
     assert phase["latency_s"]["p50"] is not None and phase["server"]["decode_ms_mean"] > 0
+
+
+def test_streamed_load_times_the_first_event_and_the_answer(real_server: tuple[Server, Path], corpus_dir: Path) -> None:
+    server, bundle = real_server
+    cubes = load_bundle(bundle).config.num_cubes
+    cfg = LoadConfig(server.url, Bound(requests=6), concurrency=2, stream=True)
+    result = asyncio.run(run_load(cfg, load_corpus(corpus_dir), out=io.StringIO()))
+    assert result["stream"] is True
+    (phase,) = result["phases"]
+    assert (phase["sent"], phase["completed"], phase["errors"]) == (6, 6, 0)
+    assert phase["budgets"] == {"high": 6} and phase["exit_step_histogram"] == {str(cubes): 6}
+    stream = phase["stream"]
+    assert stream["streamed"] == 6 and stream["result_s"] == phase["latency_s"]
+    first, answer = stream["first_event_s"], stream["result_s"]
+    for key in ("p50", "p90", "p99", "max", "mean"):  # each request's first event comes before its answer
+        assert 0 < first[key] <= answer[key]
+
+
+def test_streamed_load_counts_errors_before_the_first_event(real_server: tuple[Server, Path], corpus_dir: Path) -> None:
+    server, _ = real_server
+    cfg = LoadConfig(server.url, Bound(requests=3), concurrency=1, stream=True, request_budget="nope")
+    (phase,) = asyncio.run(run_load(cfg, load_corpus(corpus_dir), out=io.StringIO()))["phases"]
+    assert (phase["sent"], phase["completed"], phase["errors"]) == (3, 0, 3)
+    assert phase["errors_by_status"] == {"422": 3} and "stream" not in phase
+
+
+def test_cli_stream_reports_the_first_event(
+    real_server: tuple[Server, Path], corpus_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server, _ = real_server
+    argv = ["loadtest", "--url", server.url, "--corpus", str(corpus_dir), "--requests", "4", "--concurrency", "2"]
+    assert main([*argv, "--stream", "--no-progress", "--json"]) == 0
+    (phase,) = json.loads(capsys.readouterr().out)["phases"]
+    assert phase["completed"] == phase["stream"]["streamed"] == 4
+    assert main([*argv, "--stream", "--no-progress", "--markdown"]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()[:3]
+    assert header.endswith("| first event p50 ms | first event p99 ms |")
+    assert row.startswith("| concurrency=2 | 4 | 4 | 0 |") and len(row.split("|")) == len(header.split("|"))
+    assert main([*argv, "--stream", "--no-progress"]) == 0
+    assert "first event p50 " in capsys.readouterr().out
