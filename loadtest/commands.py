@@ -50,6 +50,10 @@ def register(sub: Any) -> None:
     load.add_argument(
         "--rate-sweep", type=_floats, default=None, help="open loop: comma-separated rates, one phase each"
     )
+    load.add_argument("--step-profile", default=None, help="open loop: factor:seconds,... of --capacity (or measured)")
+    lt.add_argument("--capacity", type=float, default=None, help="step profile: videos/s the factors multiply")
+    lt.add_argument("--slo-p99", type=float, default=None, help="step profile: PUT /budget mode auto, this p99 (s)")
+    lt.add_argument("--min-level", default=None, help="step profile: the automatic budget's floor level")
     lt.add_argument("--concurrency", type=int, default=8, help="closed loop: requests in flight (default 8)")
     lt.add_argument("--duration", type=float, default=None, help="seconds per phase (default 30 if no --requests)")
     lt.add_argument("--requests", type=int, default=None, help="requests per phase")
@@ -266,6 +270,10 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
     corpus = load_corpus(args.corpus, args.limit)
+    if args.step_profile is not None:
+        from loadtest.step_cli import run_step_loadtest
+
+        return run_step_loadtest(args, corpus)
     rates: tuple[float, ...] = args.rate_sweep or ((args.rate,) if args.rate is not None else ())
     budgets = _resolve_budgets(args)
     duration, requests = args.duration, args.requests

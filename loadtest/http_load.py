@@ -93,7 +93,7 @@ def fill_sample(sample: Sample, status: int, body: Any, item: CorpusItem) -> Non
     sample.correct = item.is_correct(sample.class_id, sample.label)
 
 
-async def _classify(client: httpx.AsyncClient, item: CorpusItem, sample: Sample, cfg: LoadConfig) -> None:
+async def classify_one(client: httpx.AsyncClient, item: CorpusItem, sample: Sample, cfg: LoadConfig) -> None:
     loop = asyncio.get_running_loop()
     video = (item.filename, item.data, item.mime)
 
@@ -135,7 +135,7 @@ async def _open_loop(client: httpx.AsyncClient, corpus: Corpus, cfg: LoadConfig,
             continue
         sample = Sample(intended=intended)
         phase.samples.append(sample)
-        task = asyncio.create_task(_classify(client, items[i % len(items)], sample, cfg))
+        task = asyncio.create_task(classify_one(client, items[i % len(items)], sample, cfg))
         inflight.add(task)
         task.add_done_callback(inflight.discard)
     if inflight:
@@ -155,7 +155,7 @@ async def _closed_loop(client: httpx.AsyncClient, corpus: Corpus, cfg: LoadConfi
                 return
             sample = Sample(intended=now)
             phase.samples.append(sample)
-            await _classify(client, items[i % len(items)], sample, cfg)
+            await classify_one(client, items[i % len(items)], sample, cfg)
 
     await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
 
