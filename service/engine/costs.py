@@ -68,17 +68,22 @@ class StepCostTable:
 
 
 def _fill(row: list[float | None]) -> tuple[float, ...] | None:
+    """One pass over the sizes (the engine calls this every step): linear between measured sizes, the nearest
+    measured size's cost per sample beyond them."""
     known = [(b, s) for b, s in enumerate(row, start=1) if s is not None]
     if not known:
         return None
     out = []
+    j = 0  # known[j] is the first measured size >= b, or the last one
     for b in range(1, len(row) + 1):
-        lower = [(kb, ks) for kb, ks in known if kb <= b]
-        upper = [(kb, ks) for kb, ks in known if kb >= b]
-        if lower and upper:
-            (b0, s0), (b1, s1) = lower[-1], upper[0]
-            out.append(s0 if b0 == b1 else s0 + (s1 - s0) * (b - b0) / (b1 - b0))
-        else:
-            kb, ks = lower[-1] if lower else upper[0]
-            out.append(ks * b / kb)
+        while j < len(known) - 1 and known[j][0] < b:
+            j += 1
+        b1, s1 = known[j]
+        if b1 == b:
+            out.append(s1)
+        elif b1 > b and j > 0:
+            b0, s0 = known[j - 1]
+            out.append(s0 + (s1 - s0) * (b - b0) / (b1 - b0))
+        else:  # before the first or after the last measured size
+            out.append(s1 * b / b1)
     return tuple(out)
