@@ -1,11 +1,10 @@
 """What ``explain`` and ``frames`` add to a /classify answer: the prediction after every exit, and the frames.
 
-The engine answers with the exit it stopped at; ``steps`` shows how it got there: the model is replayed on the same
-decoded frames (``model.exits.staged_exit_logits``, the staged loop inference uses, covered cubes skipped) and the
-prediction, its confidence and the exit score are read at each exit up to the engine's, with the threshold of the
-budget the request ran under. The replay costs one more pass of the video through the model (off the event loop,
-beside the engine), which is why it comes only with ``explain``. ``frames`` are the T frames the model saw (at its
-frame size, as PNG data URLs), so that a client can draw the cubes on them (the web page does).
+The engine answers with the exit it stopped at; ``steps`` shows how it got there, from the engine's own progress
+events for the request (the same events the SSE stream sends): the prediction, its confidence and the exit score at
+each exit up to the engine's, with the threshold of the budget the request ran under. No second pass of the model.
+``frames`` are the T frames the model saw (at its frame size, as PNG data URLs), so that a client can draw the cubes
+on them (the web page does).
 """
 
 from __future__ import annotations
@@ -15,48 +14,34 @@ import io
 from collections.abc import Sequence
 
 import numpy as np
-import torch
 from PIL import Image
 
-from model.adafocus import AdaFocusV3
-from model.budgets import Criterion, exit_scores
-from model.cost import CostReport
-from model.exits import staged_exit_logits
-from service.engine.types import EngineResult
+from service.engine.types import Progress
 from service.schemas import Step
 
 
-def replay_steps(
-    model: AdaFocusV3,
-    frames: np.ndarray,
-    result: EngineResult,
-    costs: CostReport,
-    criterion: Criterion,
-    thresholds: Sequence[float] | None,
+def steps_from_progress(
+    progress: Sequence[Progress], exit_step: int, labels: Sequence[str], thresholds: Sequence[float] | None
 ) -> list[Step]:
-    """The prediction at exits 0..``result.exit_step`` of ``frames`` (T, H, W, 3) uint8 (the engine's input)."""
-    device = next(model.parameters()).device
-    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(3, 0, 1, 2).unsqueeze(0).to(device)  # (1,3,T,H,W)
-    with torch.inference_mode():
-        logits = staged_exit_logits(model, model, clip)[0, : result.exit_step + 1].float().cpu()  # (E, classes)
-    probs = logits.softmax(dim=-1)  # (E, classes)
-    scores = exit_scores(logits, criterion)  # (E,)
-    names = model.config.class_names
-    skipped = [c.skipped for c in result.cubes or []]
+    """The prediction at exits 0..``exit_step`` from the engine's own progress events (one per step it ran for the
+    request). A cube skipped as covered leaves the prediction as it was, so its exit repeats the event that reached
+    past it (the first event whose exit index is at or after it)."""
+    events = sorted(progress, key=lambda e: e.exit_index)
     steps = []
-    for k in range(result.exit_step + 1):
-        class_id = int(probs[k].argmax())
-        cubes_run = sum(1 for s in skipped[:k] if not s) if skipped else k
+    for k in range(exit_step + 1):
+        event = next((e for e in events if e.exit_index >= k), None)
+        if event is None:  # no step reached this exit (cannot happen for an answered request; never invent one)
+            break
         steps.append(
             Step(
                 exit=k,
-                class_id=class_id,
-                label=names[class_id],
-                confidence=float(probs[k, class_id]),
-                score=float(scores[k]),
+                class_id=event.class_id,
+                label=labels[event.class_id],
+                confidence=event.confidence,
+                score=event.score,
                 threshold=None if thresholds is None else float(thresholds[k]),
-                exited=k == result.exit_step,
-                gmacs=costs.glance_gmacs + cubes_run * costs.focus_step_gmacs,
+                exited=k == exit_step,
+                gmacs=event.gmacs,
             )
         )
     return steps

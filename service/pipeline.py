@@ -16,9 +16,9 @@ from starlette.requests import ClientDisconnect
 
 from service.decode import DecodeJob
 from service.engine.errors import DeadlineExceeded
-from service.engine.types import EngineRequest, EngineResult
+from service.engine.types import EngineRequest, EngineResult, Progress
 from service.events import EventSink
-from service.explain import frame_images, replay_steps
+from service.explain import frame_images, steps_from_progress
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
 from service.schemas import ClassifyResponse, Cube, Timings, TopK
@@ -87,9 +87,21 @@ async def classify(
             decoded = await _wait(state, asyncio.wrap_future(state.pool.submit(job)), disconnect, deadline)
         assert state.metrics is not None
         state.metrics.on_decode(decoded.seconds)
-        on_progress = sink.push if sink is not None and sink.wanted else None
+        progress: list[Progress] = []  # the engine's per-step predictions, for ``explain`` (appended on its thread)
+        stream_to = sink.push if sink is not None and sink.wanted else None
+
+        def on_progress(event: Progress) -> None:
+            if explain:
+                progress.append(event)
+            if stream_to is not None:
+                stream_to(event)
+
         engine_request = EngineRequest(
-            decoded.frames, budget=budget, deadline=deadline, explain=explain, on_progress=on_progress
+            decoded.frames,
+            budget=budget,
+            deadline=deadline,
+            explain=explain,
+            on_progress=on_progress if explain or stream_to is not None else None,
         )
         future = state.engine.submit(engine_request)
         if sink is not None:
@@ -109,10 +121,7 @@ async def classify(
             thresholds = budget_now.levels.get(result.budget).thresholds
         elif budget_now.version == result.budget_version:
             thresholds = budget_now.thresholds
-        body.steps = await asyncio.to_thread(
-            replay_steps, state.bundle.model, decoded.frames, result, state.engine.costs, budget_now.criterion,
-            thresholds,
-        )
+        body.steps = steps_from_progress(progress, result.exit_step, state.bundle.config.class_names, thresholds)
     if want_frames:
         body.frames = await asyncio.to_thread(frame_images, decoded.frames)
     return body

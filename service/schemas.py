@@ -71,8 +71,8 @@ class ClassifyResponse(BaseModel):
     )
     steps: list[Step] | None = Field(
         default=None,
-        description="the prediction after the glance and after each cube up to the exit (with `explain`; the same "
-        "model replayed on the same frames)",
+        description="the prediction after the glance and after each cube up to the exit (with `explain`; recorded "
+        "by the engine as it ran the request)",
     )
     frames: list[str] | None = Field(
         default=None, description="the frames the model saw, in order, as PNG data URLs (with `frames`)"

@@ -77,7 +77,7 @@ def test_explain_gives_the_prediction_after_every_exit_up_to_the_answer(
     assert [s["exited"] for s in steps] == [False] * exit_step + [True]
     assert [s["threshold"] for s in steps] == pytest.approx(thresholds[: exit_step + 1])
     assert [s["gmacs"] for s in steps] == pytest.approx(costs.exit_gmacs[: exit_step + 1])
-    last = steps[-1]  # the replay ends where the engine answered
+    last = steps[-1]  # the steps end where the engine answered
     assert (last["class_id"], last["label"]) == (body["class_id"], body["label"])
     assert last["confidence"] == pytest.approx(body["confidence"], abs=1e-5)
     assert last["gmacs"] == pytest.approx(body["gmacs"])
@@ -238,3 +238,22 @@ def test_docs_and_the_page_use_only_local_assets(app: TestClient) -> None:
         assert app.get(asset).status_code == 200
     assert "http://" not in page.text and "https://" not in page.text
     assert app.get("/redoc").status_code == 404
+
+
+def test_steps_come_from_the_engine_progress_and_repeat_over_skipped_cubes() -> None:
+    from service.engine.types import Progress
+    from service.explain import steps_from_progress
+
+    def event(k: int, class_id: int, gmacs: float) -> Progress:
+        return Progress(request_id=1, exit_index=k, class_id=class_id, confidence=0.5 + k / 10, score=1.0 - k / 10,
+                        cube=None, gmacs=gmacs, final=k == 3)  # fmt: skip
+
+    # the glance, cube 1, then cube 2 whose successor was covered: the engine's step reached exit 3 directly
+    steps = steps_from_progress([event(0, 4, 1.0), event(1, 2, 1.5), event(3, 2, 2.0)], 3, list("abcde"), None)
+    assert [(s.exit, s.class_id, s.label, s.gmacs, s.exited) for s in steps] == [
+        (0, 4, "e", 1.0, False),
+        (1, 2, "c", 1.5, False),
+        (2, 2, "c", 2.0, False),
+        (3, 2, "c", 2.0, True),
+    ]
+    assert steps_from_progress([event(0, 4, 1.0)], 2, list("abcde"), None)[-1].exit == 0  # nothing invented
