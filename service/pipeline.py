@@ -56,8 +56,6 @@ async def classify(
 ) -> ClassifyResponse:
     """Upload -> decode (worker process) -> engine -> answer; each stage bounded by the request deadline. With a
     ``sink`` that wants a stream (Accept header, or the form field ``stream``), progress events go to it."""
-    if state.draining:
-        raise ServiceDraining("the server is draining and admits no new requests")
     assert state.engine is not None and state.pool is not None and state.bundle is not None
     s, cfg = state.settings, state.bundle.config
     deadline = request_deadline(state, started, request.headers.get("x-deadline-ms"))

@@ -18,7 +18,7 @@ from service.errors import error_response, error_responses, rule_for, to_api_err
 from service.events import EventSink, wants_stream
 from service.lifecycle import ServiceState
 from service.metrics import CONTENT_TYPE
-from service.pipeline import ClientGone
+from service.pipeline import ClientGone, ServiceDraining
 from service.schemas import BudgetResponse, BudgetUpdate, ClassifyResponse, Health, Readiness, level_bodies
 from service.upload import NotJson
 
@@ -93,6 +93,8 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
     """Classify one uploaded video (multipart field `video`); with `Accept: text/event-stream` or `stream=true`,
     stream the prediction after the glance and after each cube, then the answer (Server-Sent Events)."""
     started = state.clock()
+    # checked here, before the request counts as in flight: a request the drain waits for never gets refused later
+    draining = state.draining
     state.inflight += 1
     log.debug("/classify: %d request(s) in flight", state.inflight)  # the drain test waits for these
     status = 500
@@ -105,6 +107,8 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
             state.metrics.on_request(final, state.clock() - started)
 
     try:
+        if draining:
+            raise ServiceDraining("the server is draining and admits no new requests")
         answer = await stream.respond(
             state, state.until_aborted(pipeline.classify(state, request, started, sink)), sink, stream_ended
         )
