@@ -12,6 +12,11 @@ from typing import Any
 QUICK_TOTAL_S = 40.0  # --quick: all phases of a load test together send for at most this long
 
 
+def _log(line: str) -> None:
+    """Progress lines of the in-process benchmarks, on stderr (stdout holds the result)."""
+    sys.stderr.write(line + "\n")
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(",") if v.strip())
@@ -219,10 +224,7 @@ def run_bench_adaptive(args: argparse.Namespace) -> int:
         device=args.device,
     )
 
-    def log(line: str) -> None:
-        sys.stderr.write(line + "\n")
-
-    result = run_adaptive_bench(work, cfg, log)
+    result = run_adaptive_bench(work, cfg, _log)
     if args.plot:
         from loadtest.plots import plot_adaptive
 
@@ -367,10 +369,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
         device=args.device,
     )
 
-    def log(line: str) -> None:
-        sys.stderr.write(line + "\n")
-
-    result = run_engine_bench(work, cfg, log) | {"allocator": allocator}
+    result = run_engine_bench(work, cfg, _log) | {"allocator": allocator}
     if args.plot:
         from loadtest.plots import plot_engine_modes
 

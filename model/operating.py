@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from model.budgets import BudgetLevel, BudgetTable, Criterion, exit_scores, validate_thresholds
+from model.budgets import BudgetLevel, BudgetTable, Criterion, validate_thresholds
 from model.evaluate import ExitRecord
-from model.exits import exits_taken
+from model.exits import exits_taken, score_table
 
 LEVEL_NAMES = ("min", "low", "balanced", "high", "max")
 NEVER_MAX_PROB = 2.0  # a max-probability threshold no sample reaches
@@ -38,10 +38,8 @@ class Operating:
 
 
 def scores_of(logits: np.ndarray, criterion: Criterion) -> np.ndarray:
-    """(N, E) exit scores from logits (N, E, C): entropy in nats or max probability."""
-    N, E, C = logits.shape
-    flat = exit_scores(torch.from_numpy(logits.reshape(N * E, C)), criterion)
-    return flat.numpy().reshape(N, E).astype(np.float64)
+    """(N, E) exit scores from logits (N, E, C), as float64: ``model.exits.score_table`` on numpy."""
+    return score_table(torch.from_numpy(logits), criterion).numpy().astype(np.float64)
 
 
 def exit_proportions(q: float, num_exits: int, start: int = 0) -> np.ndarray:
