@@ -34,7 +34,7 @@ from service.engine.config import ENGINE_MODES, EngineConfig, EngineMode
 from service.engine.engine import Engine
 from service.engine.errors import EngineError
 from service.engine.observer import StatsObserver
-from service.engine.runner import TorchRunner
+from service.engine.runner import Runner, TorchRunner
 from service.engine.types import EngineRequest, EngineResult
 
 
@@ -236,8 +236,8 @@ def parse_mode(label: str) -> tuple[EngineMode, int | None]:
     )
 
 
-def _engines(work: Workload, cfg: EngineBenchConfig) -> dict[str, tuple[Engine, _Recorder]]:
-    runner = TorchRunner(work.model, cfg.device)  # one model, one runner: the engines run one at a time
+def _engines(work: Workload, cfg: EngineBenchConfig, runner: Runner | None) -> dict[str, tuple[Engine, _Recorder]]:
+    runner = runner or TorchRunner(work.model, cfg.device)  # one model, one runner: the engines run one at a time
     queue = max(cfg.saturation_requests, 4096)
     engines = {}
     for label in cfg.modes:
@@ -312,9 +312,12 @@ def run_level(
     return {"budget": level, "runs": runs, "ratios": _ratios(runs, list(engines))}
 
 
-def run_engine_bench(work: Workload, cfg: EngineBenchConfig, log: Any = lambda _: None) -> dict[str, Any]:
+def run_engine_bench(
+    work: Workload, cfg: EngineBenchConfig, log: Any = lambda _: None, runner: Runner | None = None
+) -> dict[str, Any]:
+    """Every mode of ``cfg`` on ``work``, over ``runner`` (default: eager PyTorch on ``cfg.device``)."""
     names = list(cfg.levels) or [lvl.name for lvl in work.budgets.levels]
-    engines = _engines(work, cfg)
+    engines = _engines(work, cfg, runner)
     try:
         levels = [run_level(engines, work, cfg, name, log) for name in names]
     finally:

@@ -1,6 +1,7 @@
 """Runner selection, once at start-up: ``torch``, ``onnx`` or ``auto``.
 
-- ``torch``: eager PyTorch (``TorchRunner``).
+- ``torch``: PyTorch (``TorchRunner``), in the precision and memory format ``TorchOptions`` names, its stages
+  replayed as CUDA graphs per batch bucket when asked (``GraphedRunner``, CUDA only).
 - ``onnx``: ONNX Runtime (``OnnxRunner``) on an exported directory; without one, the bundle is exported on the fly
   into a cache directory keyed by the bundle hash (verified and reused on the next start).
 - ``auto``: both are built and timed at warm-up on the batch sizes the engine will run (glance at 1 and at
@@ -28,7 +29,8 @@ from exporters.onnx_runner import OnnxRunner, OrtOptions
 from model.adafocus import AdaFocusV3, FocusState
 from model.bundle import Bundle, load_bundle
 from service.engine.config import BACKENDS, Backend
-from service.engine.runner import Runner, TorchRunner
+from service.engine.graphs import GraphedRunner
+from service.engine.runner import Runner, TorchOptions, TorchRunner
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,7 @@ def create_runner(
     export_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     ort_options: OrtOptions | None = None,
+    torch_options: TorchOptions = TorchOptions(),
     max_batch: int = 32,
 ) -> Runner:
     """Build the runner the engine will drive for the whole life of the process.
@@ -70,12 +73,24 @@ def create_runner(
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {BACKENDS}")
     if backend == "torch":
-        return TorchRunner(model, device)
+        return torch_runner(model, device, torch_options, max_batch)
     onnx_runner = _onnx_runner(model, device, bundle, export_dir, cache_dir, ort_options)
     if backend == "onnx":
         return onnx_runner
-    runner, _ = pick_faster([TorchRunner(model, device), onnx_runner], model, max_batch)
+    runner, _ = pick_faster([torch_runner(model, device, torch_options, max_batch), onnx_runner], model, max_batch)
     return runner
+
+
+def torch_runner(
+    model: AdaFocusV3, device: str | torch.device, options: TorchOptions = TorchOptions(), max_batch: int = 32
+) -> Runner:
+    """The PyTorch runner ``options`` describes; with CUDA graphs, captured here for batches up to ``max_batch``."""
+    base = TorchRunner(model, device, options)
+    if not options.cuda_graphs:
+        return base
+    if base.device.type != "cuda":
+        raise ValueError(f"CUDA graphs need a CUDA device; the runner is on {base.device}")
+    return GraphedRunner(base, max_batch)
 
 
 def _onnx_runner(
@@ -105,7 +120,8 @@ def probe_inputs(model: AdaFocusV3, batch: int, device: torch.device) -> tuple[t
     return frames_small.to(device), cubes.to(device)
 
 
-def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+def median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> float:
+    """Median wall milliseconds of ``fn`` over ``repeats`` calls after one unmeasured call (CUDA synchronised)."""
     fn()  # warm-up: first-call allocations, lazy initialisation
     times = []
     for _ in range(repeats):
@@ -119,20 +135,24 @@ def _median_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> 
     return statistics.median(times)
 
 
+def stage_ms(runner: Runner, model: AdaFocusV3, batch: int, repeats: int = 5) -> tuple[float, float]:
+    """Median milliseconds of one glance and of one focus call (mixed step indices) at ``batch`` samples."""
+    frames, cubes = probe_inputs(model, batch, runner.device)
+    with torch.inference_mode():
+        state = runner.glance(frames).state
+        steps = torch.arange(batch, device=runner.device) % model.config.num_cubes  # (B,) mixed steps
+        state = FocusState(state.global_feats, state.pooled, steps)
+        glance = median_ms(lambda: runner.glance(frames), repeats, runner.device)
+        focus = median_ms(lambda: runner.focus(cubes, state), repeats, runner.device)
+    return glance, focus
+
+
 def measure_runner(runner: Runner, model: AdaFocusV3, max_batch: int, repeats: int = 5) -> dict[str, float]:
     """Median milliseconds of the three calls the engine makes most: glance at 1 and at ``max_batch``, and one
     focus batch of ``max_batch`` samples at mixed steps."""
-    one, _ = probe_inputs(model, 1, runner.device)
-    frames, cubes = probe_inputs(model, max_batch, runner.device)
-    with torch.inference_mode():
-        state = runner.glance(frames).state
-        steps = torch.arange(max_batch, device=runner.device) % model.config.num_cubes  # (B,) mixed steps
-        state = FocusState(state.global_feats, state.pooled, steps)
-        figures = {
-            "glance_b1_ms": _median_ms(lambda: runner.glance(one), repeats, runner.device),
-            f"glance_b{max_batch}_ms": _median_ms(lambda: runner.glance(frames), repeats, runner.device),
-            f"focus_b{max_batch}_ms": _median_ms(lambda: runner.focus(cubes, state), repeats, runner.device),
-        }
+    glance_one, _ = stage_ms(runner, model, 1, repeats)
+    glance, focus = stage_ms(runner, model, max_batch, repeats)
+    figures = {"glance_b1_ms": glance_one, f"glance_b{max_batch}_ms": glance, f"focus_b{max_batch}_ms": focus}
     figures["total_ms"] = sum(figures.values())
     return figures
 
