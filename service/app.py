@@ -15,10 +15,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bodies import BodyGuard, BodyLimits
+from service.budgetstore import BudgetStore
 from service.errors import install_handlers
-from service.lifecycle import ServiceState
+from service.lifecycle import Peers, ServiceState
 from service.logs import RequestIdMiddleware
 from service.oip import router as oip_router
 from service.routes import router
@@ -26,10 +29,17 @@ from service.settings import Settings
 from service.web import install_web
 
 
-def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.monotonic) -> FastAPI:
+def create_app(
+    settings: Settings | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    budget: BudgetStore | None = None,
+    peers: Peers | None = None,
+    replica: str = "",
+) -> FastAPI:
     """The application; the model loads in its lifespan, not here. ``clock`` (seconds, monotonic) times the
-    request deadlines, in the routes and in the engine alike; tests inject one to pass a deadline at will."""
-    state = ServiceState(settings or Settings(), clock=clock)
+    request deadlines, in the routes and in the engine alike; tests inject one to pass a deadline at will.
+    ``budget``, ``peers``, ``replica``: a fleet replica's (fleet/replica.py); by default a single server's."""
+    state = ServiceState(settings or Settings(), clock=clock, budget=budget, peers=peers, replica=replica)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,5 +64,25 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
     app.include_router(oip_router)
     install_web(app)
     app.add_middleware(BodyGuard, limits=BodyLimits.of(state.settings))  # small bodies capped before routes and auth
-    app.add_middleware(RequestIdMiddleware, clock=clock)  # outermost of ours: every response has an X-Request-ID
+    app.add_middleware(RequestIdMiddleware, clock=clock)  # every response has an X-Request-ID
+    app.add_middleware(ReplicaHeader, state=state)  # outermost: every response names the replica (fleet or not)
     return app
+
+
+class ReplicaHeader:
+    """Adds ``X-Replica: <the server's name>`` to every response (pure ASGI: streams pass through untouched)."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def named(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.state.replica:
+                MutableHeaders(scope=message).append("X-Replica", self.state.replica)
+            await send(message)
+
+        await self.app(scope, receive, named)

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from model.budgets import BudgetError
 from model.video import DecodeError
 from service.auth import BudgetChangesDisabled, Forbidden, Unauthorized
+from service.budgetstore import BudgetFileReadOnly
 from service.decode import DecodeBusy, DecoderCrashed
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull, RequestCancelled
 from service.lifecycle import ShutdownAborted
@@ -112,6 +113,11 @@ ERRORS: dict[type[Exception], ErrorRule] = {
     ),
     Forbidden: ErrorRule(403, "forbidden", None, description="wrong operator token (`forbidden`)"),
     ModelNotFound: ErrorRule(404, "model_not_found", None, description="no model of that name (`model_not_found`)"),
+    BudgetFileReadOnly: ErrorRule(
+        409, "budget_file_read_only", None,
+        description="the budget is set by a read-only `ADAFOCUS_BUDGET_FILE` (a ConfigMap): change the file "
+        "(`budget_file_read_only`)",
+    ),
     BudgetChangesDisabled: ErrorRule(
         403, "budget_changes_disabled", None,
         description="budget changes are disabled: no operator token configured (`budget_changes_disabled`)",

@@ -16,17 +16,19 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import torch
 
 from model.bundle import Bundle
 from model.cost import cost_report
+from service.budgetstore import BudgetStore, FileBudget, LocalBudget
 from service.decode import DecodeJob, DecodePool, self_test_video
 from service.engine.backends import create_runner, load_model_source
 from service.engine.engine import Engine
-from service.engine.types import EngineRequest
+from service.engine.types import BudgetState, EngineRequest
 from service.metrics import Metrics
+from service.schemas import ReplicaBudget
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,26 @@ T = TypeVar("T")
 
 class ShutdownAborted(Exception):
     """The drain timeout passed with this request still in flight: it is answered now, before the server stops."""
+
+
+class Peers(Protocol):
+    """The replicas of a fleet, this one included (fleet/replica.py over Ray); a single server has none."""
+
+    def budgets(self) -> list[ReplicaBudget]:
+        """Every live replica's budget, for GET /budget."""
+        ...
+
+    def metrics(self) -> bytes:
+        """Every live replica's metrics, each series labelled with its ``replica``, for GET /metrics."""
+        ...
+
+
+def store_for(settings: Settings) -> BudgetStore:
+    """The budget file's store when ``ADAFOCUS_BUDGET_FILE`` is set, else the in-memory one."""
+    initial = settings.startup_budget()
+    if settings.budget_file is None:
+        return LocalBudget(initial, settings.slo_p99_s)
+    return FileBudget(settings.budget_file, initial, settings.budget_poll_s, settings.slo_p99_s)
 
 
 @dataclass
@@ -52,6 +74,9 @@ class ServiceState:
     draining: bool = False
     inflight: int = 0  # /classify requests between their first byte and their answer
     clock: Callable[[], float] = time.monotonic  # request deadlines and timings; shared with the engine
+    budget: BudgetStore | None = None  # None: built from the settings at start-up (store_for); the fleet gives its own
+    peers: Peers | None = None  # the fleet's replicas; None: a single server
+    replica: str = ""  # this server's name in every answer; "": the settings' (ADAFOCUS_REPLICA_NAME or the host)
     # one future per request in ``until_aborted``, set by ``abort_inflight`` (event-loop side only)
     _aborts: set[asyncio.Future[None]] = field(default_factory=set)
 
@@ -73,9 +98,11 @@ class ServiceState:
             runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics,
             clock=self.clock,
         )
-        auto = s.auto_budget_config()
-        if auto is not None:  # an unknown ADAFOCUS_MIN_LEVEL stops the start-up here (BudgetError)
-            self.engine.set_budget_auto(auto)
+        self.replica = self.replica or s.replica()
+        self.budget = self.budget or store_for(s)
+        # an unknown ADAFOCUS_BUDGET or ADAFOCUS_MIN_LEVEL, or a bad budget file, stops the start-up here
+        budget = self.budget.start(self.engine, self._on_budget)
+        log.info("budget %s, version %d", budget.name, budget.version)
         self.engine.start()
         if s.warmup:
             self.engine.warmup()
@@ -88,6 +115,27 @@ class ServiceState:
         self.checks["decoder_self_test"] = True
         self.metrics.ready.set(1)
         log.info("ready: %s runner, %s mode, %d decoder workers", runner.name, s.mode, s.decode_workers)
+
+    def _on_budget(self, state: BudgetState) -> None:
+        if self.metrics is not None:
+            self.metrics.budget_setting_version.set(state.setting_version)
+
+    def render_metrics(self, replica: str | None = None) -> bytes:
+        """This server's metrics, the gauges read now; ``replica``: every series labelled with it (a fleet)."""
+        if self.metrics is None:
+            return b""
+        if self.engine is not None:
+            self.metrics.on_queue(self.engine.queue_depth, self.engine.active_count)
+        if self.pool is not None:
+            self.metrics.decode_pending.set(self.pool.pending)
+        return self.metrics.render(replica)
+
+    def own_budget(self) -> ReplicaBudget:
+        assert self.engine is not None
+        state = self.engine.budget_state()
+        return ReplicaBudget(
+            replica=self.replica, name=state.name, version=state.version, setting_version=state.setting_version
+        )
 
     def _self_test(self) -> None:
         """Encode a tiny video now, decode it in the pool, classify it: the whole path works."""
@@ -105,6 +153,8 @@ class ServiceState:
         self.draining = True
         if self.metrics is not None:
             self.metrics.ready.set(0)
+        if self.budget is not None:
+            self.budget.stop()
         if self.engine is not None:
             self.engine.shutdown(drain=True, timeout=self.settings.drain_timeout_s)
         if self.pool is not None:

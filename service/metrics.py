@@ -9,6 +9,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from service.engine.autobudget import Decision
 from service.engine.config import Stage
@@ -70,6 +71,11 @@ class Metrics:
             "adafocus_budget_info", "The active budget level (value 1)", ["budget"], registry=r
         )
         self.budget_version = Gauge("adafocus_budget_version", "Version of the active budget", registry=r)
+        self.budget_setting_version = Gauge(
+            "adafocus_budget_setting_version",
+            "Version of the operator's budget setting applied here (equal on every replica of a fleet once it spread)",
+            registry=r,
+        )
         self.rejected = Counter(
             "adafocus_rejected", "Requests refused or dropped, by reason", ["reason"], registry=r
         )
@@ -149,5 +155,36 @@ class Metrics:
     def on_decoder_restart(self, reason: str) -> None:
         self.decoder_restarts.labels(reason).inc()
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, replica: str | None = None) -> bytes:
+        """The exposition; ``replica``: every series labelled ``replica=<it>`` (a fleet replica's)."""
+        if replica is None:
+            return generate_latest(self.registry)
+        return render_families(labelled(self.registry, replica))
+
+
+def labelled(registry: CollectorRegistry, replica: str) -> list[Metric]:
+    """Every family of ``registry`` with ``replica`` added to each sample's labels (picklable: sent between
+    replicas)."""
+    families = []
+    for family in registry.collect():
+        copy = Metric(family.name, family.documentation, family.type, family.unit)
+        copy.samples = [s._replace(labels={**s.labels, "replica": replica}) for s in family.samples]
+        families.append(copy)
+    return families
+
+
+def render_families(families: list[Metric]) -> bytes:
+    """One exposition of families from several replicas: the samples of equal names merged into one family."""
+    merged: dict[str, Metric] = {}
+    for family in families:
+        into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type, family.unit))
+        into.samples.extend(family.samples)
+    return generate_latest(_Families(list(merged.values())))  # any object with collect() will do
+
+
+class _Families:
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Metric]:
+        return self.families

@@ -12,14 +12,21 @@ from fastapi.responses import JSONResponse, Response
 
 from service import pipeline, stream
 from service.auth import check_operator
-from service.engine.autobudget import AutoBudgetConfig
 from service.engine.types import BudgetState
 from service.errors import error_response, error_responses, rule_for, to_api_error
 from service.events import EventSink, wants_stream
 from service.lifecycle import ServiceState
 from service.metrics import CONTENT_TYPE
 from service.pipeline import ClientGone, ServiceDraining
-from service.schemas import BudgetResponse, BudgetUpdate, ClassifyResponse, Health, Readiness, level_bodies
+from service.schemas import (
+    BudgetResponse,
+    BudgetUpdate,
+    ClassifyResponse,
+    Health,
+    Readiness,
+    ReplicaBudget,
+    level_bodies,
+)
 from service.upload import NotJson
 
 log = logging.getLogger(__name__)
@@ -114,6 +121,8 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
         )
         streaming = isinstance(answer, Response)
         status = 200
+        if isinstance(answer, ClassifyResponse):
+            answer.replica = state.replica
         return answer
     except Exception as exc:
         error = to_api_error(exc, state.settings.retry_after_s)
@@ -131,7 +140,9 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
             stream_ended(status)
 
 
-def budget_body(budget: BudgetState, default: str) -> BudgetResponse:
+def budget_body(
+    budget: BudgetState, default: str, replica: str = "", replicas: list[ReplicaBudget] | None = None
+) -> BudgetResponse:
     return BudgetResponse(
         name=budget.name,
         version=budget.version,
@@ -142,15 +153,19 @@ def budget_body(budget: BudgetState, default: str) -> BudgetResponse:
         mode="manual" if budget.auto is None else "auto",
         slo_p99_s=None if budget.auto is None else budget.auto.slo_p99_s,
         min_level=None if budget.auto is None else budget.auto.min_level,
+        setting_version=budget.setting_version,
+        replica=replica,
+        replicas=replicas or [],
     )
 
 
 @router.get("/budget", response_model=BudgetResponse)
 def get_budget(state: StateDep) -> BudgetResponse:
-    """The active threshold set and every available level."""
+    """The active threshold set and every available level; `replicas`: each fleet replica's version."""
     assert state.engine is not None
     budget = state.engine.budget_state()
-    return budget_body(budget, budget.levels.default)
+    replicas = [state.own_budget()] if state.peers is None else state.peers.budgets()
+    return budget_body(budget, budget.levels.default, state.replica, replicas)
 
 
 def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
@@ -167,26 +182,16 @@ def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
 @router.put(
     "/budget",
     response_model=BudgetResponse,
-    responses=error_responses(401, 403, 415, 422),
+    responses=error_responses(401, 403, 409, 415, 422),
     dependencies=[Depends(require_operator), Depends(require_json)],
 )
 def put_budget(state: StateDep, update: Annotated[BudgetUpdate, Body()]) -> BudgetResponse:
     """Switch the budget by level name, by a GMACs/video target, with explicit thresholds, or to the automatic
-    budget (`mode: auto`, with an optional `p99_s` objective and `min_level` floor); needs the operator token."""
-    assert state.engine is not None
-    if update.mode == "auto":
-        objective = update.p99_s or state.settings.slo_p99_s
-        budget = state.engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=objective, min_level=update.min_level))
-    elif update.mode == "manual" and update.level is None and update.gmacs is None and update.thresholds is None:
-        budget = state.engine.set_budget_level(state.engine.budget_state().name)  # keep the level auto chose
-    elif update.level is not None:
-        budget = state.engine.set_budget_level(update.level)
-    elif update.gmacs is not None:
-        budget = state.engine.set_budget_gmacs(update.gmacs)
-    else:
-        assert update.thresholds is not None
-        budget = state.engine.set_budget_thresholds(update.thresholds)
-    return budget_body(budget, budget.levels.default)
+    budget (`mode: auto`, with an optional `p99_s` objective and `min_level` floor); needs the operator token.
+    With a budget file it is written there (409 when read-only); in a fleet every replica applies it."""
+    assert state.budget is not None
+    budget = state.budget.put(update)
+    return budget_body(budget, budget.levels.default, state.replica)
 
 
 @router.get("/healthz", response_model=Health)
@@ -208,10 +213,5 @@ def readyz(state: StateDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 def metrics(state: StateDep) -> Response:
     """Prometheus metrics (text exposition format)."""
-    if state.metrics is None:
-        return Response(b"", media_type=CONTENT_TYPE)
-    if state.engine is not None:
-        state.metrics.on_queue(state.engine.queue_depth, state.engine.active_count)
-    if state.pool is not None:
-        state.metrics.decode_pending.set(state.pool.pending)
-    return Response(state.metrics.render(), media_type=CONTENT_TYPE)
+    body = state.peers.metrics() if state.peers is not None else state.render_metrics()
+    return Response(body, media_type=CONTENT_TYPE)

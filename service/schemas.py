@@ -65,6 +65,7 @@ class ClassifyResponse(BaseModel):
     gmacs: float = Field(description="compute spent on this video, in GMACs (multiply-adds)")
     budget: str = Field(description="budget level the video ran under (`custom` for explicit thresholds)")
     budget_version: int = Field(description="version of the threshold set that decided the exit")
+    replica: str | None = Field(default=None, description="the server (fleet replica) that answered; also `X-Replica`")
     timings: Timings = Field(description="per-stage wall times in seconds")
     cubes: list[Cube] | None = Field(
         default=None, description="the cubes chosen by the policy, in order (with `explain`)"
@@ -99,6 +100,16 @@ def level_bodies(table: BudgetTable) -> list[BudgetLevelBody]:
     ]
 
 
+class ReplicaBudget(BaseModel):
+    replica: str = Field(description="the replica's name (the `replica` field and `X-Replica` header of its answers)")
+    name: str = Field(description="its active level")
+    version: int = Field(description="its budget version (answers report it as `budget_version`)")
+    setting_version: int = Field(
+        description="the version of the operator's setting it applied; equal on every replica once a change "
+        "reached them all (the automatic budget's own level changes bump `version` only)"
+    )
+
+
 class BudgetResponse(BaseModel):
     name: str = Field(description="the active level (`custom` for explicit thresholds)")
     version: int = Field(description="incremented by every change; results report the version they ran under")
@@ -113,6 +124,11 @@ class BudgetResponse(BaseModel):
     )
     slo_p99_s: float | None = Field(default=None, description="automatic budget: the p99 latency objective (s)")
     min_level: str | None = Field(default=None, description="automatic budget: the least accurate level it may use")
+    setting_version: int = Field(default=1, description="the version of the operator's setting this state comes from")
+    replica: str = Field(default="", description="the replica that answered")
+    replicas: list[ReplicaBudget] = Field(
+        default_factory=list, description="every live replica's budget (one entry on a single server)"
+    )
 
 
 class BudgetUpdate(BaseModel):

@@ -7,6 +7,7 @@ variable, before any model is loaded.
 from __future__ import annotations
 
 import re
+import socket
 from pathlib import Path
 from typing import Literal
 
@@ -14,9 +15,9 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.video import DecodeLimits
-from service.engine.autobudget import AutoBudgetConfig
 from service.engine.config import Backend, EngineConfig, EngineMode
 from service.logs import LogFormat
+from service.schemas import BudgetUpdate
 
 MIN_TOKEN_CHARS = 16
 
@@ -55,6 +56,17 @@ class Settings(BaseSettings):
     slo_p99_s: float = Field(default=0.5, gt=0, description="automatic budget: the p99 latency objective in seconds")
     min_level: str | None = Field(
         default=None, description="automatic budget: the cheapest level it may choose; unset = any level"
+    )
+    budget: str | None = Field(
+        default=None, description="the budget level to start with; unset = the bundle's default (a budget file wins)"
+    )
+    budget_file: Path | None = Field(
+        default=None, description="JSON file holding the budget setting (a PUT /budget body plus `version`): read at "
+        "start-up, watched, written by PUT /budget when writable (else 409); a Kubernetes ConfigMap"
+    )
+    budget_poll_s: float = Field(default=1.0, gt=0, description="how often the budget file is checked for changes")
+    replica_name: str | None = Field(
+        default=None, description="this server's name in answers (`replica`, `X-Replica`); unset = the host name"
     )
     retry_after_s: int = Field(default=1, ge=0, description="Retry-After seconds sent with 503 answers")
 
@@ -138,6 +150,10 @@ class Settings(BaseSettings):
     def _consistent(self) -> Settings:
         if self.bundle is not None and not self.bundle.is_dir():
             raise ValueError(f"ADAFOCUS_BUNDLE={self.bundle} is not a directory")
+        if self.budget and self.budget_mode == "auto":
+            raise ValueError("ADAFOCUS_BUDGET is a fixed level: with ADAFOCUS_BUDGET_MODE=auto set ADAFOCUS_MIN_LEVEL")
+        if self.budget_file is not None and not self.budget_file.parent.is_dir():
+            raise ValueError(f"ADAFOCUS_BUDGET_FILE={self.budget_file}: its directory does not exist")
         self.engine_config()  # validated once, by the engine's own configuration type (its message names the field)
         return self
 
@@ -160,11 +176,14 @@ class Settings(BaseSettings):
             deadline_answers=self.deadline_answers,
         )
 
-    def auto_budget_config(self) -> AutoBudgetConfig | None:
-        """The automatic budget to start with (ADAFOCUS_BUDGET_MODE=auto), else None."""
-        if self.budget_mode != "auto":
-            return None
-        return AutoBudgetConfig(slo_p99_s=self.slo_p99_s, min_level=self.min_level or None)
+    def startup_budget(self) -> BudgetUpdate:
+        """The budget setting to start with when no budget file holds one (levels are checked by the engine)."""
+        if self.budget_mode == "auto":
+            return BudgetUpdate(mode="auto", p99_s=self.slo_p99_s, min_level=self.min_level or None)
+        return BudgetUpdate(level=self.budget) if self.budget else BudgetUpdate(mode="manual")
+
+    def replica(self) -> str:
+        return self.replica_name or socket.gethostname()
 
     def resolved_device(self) -> str:
         """``auto`` -> cuda when torch sees a GPU, else cpu."""

@@ -5,10 +5,10 @@ tensor work (``service.engine.step``: one glance batch, one focus batch, the exi
 again: ``apply()``; requests that left are answered at once and their slots refill at the next step. The engine's
 own bookkeeping (one entry per unfinished request) is asserted equal to the scheduler's after every transition.
 
-Budgets: a swap replaces the active ``BudgetState`` (new version) under the lock. The runner thread snapshots it
-once per step and binds it to the requests whose glance runs in that step, so a swap applies atomically at a
-step boundary, a request that is already in flight finishes under the version it started with, and every result
-reports the version whose thresholds decided its exit.
+Budgets: a swap replaces the active ``BudgetState`` (new version: the caller's, else the old one + 1) under the
+lock. The runner thread snapshots it once per step and binds it to the requests whose glance runs in that step, so
+a swap applies atomically at a step boundary, a request that is already in flight finishes under the version it
+started with, and every result reports the version whose thresholds decided its exit.
 
 Automatic budget (``set_budget_auto``): at every step boundary, before ``plan()``, the controller of
 ``service.engine.autobudget`` gets the arrivals (every submit, refused ones too), the backlog, the measured step costs
@@ -88,7 +88,7 @@ class Engine:
         self._jobs: deque[tuple[Callable[[], None], Future[None]]] = deque()
         self._ids = itertools.count()
         default = budgets.get(budgets.default)
-        self._budget = BudgetState(default.name, default.thresholds, 1, budgets.criterion, budgets)
+        self._budget = BudgetState(default.name, default.thresholds, 1, budgets.criterion, budgets, None, 1)
         self._draining = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -195,18 +195,19 @@ class Engine:
     def budget_state(self) -> BudgetState:
         return self._budget
 
-    def set_budget_level(self, name: str) -> BudgetState:
+    # ``version``: the new state's (a fleet-wide or persisted setting's, service/budgetstore.py); None = active + 1
+    def set_budget_level(self, name: str, version: int | None = None) -> BudgetState:
         level = self._budget.levels.get(name)
-        return self._swap(level.name, level.thresholds)
+        return self._swap(level.name, level.thresholds, version=version)
 
-    def set_budget_auto(self, config: AutoBudgetConfig) -> BudgetState:
+    def set_budget_auto(self, config: AutoBudgetConfig, version: int | None = None) -> BudgetState:
         """Let the automatic budget choose the level from the next step on (starting from the active level)."""
         levels = self._budget.levels
         if config.min_level is not None:
             levels.get(config.min_level)  # BudgetError for an unknown floor
         with self._lock:
             auto = self._pilot.enable(config, levels.levels, self._budget.name, self.clock())
-            state = self._swap_locked(auto.level, levels.get(auto.level).thresholds, config)
+            state = self._swap_locked(auto.level, levels.get(auto.level).thresholds, config, version, setting=True)
         self.observer.on_budget(state.name, state.version)
         return state
 
@@ -215,26 +216,33 @@ class Engine:
         """The automatic budget's controller while it is on (read its ``last`` decision for monitoring)."""
         return self._pilot.auto
 
-    def set_budget_gmacs(self, gmacs: float) -> BudgetState:
+    def set_budget_gmacs(self, gmacs: float, version: int | None = None) -> BudgetState:
         """Switch to the most accurate level expected to spend at most ``gmacs`` per video."""
         level = self._budget.levels.best_within(float(gmacs))
-        return self._swap(level.name, level.thresholds)
+        return self._swap(level.name, level.thresholds, version=version)
 
-    def set_budget_thresholds(self, thresholds: list[float]) -> BudgetState:
+    def set_budget_thresholds(self, thresholds: list[float], version: int | None = None) -> BudgetState:
         """Explicit thresholds eta_0..eta_K (validated: count, finite, non-negative); named "custom"."""
-        return self._swap(CUSTOM_BUDGET, validate_thresholds(thresholds, self.num_exits))
+        return self._swap(CUSTOM_BUDGET, validate_thresholds(thresholds, self.num_exits), version=version)
 
-    def _swap(self, name: str, thresholds: tuple[float, ...], auto: AutoBudgetConfig | None = None) -> BudgetState:
+    def _swap(self, name: str, thresholds: tuple[float, ...], version: int | None) -> BudgetState:
         with self._lock:
-            state = self._swap_locked(name, thresholds, auto)
-            if auto is None:
-                self._pilot.disable()
+            state = self._swap_locked(name, thresholds, None, version, setting=True)
+            self._pilot.disable()
         self.observer.on_budget(state.name, state.version)
         return state
 
-    def _swap_locked(self, name: str, thresholds: tuple[float, ...], auto: AutoBudgetConfig | None) -> BudgetState:
+    def _swap_locked(
+        self, name: str, thresholds: tuple[float, ...], auto: AutoBudgetConfig | None, version: int | None,
+        setting: bool,
+    ) -> BudgetState:
+        """``setting``: an operator's change (its version becomes the setting version); False: the automatic
+        budget's own level change, under the setting that turned it on."""
         old = self._budget
-        self._budget = BudgetState(name, thresholds, old.version + 1, old.criterion, old.levels, auto)
+        new = old.version + 1 if version is None else version
+        self._budget = BudgetState(
+            name, thresholds, new, old.criterion, old.levels, auto, new if setting else old.setting_version
+        )
         return self._budget
 
     # ------------------------------------------------------------------------------------------ submit path
@@ -342,7 +350,7 @@ class Engine:
         if decision.level == self._budget.name:
             return None
         level = self._budget.levels.get(decision.level)
-        return self._swap_locked(level.name, level.thresholds, self._budget.auto)
+        return self._swap_locked(level.name, level.thresholds, self._budget.auto, None, setting=False)
 
     def _finish_step(self, plan: StepPlan, outputs: dict[int, RequestOutput], planned: list[Entry]) -> None:
         with self._lock:

@@ -81,7 +81,10 @@ class BudgetState:
 
     name: str  # level name, or "custom" for explicit thresholds
     thresholds: tuple[float, ...]  # eta_0 .. eta_K
-    version: int  # bumped by every swap, starting at 1
+    version: int  # bumped by every swap, starting at 1 (or the version a swap was given)
     criterion: Criterion
     levels: BudgetTable
     auto: AutoBudgetConfig | None = None  # set: the automatic budget chose this level (and will change it)
+    # the version of the operator's setting this state comes from (a PUT, the budget file, the fleet): equal to
+    # ``version`` except after the automatic budget's own level changes, which keep it; replicas compare this one
+    setting_version: int = 1
