@@ -20,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.bodies import BodyGuard, BodyLimits
 from service.budgetstore import BudgetStore
+from service.engine.runner import Runner
 from service.errors import install_handlers
 from service.lifecycle import Peers, ServiceState
 from service.logs import RequestIdMiddleware
@@ -35,11 +36,15 @@ def create_app(
     budget: BudgetStore | None = None,
     peers: Peers | None = None,
     replica: str = "",
+    wrap_runner: Callable[[Runner], Runner] | None = None,
 ) -> FastAPI:
     """The application; the model loads in its lifespan, not here. ``clock`` (seconds, monotonic) times the
     request deadlines, in the routes and in the engine alike; tests inject one to pass a deadline at will.
-    ``budget``, ``peers``, ``replica``: a fleet replica's (fleet/replica.py); by default a single server's."""
-    state = ServiceState(settings or Settings(), clock=clock, budget=budget, peers=peers, replica=replica)
+    ``budget``, ``peers``, ``replica``, ``wrap_runner``: a fleet replica's (fleet/replica.py); by default a single
+    server's."""
+    state = ServiceState(
+        settings or Settings(), clock=clock, budget=budget, peers=peers, replica=replica, wrap_runner=wrap_runner
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 import torch
+from prometheus_client.metrics_core import Metric
 
 from model.bundle import Bundle
 from model.cost import cost_report
@@ -26,8 +27,9 @@ from service.budgetstore import BudgetStore, FileBudget, LocalBudget
 from service.decode import DecodeJob, DecodePool, self_test_video
 from service.engine.backends import create_runner, load_model_source
 from service.engine.engine import Engine
+from service.engine.runner import Runner
 from service.engine.types import BudgetState, EngineRequest
-from service.metrics import Metrics
+from service.metrics import Metrics, labelled
 from service.schemas import ReplicaBudget
 from service.settings import Settings
 
@@ -76,6 +78,7 @@ class ServiceState:
     clock: Callable[[], float] = time.monotonic  # request deadlines and timings; shared with the engine
     budget: BudgetStore | None = None  # None: built from the settings at start-up (store_for); the fleet gives its own
     peers: Peers | None = None  # the fleet's replicas; None: a single server
+    wrap_runner: Callable[[Runner], Runner] | None = None  # wraps the runner once built (a benchmark's fake device)
     replica: str = ""  # this server's name in every answer; "": the settings' (ADAFOCUS_REPLICA_NAME or the host)
     # one future per request in ``until_aborted``, set by ``abort_inflight`` (event-loop side only)
     _aborts: set[asyncio.Future[None]] = field(default_factory=set)
@@ -94,6 +97,8 @@ class ServiceState:
         runner = create_runner(
             bundle.model, s.backend, device, bundle=bundle, export_dir=source.export_dir, max_batch=s.max_batch
         )
+        if self.wrap_runner is not None:
+            runner = self.wrap_runner(runner)
         self.engine = Engine(
             runner, bundle.config, bundle.budgets, cost_report(bundle.model), s.engine_config(), self.metrics,
             clock=self.clock,
@@ -120,15 +125,26 @@ class ServiceState:
         if self.metrics is not None:
             self.metrics.budget_setting_version.set(state.setting_version)
 
-    def render_metrics(self, replica: str | None = None) -> bytes:
-        """This server's metrics, the gauges read now; ``replica``: every series labelled with it (a fleet)."""
+    def render_metrics(self) -> bytes:
+        """This server's metrics (the exposition), the gauges read now."""
         if self.metrics is None:
             return b""
+        self._read_gauges()
+        return self.metrics.render()
+
+    def metric_families(self) -> list[Metric]:
+        """This server's metrics, the gauges read now, every series labelled ``replica`` (a fleet gathers them)."""
+        if self.metrics is None:
+            return []
+        self._read_gauges()
+        return labelled(self.metrics.registry, self.replica)
+
+    def _read_gauges(self) -> None:
+        assert self.metrics is not None
         if self.engine is not None:
             self.metrics.on_queue(self.engine.queue_depth, self.engine.active_count)
         if self.pool is not None:
             self.metrics.decode_pending.set(self.pool.pending)
-        return self.metrics.render(replica)
 
     def own_budget(self) -> ReplicaBudget:
         assert self.engine is not None

@@ -155,11 +155,8 @@ class Metrics:
     def on_decoder_restart(self, reason: str) -> None:
         self.decoder_restarts.labels(reason).inc()
 
-    def render(self, replica: str | None = None) -> bytes:
-        """The exposition; ``replica``: every series labelled ``replica=<it>`` (a fleet replica's)."""
-        if replica is None:
-            return generate_latest(self.registry)
-        return render_families(labelled(self.registry, replica))
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
 def labelled(registry: CollectorRegistry, replica: str) -> list[Metric]:

@@ -1,0 +1,79 @@
+"""The fleet's shape: how many replicas, what each holds, how Ray Serve routes to them (a frozen dataclass, built
+from the ``serve-ray`` flags), and the deployment options and ``serve run`` config derived from it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from service.settings import Settings
+
+APP_NAME = "adafocus"
+DEPLOYMENT = "AdaFocusReplica"
+KEEPER_NAME = "adafocus-budget-keeper"
+KEEPER_NAMESPACE = "adafocus"
+CONTROL_SLACK = 8  # requests beyond the engine's that a replica takes: /budget, /metrics, /readyz next to the load
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    replicas: int = 2  # started with; the autoscaler's minimum when max_replicas is set
+    max_replicas: int | None = None  # None: a fixed number of replicas; else autoscale between the two
+    num_gpus: float = 0.0  # per replica: 1 on a GPU host (one engine per GPU)
+    num_cpus: float = 1.0  # per replica (Ray's logical CPUs)
+    target_ongoing_requests: float | None = None  # autoscaling target per replica; None: ADAFOCUS_MAX_ACTIVE
+    poll_s: float = 0.5  # replicas re-read the fleet's budget this often (after a missed push, a late start)
+    simulated_step_s: float | None = None  # benchmarks: every model call takes this long (a fake accelerator)
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= replicas ({self.replicas})")
+        if self.num_gpus < 0 or self.num_cpus < 0 or self.poll_s <= 0:
+            raise ValueError("num_gpus and num_cpus must be >= 0, poll_s > 0")
+
+
+def max_ongoing_requests(settings: Settings) -> int:
+    """What one replica accepts at once: its engine's active slots plus its queue (plus the control requests).
+    Ray's default (5) would cap every continuous batch at 5; the engine's own queue answers 503 beyond it."""
+    return settings.max_active + settings.max_queue + CONTROL_SLACK
+
+
+def deployment_options(config: FleetConfig, settings: Settings) -> dict[str, Any]:
+    """``serve.deployment`` options of the replica deployment."""
+    options: dict[str, Any] = {
+        "name": DEPLOYMENT,
+        "max_ongoing_requests": max_ongoing_requests(settings),
+        "ray_actor_options": {"num_cpus": config.num_cpus, "num_gpus": config.num_gpus},
+        "health_check_period_s": 5.0,
+        "graceful_shutdown_timeout_s": settings.drain_timeout_s,
+    }
+    if config.max_replicas is None:
+        options["num_replicas"] = config.replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": config.replicas,
+            "max_replicas": config.max_replicas,
+            # scale out once replicas hold more than a full engine's worth: the surplus waits in a queue
+            "target_ongoing_requests": config.target_ongoing_requests or settings.max_active,
+        }
+    return options
+
+
+def serve_config(config: FleetConfig, settings: Settings, port: int = 8000) -> dict[str, Any]:
+    """The same fleet as a ``serve run`` / KubeRay ``serveConfigV2`` document (ray.serve.schema.ServeDeploySchema);
+    the replicas' settings come from the ``ADAFOCUS_*`` environment of the process that builds the app."""
+    options = deployment_options(config, settings)
+    return {
+        "http_options": {"host": "0.0.0.0", "port": port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": "fleet.replica:build",
+                "args": {"replicas": config.replicas, "num_gpus": config.num_gpus, "num_cpus": config.num_cpus},
+                "deployments": [options],
+            }
+        ],
+    }

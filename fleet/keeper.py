@@ -1,0 +1,48 @@
+"""The fleet's one budget: a named, detached Ray actor that holds the current setting (``BudgetSetting``: a PUT
+/budget body and its version) for every replica.
+
+``put`` gives a new setting the next fleet-wide version (``next_version``: after the last, at least the wall clock)
+and records it; with ``ADAFOCUS_BUDGET_FILE`` it is written there first (refused with ``BudgetFileReadOnly`` on a
+ConfigMap, whose edits ``get`` picks up instead). Replicas read ``get`` before they report ready and every
+``FleetConfig.poll_s`` after; a PUT also pushes the new setting to every live replica at once (fleet/replica.py).
+Without a budget file the setting lives in this actor's memory: it outlives replicas and redeploys, not the Ray
+cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from service.budgetstore import BudgetFile, BudgetSetting, next_version, wall_ms
+from service.schemas import BudgetUpdate
+
+log = logging.getLogger(__name__)
+
+
+class BudgetKeeper:
+    def __init__(self, initial: BudgetUpdate, path: Path | None) -> None:
+        self.file = None if path is None else BudgetFile(path)
+        found = None if self.file is None else self.file.read()  # a bad file raises: the fleet does not start
+        self.setting = found or BudgetSetting(initial, wall_ms())
+
+    def get(self) -> BudgetSetting:
+        """The current setting (a newer budget file's, if it changed)."""
+        if self.file is not None and self.file.changed():
+            try:
+                found = self.file.read()
+            except ValueError as exc:  # a bad edit: keep the setting, say why
+                log.error("budget file %s ignored: %s", self.file.path, exc)
+            else:
+                if found is not None and found.version > self.setting.version:
+                    self.setting = found
+        return self.setting
+
+    def put(self, update: BudgetUpdate) -> BudgetSetting:
+        """Record a new setting (already validated by the replica that took the PUT) with the next version."""
+        setting = BudgetSetting(update, next_version(self.get().version, wall_ms()))
+        if self.file is not None:
+            self.file.check_writable()
+            self.file.write(setting)
+        self.setting = setting
+        return setting

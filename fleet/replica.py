@@ -1,0 +1,165 @@
+"""One fleet replica: the server's own FastAPI app (``service.app.create_app``) behind ``@serve.ingress``, with one
+engine and its own decoder worker processes, and the fleet's budget (``FleetBudget``) and peers (``RayPeers``).
+
+The budget: the replica reads the keeper's setting (fleet/keeper.py) during its app's start-up, so it reports
+ready only with the current one; a PUT /budget on any replica is validated there, recorded by the keeper (new
+version), then pushed to every live replica with ``DeploymentHandle.broadcast`` before the answer; every replica also
+re-reads the keeper every ``FleetConfig.poll_s`` (a replica that started during a push, a push that failed). GET
+/budget and GET /metrics on any replica gather every replica's (broadcast), each series labelled ``replica``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import ray
+from fastapi import FastAPI
+from prometheus_client.metrics_core import Metric
+from ray import serve
+from ray.exceptions import RayTaskError
+from ray.serve.handle import DeploymentHandle
+
+from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE, FleetConfig, deployment_options
+from fleet.keeper import BudgetKeeper
+from fleet.simulated import SimulatedStep
+from service.app import create_app
+from service.budgetstore import Applier, BudgetSetting, Poller, validate_update
+from service.engine.engine import Engine
+from service.engine.types import BudgetState
+from service.lifecycle import ServiceState
+from service.metrics import render_families
+from service.schemas import BudgetUpdate, ReplicaBudget
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+KEEPER_TIMEOUT_S = 30.0  # a keeper that does not answer within this fails the start-up (or the PUT)
+BROADCAST_TIMEOUT_S = 10.0
+
+
+def keeper_actor(settings: Settings) -> Any:
+    """The fleet's keeper, created by the first replica that asks (detached: it outlives every replica)."""
+    actor = ray.remote(num_cpus=0, max_restarts=-1)(BudgetKeeper)
+    return actor.options(
+        name=KEEPER_NAME, namespace=KEEPER_NAMESPACE, lifetime="detached", get_if_exists=True
+    ).remote(settings.startup_budget(), settings.budget_file)
+
+
+def _ray_get(ref: Any, timeout: float) -> Any:
+    """``ray.get``, raising the actor's own exception (BudgetFileReadOnly ...) rather than Ray's wrapper."""
+    try:
+        return ray.get(ref, timeout=timeout)
+    except RayTaskError as exc:
+        raise exc.cause from None
+
+
+class FleetBudget:
+    """The BudgetStore of a fleet replica (see the module docstring)."""
+
+    def __init__(
+        self, keeper: Any, poll_s: float, default_p99_s: float, push: Callable[[BudgetSetting], None]
+    ) -> None:
+        self.keeper, self.poll_s, self.default_p99_s, self.push = keeper, poll_s, default_p99_s, push
+        self._applier: Applier | None = None
+        self._poller: Poller | None = None
+
+    def start(self, engine: Engine, on_apply: Callable[[BudgetState], None]) -> BudgetState:
+        self._applier = Applier(engine, self.default_p99_s, on_apply)
+        state = self._applier.apply(_ray_get(self.keeper.get.remote(), KEEPER_TIMEOUT_S), force=True)
+        self._poller = Poller(self.poll, self.poll_s, "adafocus-fleet-budget")
+        return state
+
+    def apply(self, setting: BudgetSetting) -> BudgetState:
+        """A setting pushed by the replica that took a PUT (skipped unless newer)."""
+        assert self._applier is not None, "a budget push before start-up"
+        return self._applier.apply(setting)
+
+    def poll(self) -> None:
+        try:
+            self.apply(_ray_get(self.keeper.get.remote(), KEEPER_TIMEOUT_S))
+        except Exception as exc:  # the keeper restarting, a setting this bundle rejects: keep serving, say why
+            log.warning("fleet budget poll failed: %s", exc)
+
+    def put(self, update: BudgetUpdate) -> BudgetState:
+        assert self._applier is not None, "PUT /budget before start-up"
+        engine = self._applier.engine
+        validate_update(engine.budget_state(), engine.num_exits, update)  # 422 before the fleet records it
+        setting: BudgetSetting = _ray_get(self.keeper.put.remote(update), KEEPER_TIMEOUT_S)
+        self.push(setting)
+        return self.apply(setting)
+
+    def stop(self) -> None:
+        if self._poller is not None:
+            self._poller.stop()
+
+
+class RayPeers:
+    """Every live replica, reached with ``broadcast`` (the Peers of service/lifecycle.py)."""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self.handle = handle
+
+    def call_all(self, method: str, *args: Any) -> list[Any]:
+        """``method`` on every live replica; replicas that fail or time out are left out (and logged)."""
+        results = self.handle.broadcast(method, *args).results(timeout_s=BROADCAST_TIMEOUT_S, return_exceptions=True)
+        for failed in (r for r in results if isinstance(r, BaseException)):
+            log.warning("broadcast %s: a replica failed: %s", method, failed)
+        return [r for r in results if not isinstance(r, BaseException)]
+
+    def push(self, setting: BudgetSetting) -> None:
+        self.call_all("apply_budget", setting)
+
+    def budgets(self) -> list[ReplicaBudget]:
+        return sorted(self.call_all("replica_budget"), key=lambda b: b.replica)
+
+    def metrics(self) -> bytes:
+        return render_families([family for families in self.call_all("metric_families") for family in families])
+
+
+class AdaFocusReplica:
+    """The deployment's class; ``fleet_app`` wraps it with ``serve.ingress`` and ``serve.deployment``."""
+
+    def __init__(self, settings: Settings, config: FleetConfig) -> None:
+        context = serve.get_replica_context()
+        self.name = context.replica_id.unique_id
+        peers = RayPeers(serve.get_deployment_handle(context.deployment, context.app_name))
+        self.budget = FleetBudget(keeper_actor(settings), config.poll_s, settings.slo_p99_s, peers.push)
+        wrap = None if config.simulated_step_s is None else partial(SimulatedStep, step_s=config.simulated_step_s)
+        self.fastapi = create_app(settings, budget=self.budget, peers=peers, replica=self.name, wrap_runner=wrap)
+        self.state: ServiceState = self.fastapi.state.service
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return self.fastapi
+
+    async def apply_budget(self, setting: BudgetSetting) -> ReplicaBudget:
+        self.budget.apply(setting)
+        return self.state.own_budget()
+
+    async def replica_budget(self) -> ReplicaBudget:
+        return self.state.own_budget()
+
+    async def metric_families(self) -> list[Metric]:
+        return self.state.metric_families()
+
+    def check_health(self) -> None:
+        """Ray restarts a replica whose engine stopped (while it is not shutting down)."""
+        engine = self.state.engine
+        if self.state.draining or engine is None:
+            return
+        if not engine.started or engine.draining:
+            raise RuntimeError("the engine is not running")
+
+
+def fleet_app(settings: Settings, config: FleetConfig) -> Any:
+    """The Serve application: ``serve.run(fleet_app(...), route_prefix="/")``."""
+    ingress = serve.ingress()(AdaFocusReplica)
+    deployment: Any = serve.deployment(ingress, **deployment_options(config, settings))
+    return deployment.bind(settings, config)
+
+
+def build(args: dict[str, Any]) -> Any:
+    """The import path of ``serve run`` / KubeRay configs (``fleet.replica:build``): settings from the environment,
+    the fleet from ``args`` (FleetConfig fields); the config's ``deployments`` options override the defaults."""
+    return fleet_app(Settings(), FleetConfig(**args))
