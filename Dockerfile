@@ -3,6 +3,7 @@
 #   docker build -t adafocus-serve .
 #   docker run --gpus all -p 8000:8000 -v $PWD/token:/run/secrets/operator_token:ro \
 #       -e ADAFOCUS_OPERATOR_TOKEN_FILE=/run/secrets/operator_token adafocus-serve
+#   docker build --build-arg EXTRAS=ray -t adafocus-serve:ray .   # with Ray Serve, for `adafocus serve-ray`
 # torch==2.13.0's default PyPI wheel is its CUDA 13.0 build (it brings its own CUDA libraries as wheels);
 # the base image supplies the matching CUDA runtime and the NVIDIA container-toolkit labels.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
@@ -26,11 +27,16 @@ COPY model/ model/
 COPY service/ service/
 COPY exporters/ exporters/
 COPY loadtest/ loadtest/
+COPY fleet/ fleet/
 # A regular (non-editable) install: the shipped bundle model/bundles/default travels as package data. Then load it
 # from the installed package (-I: not from /src) so that a bundle missing from the wheel or failing its hash check
 # fails the build, not the first start.
 RUN pip install . \
     && python -I -c "from model.bundle import load_bundle; b = load_bundle(); print(b.path, b.config.name, b.sha256)"
+# EXTRAS=ray adds Ray Serve for `adafocus serve-ray` (about 490 MB); its version is pinned in pyproject.toml.
+ARG EXTRAS=""
+# hadolint ignore=DL3013
+RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; fi
 
 # ---- runtime: the CUDA runtime, Python and the virtual environment; no compilers, no sources ----
 FROM ${CUDA_IMAGE} AS runtime

@@ -20,16 +20,17 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-# System tools the tests use (promtool and prometheus, docker-compose; chromium for the web page test), from Debian
-# when missing and root; elsewhere the tests that need them skip and say so.
-DEPLOY_TOOLS := prometheus promtool docker-compose chromium
+# System tools the tests use (promtool and prometheus, docker-compose; chromium for the web page test; kubectl, whose
+# built-in kustomize renders the Kubernetes manifests offline), from Debian when missing and root; elsewhere the tests
+# that need them skip and say so.
+DEPLOY_TOOLS := prometheus promtool docker-compose chromium kubectl
 tools:
 	@missing=""; for tool in $(DEPLOY_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing prometheus docker-compose chromium (missing:$$missing)"; \
+		echo "installing prometheus docker-compose chromium kubectl (missing:$$missing)"; \
 		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			prometheus docker-compose chromium >/dev/null; } || echo "WARNING: apt-get install failed; tests will skip"; \
+			prometheus docker-compose chromium kubectl >/dev/null; } || echo "WARNING: apt-get install failed; tests will skip"; \
 	else echo "note: missing$$missing (not root or no apt-get): tests/deploy skips the checks that need them"; fi
 
 # The moving Fashion-MNIST benchmark reads Debian's dataset-fashion-mnist (the real images, MIT licence; never

@@ -72,7 +72,10 @@ def serve_config(config: FleetConfig, settings: Settings, port: int = 8000) -> d
                 "name": APP_NAME,
                 "route_prefix": "/",
                 "import_path": "fleet.replica:build",
-                "args": {"replicas": config.replicas, "num_gpus": config.num_gpus, "num_cpus": config.num_cpus},
+                "args": {
+                    "replicas": config.replicas, "max_replicas": config.max_replicas, "num_gpus": config.num_gpus,
+                    "num_cpus": config.num_cpus,
+                },
                 "deployments": [options],
             }
         ],

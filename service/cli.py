@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "service.commands",  # serve
     "loadtest.commands",  # loadtest, bench engine|decode
     "exporters.commands",  # export onnx, bench-runners
+    "fleet.commands",  # serve-ray, bench-fleet (Ray imported only when they run)
 )
 
 

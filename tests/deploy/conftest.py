@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "service" / "deploy"
-INSTALL_HINT = "run `make tools` as root (apt-get install prometheus docker-compose)"
+INSTALL_HINT = "run `make tools` as root (apt-get install prometheus docker-compose kubectl)"
 
 
 def require_tool(name: str) -> str:

@@ -109,7 +109,7 @@ def test_quick_start_and_api_blocks_run_as_written(tmp_path: Path) -> None:
     assert [a["budget"] for a in answers] == ["high", "high", "low"]
     assert "cubes" in answers[1] and "steps" in answers[1] and "cubes" not in answers[0]
     assert sorted(p.name for p in (work / "clips").glob("*.mp4")) == [f"clip_00000{i}.mp4" for i in range(4)]
-    levels = re.findall(r'"name":"(\w+)","version":(\d+)', out)  # GET /budget, then the three PUTs
+    levels = re.findall(r'\{"name":"(\w+)","version":(\d+)', out)  # GET /budget, then the three PUTs (not `replicas`)
     target = float(re.findall(r'"gmacs": ([\d.]+)', README.split("## Using the API")[1])[-1])  # PUT {"gmacs": ...}
     within = BudgetTable.from_dict(json.loads((bundle / "budgets.json").read_text())).best_within(target).name
     assert [name for name, _ in levels[:4]] == ["high", "low", within, "custom"], levels

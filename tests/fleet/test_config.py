@@ -1,0 +1,45 @@
+"""The fleet's deployment options and its `serve run` / KubeRay config, checked against Ray Serve's own schema."""
+
+from __future__ import annotations
+
+import pytest
+
+from fleet.config import FleetConfig, deployment_options, max_ongoing_requests, serve_config
+from service.settings import Settings
+from tests.fleet.conftest import fleet_settings
+from tests.service.conftest import make_bundle
+
+schema = pytest.importorskip("ray.serve.schema")
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return fleet_settings(make_bundle(tmp_path_factory.mktemp("b") / "tiny"))
+
+
+def test_a_replica_takes_a_full_engine_and_its_queue(settings: Settings) -> None:
+    options = deployment_options(FleetConfig(replicas=3), settings)
+    assert options["max_ongoing_requests"] == max_ongoing_requests(settings) > settings.max_active + settings.max_queue
+    assert (options["num_replicas"], options["ray_actor_options"]) == (3, {"num_cpus": 1.0, "num_gpus": 0.0})
+
+
+def test_autoscaling_targets_a_full_engine_per_replica(settings: Settings) -> None:
+    options = deployment_options(FleetConfig(replicas=2, max_replicas=6, num_gpus=1), settings)
+    assert "num_replicas" not in options
+    assert options["autoscaling_config"] == {
+        "min_replicas": 2, "max_replicas": 6, "target_ongoing_requests": settings.max_active
+    }
+    assert options["ray_actor_options"]["num_gpus"] == 1
+
+
+def test_the_serve_config_is_a_valid_serve_deploy_document(settings: Settings) -> None:
+    document = serve_config(FleetConfig(replicas=2, max_replicas=4, num_gpus=1), settings, port=8000)
+    parsed = schema.ServeDeploySchema.model_validate(document)  # what `serve run` / KubeRay's serveConfigV2 read
+    (app,) = parsed.applications
+    assert (app.import_path, app.route_prefix) == ("fleet.replica:build", "/")
+    assert FleetConfig(**app.args) == FleetConfig(replicas=2, max_replicas=4, num_gpus=1)
+
+
+def test_a_bad_fleet_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_replicas"):
+        FleetConfig(replicas=3, max_replicas=2)
