@@ -5,6 +5,11 @@ process. Each worker serves one job at a time over its own pipe, watched by one 
 dies (any signal) or overruns its time limit, only the job it held fails (``DecoderCrashed`` /
 ``DecodeError("decode_timeout")``), and the supervisor starts a fresh process. Workers are started with
 ``spawn``: the server process holds torch threads, which a fork would copy in an unusable state.
+
+Frames come back through shared memory, not the pipe: each worker slot has one block (``FrameBlock``), created and
+unlinked by the pool's process only, that the worker writes its clip into; the supervisor copies the clip out
+before the slot takes its next job. A crashed, killed or timed-out worker therefore leaves nothing behind (its
+replacement reuses the slot's block), a cancelled request holds no block, and ``shutdown`` unlinks them all.
 """
 
 from __future__ import annotations
@@ -13,12 +18,14 @@ import concurrent.futures
 import logging
 import multiprocessing as mp
 import queue
+import secrets
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ ACK_TIMEOUT_S = 10.0  # a live worker acknowledges a job at once; silence this l
 STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports numpy and PyAV before it reports ready
 # Extra wall time a worker gets past the decoder's own max_decode_s check before it is killed.
 KILL_GRACE_S = 2.0
+SHM_PREFIX = "adafocus-frames-"  # /dev/shm/adafocus-frames-<pool pid>-<random>: one block per worker slot
 
 
 class DecoderCrashed(Exception):
@@ -56,22 +64,78 @@ class Decoded:
     seconds: float  # decode wall time inside the worker
 
 
+class FrameBlock:
+    """One worker slot's shared-memory block for decoded clips, owned by the pool's process (which alone unlinks it).
+
+    ``fit`` grows it for a larger clip (a new block; the old one is unlinked), ``read`` copies a clip out.
+    """
+
+    def __init__(self) -> None:
+        self.shm: SharedMemory | None = None
+
+    @property
+    def name(self) -> str | None:
+        return None if self.shm is None else self.shm.name
+
+    def fit(self, nbytes: int) -> str:
+        if self.shm is None or self.shm.size < nbytes:
+            self.release()
+            name = f"{SHM_PREFIX}{mp.current_process().pid}-{secrets.token_hex(6)}"
+            self.shm = SharedMemory(name, create=True, size=max(1, nbytes))
+        return self.shm.name
+
+    def read(self, shape: tuple[int, ...]) -> np.ndarray:
+        assert self.shm is not None
+        return np.ndarray(shape, np.uint8, buffer=self.shm.buf).copy()  # the slot's next job reuses the block
+
+    def release(self) -> None:
+        if self.shm is not None:
+            self.shm.close()
+            self.shm.unlink()
+            self.shm = None
+
+
+def _clip_nbytes(job: DecodeJob) -> int:
+    return job.num_frames * job.size * job.size * 3  # (T, size, size, 3) uint8
+
+
+def _attach(held: SharedMemory | None, name: str) -> SharedMemory:
+    """The worker's mapping of its slot's block (a new one after the pool grew it)."""
+    if held is not None and held.name == name:
+        return held
+    if held is not None:
+        held.close()
+    return SharedMemory(name)
+
+
+def _reply(frames: np.ndarray, block: SharedMemory, seconds: float) -> tuple[Any, ...]:
+    """A clip goes into the shared block (only its shape through the pipe); anything else is pickled."""
+    if frames.dtype != np.uint8 or frames.nbytes > block.size:
+        return ("ok", frames, seconds)
+    view = np.ndarray(frames.shape, np.uint8, buffer=block.buf)  # (T, size, size, 3) over the shared block
+    view[...] = frames
+    del view  # no export of the block's buffer may outlive this call (close() would fail)
+    return ("shm", frames.shape, seconds)
+
+
 def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
     """Worker process: decode jobs from the pipe until it closes; errors go back as values."""
     # Ctrl-C in a terminal signals the whole process group: the server drains, so its decoders must not die
     # under the requests in flight; they stop when the server closes their pipes.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn.send(("ready",))  # imports done: from here on, time limits measure decoding only
+    block: SharedMemory | None = None
     while True:
         try:
-            job: DecodeJob = conn.recv()
+            job, block_name = conn.recv()
             conn.send(("started",))
         except (EOFError, OSError):
             return
         started = time.monotonic()
         try:
             frames = job_fn(job.source, job.num_frames, job.size, limits)
-            conn.send(("ok", frames, time.monotonic() - started))
+            block = _attach(block, block_name)
+            conn.send(_reply(frames, block, time.monotonic() - started))
         except DecodeError as exc:
             conn.send(("decode_error", exc.code, exc.message))
         except Exception as exc:  # a decoder bug must not kill the worker: report it as undecodable input
@@ -87,6 +151,7 @@ class _Worker:
         self.conn: Connection | None = None
         self.restarts = 0
         self.broken: str | None = None  # why the process must be replaced before its next job (restart reason)
+        self.block = FrameBlock()  # the slot's, not the process's: a replacement worker writes into it too
 
     def start(self) -> None:
         parent, child = self.ctx.Pipe()
@@ -114,6 +179,7 @@ class _Worker:
             if self.process.is_alive():
                 self.process.kill()
                 self.process.join(timeout=1.0)
+        self.block.release()
 
     def exit_status(self) -> str:
         """How the process ended, once it has (reaped first, so that a signal is not read as "exit code None")."""
@@ -144,7 +210,8 @@ class _Worker:
 
     @property
     def pid(self) -> int | None:
-        return None if self.process is None else int(self.process.pid)
+        pid = None if self.process is None else self.process.pid  # None too while a replacement is starting
+        return None if pid is None else int(pid)
 
 
 class DecodePool:
@@ -210,6 +277,10 @@ class DecodePool:
     def restarts(self) -> int:
         return sum(w.restarts for w in self._workers)
 
+    def shared_blocks(self) -> list[str]:
+        """Names of the shared-memory blocks the pool holds now (at most one per worker)."""
+        return [name for name in (w.block.name for w in self._workers) if name is not None]
+
     def shutdown(self) -> None:
         with self._lock:
             self._closed = True
@@ -261,6 +332,8 @@ class DecodePool:
             log.warning("decoder worker %s died (%s) decoding an upload; replacing it", worker.pid, status)
             worker.broken = "crashed"
             raise DecoderCrashed(f"the video decoder crashed on this file ({status})") from None
+        if reply[0] == "shm":
+            return Decoded(worker.block.read(reply[1]), float(reply[2]))
         if reply[0] == "ok":
             return Decoded(reply[1], float(reply[2]))
         raise DecodeError(reply[1], reply[2])
@@ -271,7 +344,7 @@ class DecodePool:
         if worker.conn is None or worker.process is None or not worker.process.is_alive():
             return False
         try:
-            worker.conn.send(job)
+            worker.conn.send((job, worker.block.fit(_clip_nbytes(job))))
             if not worker.conn.poll(ACK_TIMEOUT_S):
                 return False
             return bool(worker.conn.recv() == ("started",))

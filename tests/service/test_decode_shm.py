@@ -1,0 +1,120 @@
+"""Decoded clips travel through shared memory, and no block outlives its pool: crashes, kills, time-outs,
+cancellations and larger clips all leave /dev/shm as the pool's own books say, and shutdown leaves nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from model.video import DecodeError, DecodeLimits, decode_clip, encode_video
+from service.decode import SHM_PREFIX, DecodeJob, DecodePool, DecoderCrashed
+from tests.service.conftest import ramp, wait_until, wait_until_dead
+from tests.service.jobs import scripted_job
+
+SHM = Path("/dev/shm")
+pytestmark = pytest.mark.skipif(not SHM.is_dir(), reason="POSIX shared memory is listed under /dev/shm on Linux")
+
+
+def blocks_on_disk() -> set[str]:
+    """This process's pool blocks as the kernel lists them."""
+    return {p.name for p in SHM.glob(f"{SHM_PREFIX}{os.getpid()}-*")}
+
+
+def test_clips_come_back_through_one_shared_block_per_worker() -> None:
+    pool = DecodePool(2, DecodeLimits(), job_fn=scripted_job)
+    pool.start()
+    try:
+        assert pool.shared_blocks() == [] and blocks_on_disk() == set()  # blocks are made for the first job
+        results = [pool.submit(DecodeJob(b"x" * n, 3, 5)) for n in range(1, 9)]
+        clips = [f.result(timeout=30).frames for f in results]
+        assert [int(c[0, 0, 0, 0]) for c in clips] == list(range(1, 9))
+        assert all(c.shape == (3, 5, 5, 3) and c.dtype == np.uint8 and c.flags.owndata for c in clips)
+        names = pool.shared_blocks()
+        assert 1 <= len(names) <= 2 and set(names) == blocks_on_disk()
+        assert all((SHM / name).stat().st_size >= 3 * 5 * 5 * 3 for name in names)
+        clips[0][...] = 0  # a clip is the caller's own copy: the block is free for the next job
+        assert int(pool.submit(DecodeJob(b"abc", 3, 5)).result(timeout=30).frames.max()) == 3
+    finally:
+        pool.shutdown()
+    assert pool.shared_blocks() == [] and blocks_on_disk() == set()
+
+
+def test_crashes_kills_and_timeouts_leave_only_the_pools_blocks() -> None:
+    pool = DecodePool(1, DecodeLimits(max_decode_s=0.5), job_fn=scripted_job, kill_grace_s=0.2)
+    pool.start()
+    try:
+        assert pool.submit(DecodeJob(b"ok", 2, 4)).result(timeout=30).frames.shape == (2, 4, 4, 3)
+        (name,) = pool.shared_blocks()
+        with pytest.raises(DecoderCrashed):
+            pool.submit(DecodeJob(b"segfault", 2, 4)).result(timeout=30)
+        with pytest.raises(DecodeError) as timeout:
+            pool.submit(DecodeJob(b"hang", 2, 4)).result(timeout=30)
+        assert timeout.value.code == "decode_timeout"
+        assert pool.submit(DecodeJob(b"ok", 2, 4)).result(timeout=30).frames.shape == (2, 4, 4, 3)  # replaced
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)  # killed while idle
+        wait_until_dead(pid)
+        assert pool.submit(DecodeJob(b"abcd", 2, 4)).result(timeout=30).frames[0, 0, 0, 0] == 4
+        wait_until(lambda: pool.restarts == 3, what="three replacements")
+        assert pool.shared_blocks() == [name] and blocks_on_disk() == {name}  # the slot's block, reused throughout
+    finally:
+        pool.shutdown()
+    assert blocks_on_disk() == set()
+
+
+def test_a_larger_clip_replaces_the_block_and_unlinks_the_old_one() -> None:
+    pool = DecodePool(1, DecodeLimits(), job_fn=scripted_job)
+    pool.start()
+    try:
+        pool.submit(DecodeJob(b"a", 2, 4)).result(timeout=30)
+        (small,) = pool.shared_blocks()
+        big = pool.submit(DecodeJob(b"ab", 4, 16)).result(timeout=30).frames
+        assert big.shape == (4, 16, 16, 3) and int(big.min()) == int(big.max()) == 2
+        (large,) = pool.shared_blocks()
+        assert large != small and blocks_on_disk() == {large}
+        assert pool.submit(DecodeJob(b"abc", 2, 4)).result(timeout=30).frames.shape == (2, 4, 4, 3)
+        assert pool.shared_blocks() == [large]  # a smaller clip fits the block it has
+    finally:
+        pool.shutdown()
+    assert blocks_on_disk() == set()
+
+
+def test_cancelled_requests_hold_no_block() -> None:
+    """What a disconnecting client does (``asyncio.wrap_future(...).cancel()``), while its decode runs or waits."""
+    pool = DecodePool(1, DecodeLimits(), job_fn=scripted_job)
+    pool.start()
+
+    async def cancel_all() -> None:
+        waiting = [asyncio.wrap_future(pool.submit(DecodeJob(b"x" * n, 2, 4))) for n in range(1, 7)]
+        await asyncio.sleep(0)
+        for future in waiting:
+            future.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
+
+    try:
+        asyncio.run(cancel_all())
+        wait_until(lambda: pool.pending == 0, what="the pool to settle")
+        assert len(pool.shared_blocks()) <= 1 and blocks_on_disk() == set(pool.shared_blocks())
+        assert pool.submit(DecodeJob(b"abcdefg", 2, 4)).result(timeout=30).frames[0, 0, 0, 0] == 7
+    finally:
+        pool.shutdown()
+    assert blocks_on_disk() == set()
+
+
+def test_real_decodes_through_shared_memory_match_the_decoder(tmp_path: Path) -> None:
+    paths = [encode_video(tmp_path / f"v{i}.mp4", ramp(12, 48, 64, seed=i), "libx264") for i in range(3)]
+    pool = DecodePool(2, DecodeLimits())
+    pool.start()
+    try:
+        futures = [pool.submit(DecodeJob(p.read_bytes(), 6, 32)) for p in paths * 2]
+        clips = [f.result(timeout=60).frames for f in futures]
+    finally:
+        pool.shutdown()
+    for path, clip in zip(paths * 2, clips, strict=True):
+        np.testing.assert_array_equal(clip, decode_clip(str(path), 6, 32))
+    assert blocks_on_disk() == set()
