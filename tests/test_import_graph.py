@@ -120,3 +120,14 @@ def test_no_module_over_450_lines() -> None:
         if (n := len(p.read_text().splitlines())) > MAX_LINES and str(p.relative_to(ROOT)) not in OVERSIZED_PENDING
     }
     assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_the_plain_server_never_imports_ray() -> None:
+    """Ray is an optional extra: the CLI (serve-ray registered too) and the app load with `ray` unimportable."""
+    code = (
+        "import sys; sys.modules['ray'] = None; "  # None: any `import ray` raises ImportError
+        "import service.app, service.cli; service.cli.build_parser(); print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

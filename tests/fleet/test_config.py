@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import pytest
 
 from fleet.config import FleetConfig, deployment_options, max_ongoing_requests, serve_config
+from service.cli import main
 from service.settings import Settings
 from tests.fleet.conftest import fleet_settings
 from tests.service.conftest import make_bundle
@@ -43,3 +48,16 @@ def test_the_serve_config_is_a_valid_serve_deploy_document(settings: Settings) -
 def test_a_bad_fleet_is_refused() -> None:
     with pytest.raises(ValueError, match="max_replicas"):
         FleetConfig(replicas=3, max_replicas=2)
+
+
+def test_serve_ray_prints_the_config_it_would_deploy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("ADAFOCUS_")]:
+        monkeypatch.delenv(key)
+    bundle = make_bundle(tmp_path / "tiny")
+    args = ["serve-ray", "--replicas", "2", "--max-replicas", "5", "--num-gpus", "1", "--port", "8100"]
+    assert main([*args, "--bundle", str(bundle), "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    settings = Settings(bundle=bundle, port=8100)
+    assert printed == serve_config(FleetConfig(replicas=2, max_replicas=5, num_gpus=1), settings, 8100)
