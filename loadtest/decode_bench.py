@@ -7,16 +7,21 @@ processes running ``model.video.decode_clip``) at 1..N workers, all jobs submitt
 
 from __future__ import annotations
 
+import io
 import os
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
+
 from loadtest.encode import DECODE_SPECS, EncodeSpec, encode_spec, moving_frames
-from model.video import DecodeLimits
+from loadtest.proc_cpu import CpuSnapshot
+from model.video import DecodeLimits, Source
 from service.decode import DecodeJob, DecodePool
 
 
@@ -33,28 +38,48 @@ class DecodeBenchConfig:
     specs: tuple[EncodeSpec, ...] = DECODE_SPECS
 
 
+def measure_pool(pool: DecodePool, sources: Sequence[Source], count: int, num_frames: int, size: int) -> dict[str, Any]:
+    """``count`` decodes of ``sources`` (round-robin) submitted at once to a started pool: clips/s, the median decode
+    time inside a worker, and the workers' CPU per clip (from /proc, so IPC and shared-memory copies count)."""
+    pids = pool.worker_pids()
+    before, started = CpuSnapshot.take(pids), time.perf_counter()
+    futures = [pool.submit(DecodeJob(sources[i % len(sources)], num_frames, size)) for i in range(count)]
+    decoded = [f.result() for f in futures]
+    wall = time.perf_counter() - started
+    after = CpuSnapshot.take(pids)
+    assert all(d.frames.shape == (num_frames, size, size, 3) for d in decoded)
+    return {
+        "clips": count,
+        "clips_per_s": count / wall,
+        "ms_per_clip_median": statistics.median(d.seconds for d in decoded) * 1e3,
+        "cpu_ms_per_clip": after.since(before, pids) / count * 1e3,
+    }
+
+
+def bare_decode_cpu_ms(data: bytes) -> float:
+    """CPU ms of PyAV's plain decode of every frame of the file's video stream: one decoder thread, no index
+    pass, no conversion, no copy; the floor the decoder pool is compared with."""
+    started = time.process_time()
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.video[0]
+        stream.codec_context.thread_count = 1
+        stream.codec_context.thread_type = "SLICE"  # as model.video sets it for one thread
+        for _ in container.decode(stream):
+            pass
+    return (time.process_time() - started) * 1e3
+
+
 def _measure(files: list[Path], cfg: DecodeBenchConfig, workers: int) -> dict[str, Any]:
     count = max(6, cfg.clips_per_worker * workers)
     pool = DecodePool(workers, DecodeLimits(), max_pending=count + workers)
     pool.start()
     try:
         # one decode per worker first: process start-up and imports stay out of the measurement
-        warm = [pool.submit(DecodeJob(str(files[0]), cfg.num_frames, cfg.size)) for _ in range(workers)]
-        for future in warm:
-            future.result()
-        started = time.perf_counter()
-        jobs = [DecodeJob(str(files[i % len(files)]), cfg.num_frames, cfg.size) for i in range(count)]
-        decoded = [f.result() for f in [pool.submit(job) for job in jobs]]
-        wall = time.perf_counter() - started
+        measure_pool(pool, [str(files[0])], workers, cfg.num_frames, cfg.size)
+        run = measure_pool(pool, [str(f) for f in files], count, cfg.num_frames, cfg.size)
     finally:
         pool.shutdown()
-    assert all(d.frames.shape == (cfg.num_frames, cfg.size, cfg.size, 3) for d in decoded)
-    return {
-        "workers": workers,
-        "clips": count,
-        "clips_per_s": count / wall,
-        "ms_per_clip_median": statistics.median(d.seconds for d in decoded) * 1e3,
-    }
+    return {"workers": workers, **run}
 
 
 def run_decode_bench(cfg: DecodeBenchConfig, workdir: Path | None = None) -> dict[str, Any]:

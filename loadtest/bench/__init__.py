@@ -1,0 +1,1 @@
+"""The ``adafocus bench`` subcommands."""
