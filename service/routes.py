@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Request
@@ -117,12 +118,11 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
         if draining:
             raise ServiceDraining("the server is draining and admits no new requests")
         answer = await stream.respond(
-            state, state.until_aborted(pipeline.classify(state, request, started, sink)), sink, stream_ended
+            state, state.until_aborted(named(state, pipeline.classify(state, request, started, sink))), sink,
+            stream_ended,
         )
         streaming = isinstance(answer, Response)
         status = 200
-        if isinstance(answer, ClassifyResponse):
-            answer.replica = state.replica
         return answer
     except Exception as exc:
         error = to_api_error(exc, state.settings.retry_after_s)
@@ -138,6 +138,13 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
     finally:
         if not streaming:  # a stream records its outcome when it ends
             stream_ended(status)
+
+
+async def named(state: ServiceState, work: Awaitable[ClassifyResponse]) -> ClassifyResponse:
+    """``work``'s answer with the replica that gave it (streamed or not)."""
+    answer = await work
+    answer.replica = state.replica
+    return answer
 
 
 def budget_body(

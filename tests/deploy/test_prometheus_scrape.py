@@ -142,6 +142,7 @@ def test_alert_rules_load_in_a_real_prometheus(prom: Prometheus):
         "AdaFocusHighErrorRate",
         "AdaFocusLatencyP99AboveSLO",
         "AdaFocusBudgetPinnedAtFloor",
+        "AdaFocusBudgetSkew",
     }
     assert all(r["health"] in ("ok", "unknown") for r in rules.values()), rules
 

@@ -42,7 +42,7 @@ def test_the_page_shows_the_answer_and_draws_the_cubes(server: Server, clip: Pat
         page.screenshot(path=str(shot), full_page=True)
 
         assert page.inner_text("#answer-label") == expected["label"]
-        assert page.inner_text("#answer-budget") == "high (v1)"
+        assert page.inner_text("#answer-budget") == f"high (v{expected['budget_version']})"
         assert re.fullmatch(r"[0-9a-f]{32}", page.inner_text("#answer-request"))
         assert page.locator("#topk li").count() == len(expected["top_k"])
         # one card per exit up to the one it stopped at, that one marked; the predictions are the API's
@@ -61,7 +61,7 @@ def test_the_page_shows_the_answer_and_draws_the_cubes(server: Server, clip: Pat
             if not edge["skipped"]:
                 assert edge["pixel"] == edge["expected"].lower(), edge
         assert page.inner_text("#ready") == "ready"
-        assert page.inner_text("#active-budget") == "high (v1)"
+        assert page.inner_text("#active-budget") == f"high (v{expected['budget_version']})"
         page.wait_for_function("document.getElementById('throughput').textContent.endsWith('videos/s')")
     assert errors == []
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
