@@ -75,8 +75,10 @@ def test_one_budget_switch_reaches_every_replica_within_a_second(fleet: Fleet) -
     assert version > before[0]["setting_version"] and put.json()["name"] == "low"
     wait_until(
         lambda: {(r["name"], r["setting_version"]) for r in replica_budgets(fleet)} == {("low", version)},
-        SPREAD_S - (time.monotonic() - start), "every replica to report the new budget",
+        10, "every replica to report the new budget",
     )
+    spread = time.monotonic() - start
+    assert spread <= SPREAD_S, f"the change took {spread:.2f} s to reach every replica"
     answers = answers_from(fleet, {r["replica"] for r in before})  # every answer after the switch, both replicas
     assert {(a["budget"], a["budget_version"]) for a in answers} == {("low", version)}
 
