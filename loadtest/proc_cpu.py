@@ -21,6 +21,18 @@ def process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15 of stat(5)
 
 
+def run_seconds(pid: int) -> float:
+    """CPU seconds of a process's live threads to the nanosecond (the scheduler's ``/proc/<pid>/task/*/schedstat``);
+    threads that have exited are not counted: for single-threaded workers, where clock ticks are too coarse."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
 def children(pid: int) -> list[int]:
     """The live child processes of ``pid`` (every thread's children)."""
     out: list[int] = []
@@ -56,8 +68,10 @@ class CpuSnapshot:
     processes: dict[int, float]
 
     @classmethod
-    def take(cls, pids: list[int]) -> CpuSnapshot:
-        return cls(machine_busy_seconds(), {pid: process_seconds(pid) for pid in pids})
+    def take(cls, pids: list[int], precise: bool = False) -> CpuSnapshot:
+        """``precise``: per process from the scheduler's nanosecond counters (live threads only), else clock ticks."""
+        seconds = run_seconds if precise else process_seconds
+        return cls(machine_busy_seconds(), {pid: seconds(pid) for pid in pids})
 
     def since(self, before: CpuSnapshot, pids: list[int]) -> float:
         """CPU seconds the processes ``pids`` used between ``before`` and this snapshot."""

@@ -6,17 +6,20 @@ dies (any signal) or overruns its time limit, only the job it held fails (``Deco
 ``DecodeError("decode_timeout")``), and the supervisor starts a fresh process. Workers are started with
 ``spawn``: the server process holds torch threads, which a fork would copy in an unusable state.
 
-Frames come back through shared memory, not the pipe: each worker slot has one block (``FrameBlock``), created and
-unlinked by the pool's process only, that the worker writes its clip into; the supervisor copies the clip out
-before the slot takes its next job. A crashed, killed or timed-out worker therefore leaves nothing behind (its
-replacement reuses the slot's block), a cancelled request holds no block, and ``shutdown`` unlinks them all.
+Uploads go in and frames come back through shared memory, not the pipe: each worker slot has one block
+(``FrameBlock``), created and unlinked by the pool's process only, that holds the upload (when it is in memory)
+and that the worker writes its clip into; the supervisor copies the clip out before the slot takes its next job.
+A crashed, killed or timed-out worker therefore leaves nothing behind (its replacement reuses the slot's block),
+a cancelled request holds no block, and ``shutdown`` unlinks them all.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import multiprocessing as mp
+import os
 import queue
 import secrets
 import signal
@@ -41,6 +44,8 @@ STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports numpy and PyAV before it rep
 # Extra wall time a worker gets past the decoder's own max_decode_s check before it is killed.
 KILL_GRACE_S = 2.0
 SHM_PREFIX = "adafocus-frames-"  # /dev/shm/adafocus-frames-<pool pid>-<random>: one block per worker slot
+SHM_DIR = Path("/dev/shm")  # where Linux lists POSIX shared memory
+MIN_BLOCK_BYTES = 64 * 1024
 
 
 class DecoderCrashed(Exception):
@@ -78,11 +83,23 @@ class FrameBlock:
         return None if self.shm is None else self.shm.name
 
     def fit(self, nbytes: int) -> str:
+        """The block's name, after growing it (to the next power of two, at least 64 KiB) when it is too small."""
         if self.shm is None or self.shm.size < nbytes:
             self.release()
-            name = f"{SHM_PREFIX}{mp.current_process().pid}-{secrets.token_hex(6)}"
-            self.shm = SharedMemory(name, create=True, size=max(1, nbytes))
+            name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
+            self.shm = SharedMemory(name, create=True, size=max(MIN_BLOCK_BYTES, 1 << (nbytes - 1).bit_length()))
         return self.shm.name
+
+    def hand_over(self, job: DecodeJob) -> tuple[DecodeJob, str, int]:
+        """(job, block name, upload bytes) as the worker gets them: an upload held in memory is written into the
+        block after the clip's area, so that the pipe carries only its length; a spooled file's path goes as it is."""
+        clip = _clip_nbytes(job)
+        if not isinstance(job.source, bytes):
+            return job, self.fit(clip), 0
+        name = self.fit(clip + len(job.source))
+        assert self.shm is not None and self.shm.buf is not None
+        self.shm.buf[clip : clip + len(job.source)] = job.source
+        return dataclasses.replace(job, source=b""), name, len(job.source)
 
     def read(self, shape: tuple[int, ...]) -> np.ndarray:
         assert self.shm is not None
@@ -93,6 +110,28 @@ class FrameBlock:
             self.shm.close()
             self.shm.unlink()
             self.shm = None
+
+
+def sweep_orphans(directory: Path = SHM_DIR) -> list[str]:
+    """Unlink the blocks of pools whose process is gone without unlinking them (killed together with
+    multiprocessing's resource tracker, e.g. SIGKILL to a process group); returns their names."""
+    removed = []
+    for path in directory.glob(f"{SHM_PREFIX}*"):
+        pid = path.name[len(SHM_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _clip_nbytes(job: DecodeJob) -> int:
@@ -106,6 +145,12 @@ def _attach(held: SharedMemory | None, name: str) -> SharedMemory:
     if held is not None:
         held.close()
     return SharedMemory(name)
+
+
+def _upload(block: SharedMemory, offset: int, nbytes: int) -> bytes:
+    """The upload the pool wrote into the block (after the clip's area)."""
+    assert block.buf is not None
+    return bytes(block.buf[offset : offset + nbytes])
 
 
 def _reply(frames: np.ndarray, block: SharedMemory, seconds: float) -> tuple[Any, ...]:
@@ -127,14 +172,16 @@ def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
     block: SharedMemory | None = None
     while True:
         try:
-            job, block_name = conn.recv()
+            job, block_name, upload = conn.recv()
             conn.send(("started",))
         except (EOFError, OSError):
             return
         started = time.monotonic()
         try:
-            frames = job_fn(job.source, job.num_frames, job.size, limits)
             block = _attach(block, block_name)
+            clip = _clip_nbytes(job)
+            source = _upload(block, clip, upload) if upload else job.source
+            frames = job_fn(source, job.num_frames, job.size, limits)
             conn.send(_reply(frames, block, time.monotonic() - started))
         except DecodeError as exc:
             conn.send(("decode_error", exc.code, exc.message))
@@ -240,6 +287,9 @@ class DecodePool:
         self._closed = False
 
     def start(self) -> None:
+        orphans = sweep_orphans()
+        if orphans:
+            log.warning("unlinked %d shared-memory block(s) left by dead decoder pools: %s", len(orphans), orphans)
         for worker in self._workers:
             worker.start()  # all processes import in parallel
         for i, worker in enumerate(self._workers):
@@ -344,7 +394,7 @@ class DecodePool:
         if worker.conn is None or worker.process is None or not worker.process.is_alive():
             return False
         try:
-            worker.conn.send((job, worker.block.fit(_clip_nbytes(job))))
+            worker.conn.send(worker.block.hand_over(job))
             if not worker.conn.poll(ACK_TIMEOUT_S):
                 return False
             return bool(worker.conn.recv() == ("started",))

@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.video import DecodeError, DecodeLimits, decode_clip, encode_video
-from service.decode import SHM_PREFIX, DecodeJob, DecodePool, DecoderCrashed
+from service.decode import MIN_BLOCK_BYTES, SHM_PREFIX, DecodeJob, DecodePool, DecoderCrashed
 from tests.service.conftest import ramp, wait_until, wait_until_dead
 from tests.service.jobs import scripted_job
 
@@ -73,15 +74,34 @@ def test_a_larger_clip_replaces_the_block_and_unlinks_the_old_one() -> None:
     try:
         pool.submit(DecodeJob(b"a", 2, 4)).result(timeout=30)
         (small,) = pool.shared_blocks()
-        big = pool.submit(DecodeJob(b"ab", 4, 16)).result(timeout=30).frames
-        assert big.shape == (4, 16, 16, 3) and int(big.min()) == int(big.max()) == 2
+        assert (SHM / small).stat().st_size == MIN_BLOCK_BYTES
+        big = pool.submit(DecodeJob(b"ab", 4, 128)).result(timeout=30).frames  # 196,610 bytes with its upload
+        assert big.shape == (4, 128, 128, 3) and int(big.min()) == int(big.max()) == 2
         (large,) = pool.shared_blocks()
-        assert large != small and blocks_on_disk() == {large}
+        assert large != small and blocks_on_disk() == {large} and (SHM / large).stat().st_size == 256 * 1024
         assert pool.submit(DecodeJob(b"abc", 2, 4)).result(timeout=30).frames.shape == (2, 4, 4, 3)
         assert pool.shared_blocks() == [large]  # a smaller clip fits the block it has
     finally:
         pool.shutdown()
     assert blocks_on_disk() == set()
+
+
+def test_a_pool_unlinks_the_blocks_of_dead_pools_at_start() -> None:
+    """A pool killed with its resource tracker (SIGKILL to the process group) cannot unlink its blocks itself."""
+    dead = subprocess.Popen(["true"])
+    assert dead.wait() == 0  # its pid has exited and been reaped
+    orphan = SHM / f"{SHM_PREFIX}{dead.pid}-0123456789ab"
+    live = SHM / f"{SHM_PREFIX}{os.getpid()}-0123456789ab"  # this process is alive: its blocks stay
+    orphan.write_bytes(b"x" * 16)
+    live.write_bytes(b"x" * 16)
+    pool = DecodePool(1, DecodeLimits(), job_fn=scripted_job)
+    try:
+        pool.start()
+        assert not orphan.exists() and live.exists()
+    finally:
+        pool.shutdown()
+        orphan.unlink(missing_ok=True)
+        live.unlink(missing_ok=True)
 
 
 def test_cancelled_requests_hold_no_block() -> None:
@@ -106,15 +126,19 @@ def test_cancelled_requests_hold_no_block() -> None:
     assert blocks_on_disk() == set()
 
 
-def test_real_decodes_through_shared_memory_match_the_decoder(tmp_path: Path) -> None:
+def test_real_uploads_through_shared_memory_decode_as_the_decoder_does(tmp_path: Path) -> None:
     paths = [encode_video(tmp_path / f"v{i}.mp4", ramp(12, 48, 64, seed=i), "libx264") for i in range(3)]
     pool = DecodePool(2, DecodeLimits())
     pool.start()
     try:
-        futures = [pool.submit(DecodeJob(p.read_bytes(), 6, 32)) for p in paths * 2]
+        futures = [pool.submit(DecodeJob(p.read_bytes(), 6, 32)) for p in paths * 2]  # uploads held in memory
         clips = [f.result(timeout=60).frames for f in futures]
+        sizes = [(SHM / name).stat().st_size for name in pool.shared_blocks()]
+        assert min(sizes) >= 6 * 32 * 32 * 3 + min(p.stat().st_size for p in paths)  # the upload went in the block
+        spooled = pool.submit(DecodeJob(str(paths[0]), 6, 32)).result(timeout=60).frames  # a spooled file's path
     finally:
         pool.shutdown()
+    np.testing.assert_array_equal(spooled, clips[0])
     for path, clip in zip(paths * 2, clips, strict=True):
         np.testing.assert_array_equal(clip, decode_clip(str(path), 6, 32))
     assert blocks_on_disk() == set()
