@@ -42,11 +42,11 @@ def measure_pool(pool: DecodePool, sources: Sequence[Source], count: int, num_fr
     """``count`` decodes of ``sources`` (round-robin) submitted at once to a started pool: clips/s, the median decode
     time inside a worker, and the workers' CPU per clip (from /proc, so IPC and shared-memory copies count)."""
     pids = pool.worker_pids()
-    before, started = CpuSnapshot.take(pids, precise=True), time.perf_counter()  # workers: one thread each
+    before, started = CpuSnapshot.take(pids), time.perf_counter()
     futures = [pool.submit(DecodeJob(sources[i % len(sources)], num_frames, size)) for i in range(count)]
     decoded = [f.result() for f in futures]
     wall = time.perf_counter() - started
-    after = CpuSnapshot.take(pids, precise=True)
+    after = CpuSnapshot.take(pids)
     assert all(d.frames.shape == (num_frames, size, size, 3) for d in decoded)
     return {
         "clips": count,

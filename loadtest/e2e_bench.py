@@ -50,6 +50,7 @@ from service.engine.runner import TorchRunner
 
 TARGET_HTTP_VS_IN_PROCESS = 0.6  # issue 15: HTTP >= 0.6x the in-process engine's saturation throughput
 TARGET_DECODE_VS_BARE = 1.3  # issue 15: decode-pool CPU per clip within 1.3x of PyAV's bare decode
+BARE_REPEATS = 5  # bare decodes per clip and round; their median is reported
 Log = Callable[[str], None]
 
 
@@ -225,7 +226,7 @@ def decode_phase(
     """The decoder pool on the clips (in memory, as uploads), and PyAV's bare decode of the same frames in a process
     started like a decoder worker (spawned: its allocator and imports, not this benchmark's)."""
     pooled = measure_pool(pool, sources, count, clips.num_frames, clips.size)
-    times = sorted(bare.map(bare_decode_cpu_ms, [data for data in sources for _ in range(3)]))
+    times = sorted(bare.map(bare_decode_cpu_ms, [data for data in sources for _ in range(BARE_REPEATS)]))
     return {**pooled, "bare_decode_cpu_ms_per_clip": times[len(times) // 2]}
 
 
@@ -261,6 +262,7 @@ def run_e2e_bench(cfg: E2EBenchConfig, log: Log = lambda _: None) -> dict[str, A
             server.wait_ready()
             pool.start()
             measure_pool(pool, sources, 2 * cfg.decode_workers, clips.num_frames, clips.size)  # warm, unmeasured
+            list(bare.map(bare_decode_cpu_ms, sources))  # the bare decoder's first calls, unmeasured
             client(cfg.warmup_s)
             for i in range(cfg.repeats):
                 http = http_phase(server, lambda: client(cfg.duration_s))

@@ -90,7 +90,7 @@ def run_hey(hey: str, url: str, bodies: list[Path], concurrency: int, duration_s
 
 def parse_hey(text: str) -> dict[str, Any]:
     """Counts and percentiles from hey's summary: ``[200]\t649 responses`` (status codes), ``[3]\tPost ...: ...``
-    (transport errors), ``50% in 0.2307 secs`` (latency)."""
+    (transport errors), ``50% in 0.2307 secs`` (latency); p99 is the slowest answer when hey prints none."""
     ok = errors = 0
     quantiles: dict[str, float] = {}
     section = ""
@@ -98,6 +98,8 @@ def parse_hey(text: str) -> dict[str, Any]:
         words = line.split()
         if line and not line.startswith(" "):
             section = line.strip()
+        elif section.startswith("Summary") and words[:1] == ["Slowest:"]:
+            quantiles["max"] = float(words[1])
         elif section.startswith("Latency distribution") and len(words) >= 3 and words[0].endswith("%"):
             quantiles[f"p{words[0][:-1]}"] = float(words[2])
         elif words and words[0].startswith("[") and words[0].endswith("]") and words[0][1:-1].isdigit():
@@ -106,7 +108,9 @@ def parse_hey(text: str) -> dict[str, Any]:
                 ok, errors = (ok + int(words[1]), errors) if 200 <= number < 300 else (ok, errors + int(words[1]))
             elif section.startswith("Error distribution"):
                 errors += number
-    return {"ok": ok, "errors": errors, "p50": quantiles.get("p50"), "p99": quantiles.get("p99")}
+    # hey prints a percentile only when its integer rank is hit: under 100 answers p99 may be missing
+    p99 = quantiles.get("p99", quantiles.get("max"))
+    return {"ok": ok, "errors": errors, "p50": quantiles.get("p50"), "p99": p99}
 
 
 def run_python(url: str, corpus_dir: Path, concurrency: int, duration_s: float, timeout_s: float) -> ClientRun:

@@ -1,36 +1,32 @@
-"""CPU seconds from Linux's /proc: per process (user + system, all threads), the children of a process, and the
-whole machine's busy time; what ``bench e2e`` splits a load phase's CPU with.
+"""CPU seconds on Linux: per process (all threads, from the kernel's per-process CPU clock), the children of a
+process, and the whole machine's busy time (/proc/stat); what ``bench e2e`` splits a load phase's CPU with.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100  # /proc times are in clock ticks
+CPUCLOCK_SCHED = 2  # Linux: clock id ((~pid) << 3) | 2 is process pid's CPU time (MAKE_PROCESS_CPUCLOCK)
 
 
 def process_seconds(pid: int) -> float:
-    """User + system CPU seconds of a live process (all its threads); 0.0 once it is gone."""
+    """CPU seconds of a live process, all its threads, exited ones included, to the nanosecond: the kernel's
+    per-process CPU clock (what clock_getcpuclockid(3) names); clock ticks from /proc/<pid>/stat where that clock
+    cannot be read; 0.0 once the process is gone."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | CPUCLOCK_SCHED)
+    except OSError:
+        pass
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return 0.0
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": the comm may hold spaces
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime, stime: fields 14 and 15 of stat(5)
-
-
-def run_seconds(pid: int) -> float:
-    """CPU seconds of a process's live threads to the nanosecond (the scheduler's ``/proc/<pid>/task/*/schedstat``);
-    threads that have exited are not counted: for single-threaded workers, where clock ticks are too coarse."""
-    total = 0
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, IndexError, ValueError):
-            continue
-    return total / 1e9
 
 
 def children(pid: int) -> list[int]:
@@ -68,10 +64,8 @@ class CpuSnapshot:
     processes: dict[int, float]
 
     @classmethod
-    def take(cls, pids: list[int], precise: bool = False) -> CpuSnapshot:
-        """``precise``: per process from the scheduler's nanosecond counters (live threads only), else clock ticks."""
-        seconds = run_seconds if precise else process_seconds
-        return cls(machine_busy_seconds(), {pid: seconds(pid) for pid in pids})
+    def take(cls, pids: list[int]) -> CpuSnapshot:
+        return cls(machine_busy_seconds(), {pid: process_seconds(pid) for pid in pids})
 
     def since(self, before: CpuSnapshot, pids: list[int]) -> float:
         """CPU seconds the processes ``pids`` used between ``before`` and this snapshot."""
