@@ -27,7 +27,7 @@ from service.budgetstore import BudgetStore, FileBudget, LocalBudget
 from service.decode import DecodeJob, DecodePool, self_test_video
 from service.engine.backends import create_runner, load_model_source
 from service.engine.engine import Engine
-from service.engine.runner import Runner
+from service.engine.runner import Runner, TorchOptions
 from service.engine.types import BudgetState, EngineRequest
 from service.metrics import Metrics, labelled
 from service.schemas import ReplicaBudget
@@ -95,7 +95,8 @@ class ServiceState:
         log.info("loaded bundle %s (%s, sha256 %s) on %s", bundle.path, bundle.config.name, bundle.sha256[:12], device)
         self.metrics = Metrics(bundle.config.num_cubes + 1)
         runner = create_runner(
-            bundle.model, s.backend, device, bundle=bundle, export_dir=source.export_dir, max_batch=s.max_batch
+            bundle.model, s.backend, device, bundle=bundle, export_dir=source.export_dir, max_batch=s.max_batch,
+            torch_options=TorchOptions(precision=s.precision, channels_last=s.channels_last, cuda_graphs=s.cuda_graphs),
         )
         if self.wrap_runner is not None:
             runner = self.wrap_runner(runner)

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.video import DecodeLimits
-from service.engine.config import Backend, EngineConfig, EngineMode
+from service.engine.config import Backend, EngineConfig, EngineMode, Precision
 from service.logs import LogFormat
 from service.schemas import BudgetUpdate
 
@@ -32,6 +32,16 @@ class Settings(BaseSettings):
     device: str = Field(default="auto", description="auto (CUDA when available), cpu, cuda or cuda:N")
     backend: Backend = Field(default="torch", description="model runner")
     torch_threads: int | None = Field(default=None, ge=1, description="torch CPU threads; unset = default")
+    precision: Precision = Field(
+        default="fp32", description="torch backend: `fp32`, or `bf16` (every stage under autocast; answers in fp32)"
+    )
+    channels_last: bool = Field(
+        default=False, description="torch backend: the frame encoders' weights in NHWC (faster convolutions on GPUs)"
+    )
+    cuda_graphs: bool = Field(
+        default=False, description="torch backend on CUDA: each stage captured once per batch bucket (powers of two "
+        "up to ADAFOCUS_MAX_BATCH) at start-up and replayed"
+    )
 
     mode: EngineMode = Field(default="continuous", description="engine batching mode")
     max_batch: int = Field(default=32, ge=1, description="max samples per model call, per stage")
@@ -154,6 +164,12 @@ class Settings(BaseSettings):
             raise ValueError("ADAFOCUS_BUDGET is a fixed level: with ADAFOCUS_BUDGET_MODE=auto set ADAFOCUS_MIN_LEVEL")
         if self.budget_file is not None and not self.budget_file.parent.is_dir():
             raise ValueError(f"ADAFOCUS_BUDGET_FILE={self.budget_file}: its directory does not exist")
+        torch_only = self.precision != "fp32" or self.channels_last or self.cuda_graphs
+        if self.backend == "onnx" and torch_only:
+            raise ValueError("ADAFOCUS_PRECISION, ADAFOCUS_CHANNELS_LAST and ADAFOCUS_CUDA_GRAPHS apply to the torch "
+                             "backend (ADAFOCUS_BACKEND=torch or auto), not to onnx")
+        if self.cuda_graphs and self.device == "cpu":
+            raise ValueError("ADAFOCUS_CUDA_GRAPHS needs a CUDA device; ADAFOCUS_DEVICE is cpu")
         self.engine_config()  # validated once, by the engine's own configuration type (its message names the field)
         return self
 

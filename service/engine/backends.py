@@ -86,6 +86,7 @@ def torch_runner(
 ) -> Runner:
     """The PyTorch runner ``options`` describes; with CUDA graphs, captured here for batches up to ``max_batch``."""
     base = TorchRunner(model, device, options)
+    log.info("torch runner on %s: %s", base.device, options.label)
     if not options.cuda_graphs:
         return base
     if base.device.type != "cuda":

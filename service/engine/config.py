@@ -14,6 +14,8 @@ ENGINE_MODES: tuple[EngineMode, ...] = ("continuous", "drain", "single")
 Backend = Literal["torch", "onnx", "auto"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "auto")
 Stage = Literal["glance", "focus"]
+Precision = Literal["fp32", "bf16"]  # the PyTorch runner's compute dtype (service.engine.runner.TorchOptions)
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 import torch
 
 from model.adafocus import AdaFocusV3, FocusState, GlanceOutput
 from model.exits import StagedModel
-
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+from service.engine.config import PRECISIONS, Precision
 
 
 class Runner(StagedModel, Protocol):

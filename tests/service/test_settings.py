@@ -7,9 +7,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from model.video import DecodeLimits
+from model.video import DecodeLimits, encode_video
 from service.engine.config import EngineConfig
+from service.engine.runner import TorchOptions, TorchRunner
 from service.settings import Settings
+from tests.service.conftest import in_process, ramp, service_state
 
 
 @pytest.fixture(autouse=True)
@@ -94,6 +96,18 @@ def test_min_glance_batch_reaches_the_engine_config_and_is_bounded_by_max_batch(
         Settings()
 
 
+def test_runner_variants_apply_to_the_torch_backend_only() -> None:
+    s = Settings(precision="bf16", channels_last=True, backend="auto")
+    assert (s.precision, s.channels_last, s.cuda_graphs) == ("bf16", True, False)
+    assert Settings(cuda_graphs=True, device="cuda").cuda_graphs
+    with pytest.raises(ValidationError, match="apply to the torch backend"):
+        Settings(backend="onnx", precision="bf16")
+    with pytest.raises(ValidationError, match="ADAFOCUS_CUDA_GRAPHS needs a CUDA device"):
+        Settings(cuda_graphs=True, device="cpu")
+    with pytest.raises(ValidationError, match="'fp32' or 'bf16'"):
+        Settings(precision="fp16")  # type: ignore[arg-type]
+
+
 def test_active_cap_below_batch_is_refused() -> None:
     with pytest.raises(ValidationError, match=r"max_active \(2\) must be >= max_batch \(4\)"):
         Settings(max_batch=4, max_active=2)
@@ -139,3 +153,15 @@ def test_a_rejected_operator_token_never_reaches_the_log(tmp_path: Path) -> None
     assert done.returncode == 2
     assert b"at least 16 characters" in done.stderr
     assert secret.encode() not in done.stdout + done.stderr
+
+
+def test_the_server_runs_the_runner_variant_its_settings_name(tiny_bundle: Path, tmp_path: Path) -> None:
+    video = encode_video(tmp_path / "v.mp4", ramp(12, 48, 64), "libx264")
+    for client in in_process(tiny_bundle, precision="bf16", channels_last=True):
+        runner = service_state(client).engine.runner
+        assert isinstance(runner, TorchRunner)
+        assert runner.options == TorchOptions(precision="bf16", channels_last=True)
+        with video.open("rb") as fh:
+            answer = client.post("/classify", files={"video": ("v.mp4", fh)})
+        assert answer.status_code == 200, answer.text
+        assert 0 <= answer.json()["class_id"] < 10
