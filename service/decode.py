@@ -46,6 +46,7 @@ KILL_GRACE_S = 2.0
 SHM_PREFIX = "adafocus-frames-"  # /dev/shm/adafocus-frames-<pool pid>-<random>: one block per worker slot
 SHM_DIR = Path("/dev/shm")  # where Linux lists POSIX shared memory
 MIN_BLOCK_BYTES = 64 * 1024
+MAX_SHARED_UPLOAD = 4 * 1024 * 1024  # uploads up to this go to a worker through its block (bounds the block's size)
 
 
 class DecoderCrashed(Exception):
@@ -82,21 +83,29 @@ class FrameBlock:
     def name(self) -> str | None:
         return None if self.shm is None else self.shm.name
 
-    def fit(self, nbytes: int) -> str:
-        """The block's name, after growing it (to the next power of two, at least 64 KiB) when it is too small."""
+    def fit(self, nbytes: int) -> str | None:
+        """The block's name, after growing it (to the next power of two, at least 64 KiB) when it is too small;
+        None when /dev/shm has no room for it (the clip then goes through the pipe)."""
         if self.shm is None or self.shm.size < nbytes:
             self.release()
             name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
             self.shm = SharedMemory(name, create=True, size=max(MIN_BLOCK_BYTES, 1 << (nbytes - 1).bit_length()))
+            if not _reserve(self.shm):
+                log.warning("no room in /dev/shm for a %d-byte decoder block; clips go through the pipe", nbytes)
+                self.release()
+                return None
         return self.shm.name
 
-    def hand_over(self, job: DecodeJob) -> tuple[DecodeJob, str, int]:
-        """(job, block name, upload bytes) as the worker gets them: an upload held in memory is written into the
-        block after the clip's area, so that the pipe carries only its length; a spooled file's path goes as it is."""
+    def hand_over(self, job: DecodeJob, max_upload: int) -> tuple[DecodeJob, str | None, int]:
+        """(job, block name, upload bytes) as the worker gets them: an upload held in memory (up to ``max_upload``
+        bytes) is written into the block after the clip's area, so that the pipe carries only its length; a larger
+        one, or a spooled file's path, goes through the pipe as it is."""
         clip = _clip_nbytes(job)
-        if not isinstance(job.source, bytes):
+        if not isinstance(job.source, bytes) or len(job.source) > max_upload:
             return job, self.fit(clip), 0
         name = self.fit(clip + len(job.source))
+        if name is None:
+            return job, None, 0
         assert self.shm is not None and self.shm.buf is not None
         self.shm.buf[clip : clip + len(job.source)] = job.source
         return dataclasses.replace(job, source=b""), name, len(job.source)
@@ -134,6 +143,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _reserve(shm: SharedMemory) -> bool:
+    """Allocate the block's pages in /dev/shm now: a tmpfs that runs out of room later (Docker's default is 64 MiB)
+    would kill the writing process with SIGBUS; here it is an error the pool can route around."""
+    path = SHM_DIR / shm.name.lstrip("/")
+    if not path.exists():
+        return True  # not Linux's /dev/shm: nothing to reserve through
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, shm.size)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def _clip_nbytes(job: DecodeJob) -> int:
     return job.num_frames * job.size * job.size * 3  # (T, size, size, 3) uint8
 
@@ -153,9 +178,9 @@ def _upload(block: SharedMemory, offset: int, nbytes: int) -> bytes:
     return bytes(block.buf[offset : offset + nbytes])
 
 
-def _reply(frames: np.ndarray, block: SharedMemory, seconds: float) -> tuple[Any, ...]:
+def _reply(frames: np.ndarray, block: SharedMemory | None, seconds: float) -> tuple[Any, ...]:
     """A clip goes into the shared block (only its shape through the pipe); anything else is pickled."""
-    if frames.dtype != np.uint8 or frames.nbytes > block.size:
+    if block is None or frames.dtype != np.uint8 or frames.nbytes > block.size:
         return ("ok", frames, seconds)
     view = np.ndarray(frames.shape, np.uint8, buffer=block.buf)  # (T, size, size, 3) over the shared block
     view[...] = frames
@@ -178,11 +203,12 @@ def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
             return
         started = time.monotonic()
         try:
-            block = _attach(block, block_name)
-            clip = _clip_nbytes(job)
-            source = _upload(block, clip, upload) if upload else job.source
+            if block_name is not None:  # None: no room for the slot's block, everything goes through the pipe
+                block = _attach(block, block_name)
+            shared = block if block_name is not None else None
+            source = _upload(shared, _clip_nbytes(job), upload) if shared is not None and upload else job.source
             frames = job_fn(source, job.num_frames, job.size, limits)
-            conn.send(_reply(frames, block, time.monotonic() - started))
+            conn.send(_reply(frames, shared, time.monotonic() - started))
         except DecodeError as exc:
             conn.send(("decode_error", exc.code, exc.message))
         except Exception as exc:  # a decoder bug must not kill the worker: report it as undecodable input
@@ -273,8 +299,10 @@ class DecodePool:
         on_restart: Callable[[str], None] | None = None,
         start_method: str = "spawn",
         kill_grace_s: float = KILL_GRACE_S,
+        max_shared_upload: int = MAX_SHARED_UPLOAD,
     ) -> None:
         self.limits = limits
+        self.max_shared_upload = max_shared_upload  # larger uploads held in memory go through the pipe
         self.kill_grace_s = kill_grace_s
         self.max_pending = max_pending
         self.on_restart = on_restart or (lambda reason: None)
@@ -363,11 +391,11 @@ class DecodePool:
     def _run(self, worker: _Worker, job: DecodeJob) -> Decoded:
         # A worker acknowledges a job before it starts decoding, so a worker that died while idle (its death
         # noticed only now) is told apart from one that the job itself crashed: the job then goes to a fresh one.
-        if not self._deliver(worker, job):
+        if not self._deliver(worker, job, self.max_shared_upload):
             log.warning("decoder worker %s was dead before it took a job; replacing it", worker.pid)
             worker.kill_and_restart()
             self.on_restart("died_idle")
-            if not self._deliver(worker, job):
+            if not self._deliver(worker, job, self.max_shared_upload):
                 raise DecoderCrashed("a fresh decoder worker failed to take the job")
         assert worker.conn is not None
         try:
@@ -389,12 +417,12 @@ class DecodePool:
         raise DecodeError(reply[1], reply[2])
 
     @staticmethod
-    def _deliver(worker: _Worker, job: DecodeJob) -> bool:
+    def _deliver(worker: _Worker, job: DecodeJob, max_upload: int) -> bool:
         """Send the job and wait for the worker's acknowledgement; False when the worker is dead."""
         if worker.conn is None or worker.process is None or not worker.process.is_alive():
             return False
         try:
-            worker.conn.send(worker.block.hand_over(job))
+            worker.conn.send(worker.block.hand_over(job, max_upload))
             if not worker.conn.poll(ACK_TIMEOUT_S):
                 return False
             return bool(worker.conn.recv() == ("started",))

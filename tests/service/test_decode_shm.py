@@ -142,3 +142,17 @@ def test_real_uploads_through_shared_memory_decode_as_the_decoder_does(tmp_path:
     for path, clip in zip(paths * 2, clips, strict=True):
         np.testing.assert_array_equal(clip, decode_clip(str(path), 6, 32))
     assert blocks_on_disk() == set()
+
+
+def test_uploads_over_the_shared_cap_go_through_the_pipe(tmp_path: Path) -> None:
+    path = encode_video(tmp_path / "v.mp4", ramp(12, 48, 64), "libx264")
+    pool = DecodePool(1, DecodeLimits(), max_shared_upload=0)  # every upload held in memory is over the cap
+    pool.start()
+    try:
+        clip = pool.submit(DecodeJob(path.read_bytes(), 6, 32)).result(timeout=60).frames
+        (name,) = pool.shared_blocks()
+        assert (SHM / name).stat().st_size == MIN_BLOCK_BYTES  # the clip's area only: the upload did not go in
+    finally:
+        pool.shutdown()
+    np.testing.assert_array_equal(clip, decode_clip(str(path), 6, 32))
+    assert blocks_on_disk() == set()
