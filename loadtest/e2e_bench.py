@@ -36,7 +36,16 @@ import httpx
 import numpy as np
 
 from loadtest.decode_bench import bare_decode_cpu_ms, measure_pool
-from loadtest.e2e_client import HEY_CLIENT, PYTHON_CLIENT, ClientRun, hey_path, multipart_body, run_hey, run_python
+from loadtest.e2e_client import (
+    HEY_CLIENT,
+    PYTHON_CLIENT,
+    ClientRun,
+    HeyHung,
+    hey_path,
+    multipart_body,
+    run_hey,
+    run_python,
+)
 from loadtest.engine_bench import EngineBenchConfig, mode_label, run_engine_bench
 from loadtest.proc_cpu import CpuSnapshot, children, command_line
 from loadtest.report import ratio_stats
@@ -248,9 +257,15 @@ def run_e2e_bench(cfg: E2EBenchConfig, log: Log = lambda _: None) -> dict[str, A
         work = dataclasses.replace(work, frames=clips.frames, labels=labels)
         sources = [f.read_bytes() for f in clips.files]
 
+        hey_hung: list[str] = []
+
         def client(seconds: float) -> ClientRun:
             if hey is not None:
-                return run_hey(hey, server.url, clips.bodies, cfg.concurrency, seconds, cfg.timeout_s)
+                try:
+                    return run_hey(hey, server.url, clips.bodies, cfg.concurrency, seconds, cfg.timeout_s)
+                except HeyHung as exc:  # this round with the Python client instead; the result says so
+                    log(f"{exc}: this round uses the Python client")
+                    hey_hung.append(str(exc))
             return run_python(server.url, root / "corpus", cfg.concurrency, seconds, cfg.timeout_s)
 
         server = BenchServer(bundle, cfg, level, root / "server.log")
@@ -276,7 +291,7 @@ def run_e2e_bench(cfg: E2EBenchConfig, log: Log = lambda _: None) -> dict[str, A
             bare.shutdown()
             pool.shutdown()
             server.stop()
-    return _result(cfg, work, level, hey is not None, rounds)
+    return _result(cfg, work, level, hey is not None, rounds) | {"hey_hung": hey_hung}
 
 
 CPU_PARTS = ("server_main", "decode_workers", "server_other_children", "client", "other_processes")

@@ -23,6 +23,12 @@ from loadtest.schedule import Bound
 BOUNDARY = "adafocus-e2e-boundary"
 HEY_CLIENT = "hey (Go, closed loop)"
 PYTHON_CLIENT = "adafocus loadtest (Python httpx, closed loop; hey is not installed)"
+HEY_GRACE_S = 30.0  # past its -z duration plus one request timeout, a hey process is taken as hung
+
+
+class HeyHung(RuntimeError):
+    """A hey process ran past its duration, its request timeout and a grace period (seen once here: two hey
+    processes spinning at 100% CPU for minutes after ``-z 1.5s``); every hey of the run was killed."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,15 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_hey(hey: str, url: str, bodies: list[Path], concurrency: int, duration_s: float, timeout_s: float) -> ClientRun:
+def run_hey(
+    hey: str,
+    url: str,
+    bodies: list[Path],
+    concurrency: int,
+    duration_s: float,
+    timeout_s: float,
+    grace_s: float = HEY_GRACE_S,
+) -> ClientRun:
     """One ``hey`` process per request body (the clips take turns), ``concurrency`` workers in all. Latency: the
     median of the processes' p50 and the largest of their p99 (hey reports percentiles, not samples)."""
     count = max(1, min(len(bodies), concurrency))
@@ -75,7 +89,14 @@ def run_hey(hey: str, url: str, bodies: list[Path], concurrency: int, duration_s
         )
         for body, share in zip(bodies, shares, strict=False)
     ]
-    outputs = [proc.communicate()[0] for proc in procs]  # reaps them: their CPU lands in RUSAGE_CHILDREN
+    deadline = time.monotonic() + duration_s + timeout_s + grace_s
+    try:  # communicate reaps them: their CPU lands in RUSAGE_CHILDREN
+        outputs = [proc.communicate(timeout=max(0.0, deadline - time.monotonic()))[0] for proc in procs]
+    except subprocess.TimeoutExpired:
+        for proc in procs:
+            proc.kill()  # SIGKILL: a spinning hey ignores SIGTERM
+            proc.communicate()
+        raise HeyHung(f"hey ran {time.perf_counter() - started:.0f} s past a {duration_s:g} s run; killed") from None
     wall = time.perf_counter() - started
     if any(proc.returncode != 0 for proc in procs):
         raise RuntimeError(f"hey failed: {outputs[0][-500:]}")

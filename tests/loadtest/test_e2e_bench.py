@@ -6,12 +6,13 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from loadtest.e2e_client import HEY_CLIENT, PYTHON_CLIENT, parse_hey
+from loadtest.e2e_client import HEY_CLIENT, PYTHON_CLIENT, HeyHung, parse_hey, run_hey
 from service.cli import main
 from tests.service.conftest import make_bundle
 
@@ -55,6 +56,18 @@ def quick_run(
     argv = ["bench", "e2e", "--quick", "--bundle", str(bundle), "--clips", "2", "--concurrency", "4"]
     assert main([*argv, "--duration", "1.5", "--client", client, "--json", str(out)]) == 0
     return json.loads(out.read_text()), capsys.readouterr().out
+
+
+def test_a_hey_that_never_exits_is_killed(tmp_path: Path) -> None:
+    spinning = tmp_path / "hey"
+    spinning.write_text("#!/bin/sh\ntrap '' TERM\nwhile :; do sleep 0.1; done\n")  # ignores SIGTERM, as the hung one
+    spinning.chmod(0o755)
+    body = tmp_path / "body.bin"
+    body.write_bytes(b"x")
+    started = time.monotonic()
+    with pytest.raises(HeyHung, match="killed"):
+        run_hey(str(spinning), "http://127.0.0.1:9", [body, body], 2, duration_s=0.1, timeout_s=0.1, grace_s=0.5)
+    assert time.monotonic() - started < 10
 
 
 @pytest.mark.parametrize("client", ["python", "hey"])
