@@ -32,10 +32,15 @@ run)
     nvidia-smi -L || echo "no nvidia-smi"
     "$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name())'
     set -o pipefail
+    tests=0  # the benchmark runs even when a test fails; the script's status reports both
     timeout 150 "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/service/engine/test_runner.py \
-        2>&1 | tee "$out/gpu_tests.log" || echo "GPU runner tests FAILED (see $out/gpu_tests.log)"
+        2>&1 | tee "$out/gpu_tests.log" || tests=$?
     timeout 420 "$PY" -m loadtest.gpu_suite --time-limit 300 --out "$out/gpu_suite.json" \
         2> >(tee "$out/gpu_suite.log" >&2) | tee "$out/gpu_suite.md"
+    if [ "$tests" != 0 ]; then
+        echo "GPU runner tests FAILED (status $tests; see $out/gpu_tests.log)" >&2
+        exit "$tests"
+    fi
     ;;
 *)
     echo "usage: $0 wheels | run [OUT_DIR]" >&2

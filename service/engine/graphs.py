@@ -87,7 +87,9 @@ class GraphedRunner:
         self.buckets = tuple(sorted(buckets or graph_buckets(max_batch)))
         started = time.perf_counter()
         pool = torch.cuda.graph_pool_handle()
-        with torch.inference_mode():  # static inputs and outputs are inference tensors, written in inference mode
+        # on the runner's device (cuda:N): capture streams and replays use the current device's streams;
+        # static inputs and outputs are inference tensors, written in inference mode
+        with torch.cuda.device(self.device), torch.inference_mode():
             self._glance = {b: _capture(self._glance_fn, self._glance_inputs(b), pool) for b in self.buckets}
             self._focus = {b: _capture(self._focus_fn, self._focus_inputs(b), pool) for b in self.buckets}
         torch.cuda.synchronize(self.device)
@@ -126,7 +128,8 @@ class GraphedRunner:
         bucket = bucket_for(frames_small.shape[0], self.buckets)
         if bucket is None:
             return self.base.glance(frames_small)
-        feats, centres, logits, pooled, step, policy = self._glance[bucket].run(frames_small)
+        with torch.cuda.device(self.device):
+            feats, centres, logits, pooled, step, policy = self._glance[bucket].run(frames_small)
         return GlanceOutput(feats, centres, logits, FocusState(feats, pooled, step), policy)
 
     @torch.inference_mode()
@@ -134,5 +137,6 @@ class GraphedRunner:
         bucket = bucket_for(cubes.shape[0], self.buckets)
         if bucket is None:
             return self.base.focus(cubes, state)
-        logits, feats, pooled, step = self._focus[bucket].run(cubes, *state)
+        with torch.cuda.device(self.device):
+            logits, feats, pooled, step = self._focus[bucket].run(cubes, *state)
         return logits, FocusState(feats, pooled, step)

@@ -115,3 +115,11 @@ def test_the_engine_over_cuda_graphs_answers_as_eager(world: World) -> None:
     results = run_offline(engine, requests(world))
     engine.shutdown()
     check(world, results, world.budgets.get("fast").thresholds)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_cuda_graphs_on_a_device_other_than_the_current_one(world: World) -> None:
+    eager = stages(TorchRunner(copy.deepcopy(world.model), "cuda:1"), world, 3)
+    graphed = variant(world, TorchOptions(cuda_graphs=True), "cuda:1", max_batch=4)
+    for a, b in zip(eager, stages(graphed, world, 3), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
