@@ -7,10 +7,12 @@ dies (any signal) or overruns its time limit, only the job it held fails (``Deco
 ``spawn``: the server process holds torch threads, which a fork would copy in an unusable state.
 
 Uploads go in and frames come back through shared memory, not the pipe: each worker slot has one block
-(``FrameBlock``), created and unlinked by the pool's process only, that holds the upload (when it is in memory)
-and that the worker writes its clip into; the supervisor copies the clip out before the slot takes its next job.
-A crashed, killed or timed-out worker therefore leaves nothing behind (its replacement reuses the slot's block),
-a cancelled request holds no block, and ``shutdown`` unlinks them all.
+(``service.shm.FrameBlock``), created and unlinked by the pool's process only, that holds the upload (when it is in
+memory) and that the worker writes its clip into; the supervisor copies the clip out before the slot takes its next
+job. A crashed, killed or timed-out worker therefore leaves nothing behind (its replacement reuses the slot's
+block), a cancelled request holds no block, and ``shutdown`` unlinks them all. A block that cannot be made or
+mapped is the server's problem, never the upload's: the job goes through the pipe (``no_block``), and no worker
+is restarted for it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing as mp
-import os
 import queue
-import secrets
 import signal
 import threading
 import time
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from model.video import DecodeError, DecodeLimits, Source, decode_clip, encode_video
+from service.shm import SHM_BACKOFF_S, FrameBlock, attach, reply, sweep_orphans, upload_in
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +44,6 @@ ACK_TIMEOUT_S = 10.0  # a live worker acknowledges a job at once; silence this l
 STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports numpy and PyAV before it reports ready
 # Extra wall time a worker gets past the decoder's own max_decode_s check before it is killed.
 KILL_GRACE_S = 2.0
-SHM_PREFIX = "adafocus-frames-"  # /dev/shm/adafocus-frames-<pool pid>-<random>: one block per worker slot
-SHM_DIR = Path("/dev/shm")  # where Linux lists POSIX shared memory
-MIN_BLOCK_BYTES = 64 * 1024
 MAX_SHARED_UPLOAD = 4 * 1024 * 1024  # uploads up to this go to a worker through its block (bounds the block's size)
 
 
@@ -70,122 +68,22 @@ class Decoded:
     seconds: float  # decode wall time inside the worker
 
 
-class FrameBlock:
-    """One worker slot's shared-memory block for decoded clips, owned by the pool's process (which alone unlinks it).
-
-    ``fit`` grows it for a larger clip (a new block; the old one is unlinked), ``read`` copies a clip out.
-    """
-
-    def __init__(self) -> None:
-        self.shm: SharedMemory | None = None
-
-    @property
-    def name(self) -> str | None:
-        return None if self.shm is None else self.shm.name
-
-    def fit(self, nbytes: int) -> str | None:
-        """The block's name, after growing it (to the next power of two, at least 64 KiB) when it is too small;
-        None when /dev/shm has no room for it (the clip then goes through the pipe)."""
-        if self.shm is None or self.shm.size < nbytes:
-            self.release()
-            name = f"{SHM_PREFIX}{os.getpid()}-{secrets.token_hex(6)}"
-            self.shm = SharedMemory(name, create=True, size=max(MIN_BLOCK_BYTES, 1 << (nbytes - 1).bit_length()))
-            if not _reserve(self.shm):
-                log.warning("no room in /dev/shm for a %d-byte decoder block; clips go through the pipe", nbytes)
-                self.release()
-                return None
-        return self.shm.name
-
-    def hand_over(self, job: DecodeJob, max_upload: int) -> tuple[DecodeJob, str | None, int]:
-        """(job, block name, upload bytes) as the worker gets them: an upload held in memory (up to ``max_upload``
-        bytes) is written into the block after the clip's area, so that the pipe carries only its length; a larger
-        one, or a spooled file's path, goes through the pipe as it is."""
-        clip = _clip_nbytes(job)
-        if not isinstance(job.source, bytes) or len(job.source) > max_upload:
-            return job, self.fit(clip), 0
-        name = self.fit(clip + len(job.source))
-        if name is None:
-            return job, None, 0
-        assert self.shm is not None and self.shm.buf is not None
-        self.shm.buf[clip : clip + len(job.source)] = job.source
-        return dataclasses.replace(job, source=b""), name, len(job.source)
-
-    def read(self, shape: tuple[int, ...]) -> np.ndarray:
-        assert self.shm is not None
-        return np.ndarray(shape, np.uint8, buffer=self.shm.buf).copy()  # the slot's next job reuses the block
-
-    def release(self) -> None:
-        if self.shm is not None:
-            self.shm.close()
-            self.shm.unlink()
-            self.shm = None
-
-
-def sweep_orphans(directory: Path = SHM_DIR) -> list[str]:
-    """Unlink the blocks of pools whose process is gone without unlinking them (killed together with
-    multiprocessing's resource tracker, e.g. SIGKILL to a process group); returns their names."""
-    removed = []
-    for path in directory.glob(f"{SHM_PREFIX}*"):
-        pid = path.name[len(SHM_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed.append(path.name)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _reserve(shm: SharedMemory) -> bool:
-    """Allocate the block's pages in /dev/shm now: a tmpfs that runs out of room later (Docker's default is 64 MiB)
-    would kill the writing process with SIGBUS; here it is an error the pool can route around."""
-    path = SHM_DIR / shm.name.lstrip("/")
-    if not path.exists():
-        return True  # not Linux's /dev/shm: nothing to reserve through
-    fd = os.open(path, os.O_RDWR)
-    try:
-        os.posix_fallocate(fd, 0, shm.size)
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return True
+def _hand_over(block: FrameBlock, job: DecodeJob, max_upload: int) -> tuple[DecodeJob, str | None, int]:
+    """(job, block name, upload bytes) as the worker gets them: an upload held in memory (up to ``max_upload``
+    bytes) is written into the block after the clip's area, so that the pipe carries only its length; a larger
+    one, or a spooled file's path, goes through the pipe as it is (as everything does while the block is off)."""
+    clip = _clip_nbytes(job)
+    if not isinstance(job.source, bytes) or len(job.source) > max_upload:
+        return job, block.fit(clip), 0
+    name = block.fit(clip + len(job.source))
+    if name is None:
+        return job, None, 0
+    block.write(clip, job.source)
+    return dataclasses.replace(job, source=b""), name, len(job.source)
 
 
 def _clip_nbytes(job: DecodeJob) -> int:
     return job.num_frames * job.size * job.size * 3  # (T, size, size, 3) uint8
-
-
-def _attach(held: SharedMemory | None, name: str) -> SharedMemory:
-    """The worker's mapping of its slot's block (a new one after the pool grew it)."""
-    if held is not None and held.name == name:
-        return held
-    if held is not None:
-        held.close()
-    return SharedMemory(name)
-
-
-def _upload(block: SharedMemory, offset: int, nbytes: int) -> bytes:
-    """The upload the pool wrote into the block (after the clip's area)."""
-    assert block.buf is not None
-    return bytes(block.buf[offset : offset + nbytes])
-
-
-def _reply(frames: np.ndarray, block: SharedMemory | None, seconds: float) -> tuple[Any, ...]:
-    """A clip goes into the shared block (only its shape through the pipe); anything else is pickled."""
-    if block is None or frames.dtype != np.uint8 or frames.nbytes > block.size:
-        return ("ok", frames, seconds)
-    view = np.ndarray(frames.shape, np.uint8, buffer=block.buf)  # (T, size, size, 3) over the shared block
-    view[...] = frames
-    del view  # no export of the block's buffer may outlive this call (close() would fail)
-    return ("shm", frames.shape, seconds)
 
 
 def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
@@ -201,30 +99,39 @@ def _worker_main(conn: Connection, job_fn: JobFn, limits: DecodeLimits) -> None:
             conn.send(("started",))
         except (EOFError, OSError):
             return
-        started = time.monotonic()
-        try:
-            if block_name is not None:  # None: no room for the slot's block, everything goes through the pipe
-                block = _attach(block, block_name)
-            shared = block if block_name is not None else None
-            source = _upload(shared, _clip_nbytes(job), upload) if shared is not None and upload else job.source
-            frames = job_fn(source, job.num_frames, job.size, limits)
-            conn.send(_reply(frames, shared, time.monotonic() - started))
-        except DecodeError as exc:
-            conn.send(("decode_error", exc.code, exc.message))
-        except Exception as exc:  # a decoder bug must not kill the worker: report it as undecodable input
-            conn.send(("decode_error", "undecodable", f"decoder failure: {type(exc).__name__}: {exc}"))
+        try:  # None: no block for the slot now, everything goes through the pipe
+            block = attach(block, block_name) if block_name is not None else block
+        except OSError as exc:  # unlinked or unreachable: the server's fault; the pool resends through the pipe
+            block = None
+            conn.send(("no_block", f"{type(exc).__name__}: {exc}"))
+            continue
+        _decode_one(conn, job_fn, limits, job, block if block_name is not None else None, upload)
+
+
+def _decode_one(
+    conn: Connection, job_fn: JobFn, limits: DecodeLimits, job: DecodeJob, shared: SharedMemory | None, upload: int
+) -> None:
+    started = time.monotonic()
+    try:
+        source = upload_in(shared, _clip_nbytes(job), upload) if shared is not None and upload else job.source
+        frames = job_fn(source, job.num_frames, job.size, limits)
+        conn.send(reply(frames, shared, time.monotonic() - started))
+    except DecodeError as exc:
+        conn.send(("decode_error", exc.code, exc.message))
+    except Exception as exc:  # a decoder bug must not kill the worker: report it as undecodable input
+        conn.send(("decode_error", "undecodable", f"decoder failure: {type(exc).__name__}: {exc}"))
 
 
 class _Worker:
     """One decoder process and its pipe; restarted by its supervisor thread when it dies."""
 
-    def __init__(self, ctx: Any, job_fn: JobFn, limits: DecodeLimits) -> None:
+    def __init__(self, ctx: Any, job_fn: JobFn, limits: DecodeLimits, block: FrameBlock) -> None:
         self.ctx, self.job_fn, self.limits = ctx, job_fn, limits
         self.process: Any = None
         self.conn: Connection | None = None
         self.restarts = 0
         self.broken: str | None = None  # why the process must be replaced before its next job (restart reason)
-        self.block = FrameBlock()  # the slot's, not the process's: a replacement worker writes into it too
+        self.block = block  # the slot's, not the process's: a replacement worker writes into it too
 
     def start(self) -> None:
         parent, child = self.ctx.Pipe()
@@ -300,6 +207,8 @@ class DecodePool:
         start_method: str = "spawn",
         kill_grace_s: float = KILL_GRACE_S,
         max_shared_upload: int = MAX_SHARED_UPLOAD,
+        clock: Callable[[], float] = time.monotonic,
+        shm_backoff_s: float = SHM_BACKOFF_S,
     ) -> None:
         self.limits = limits
         self.max_shared_upload = max_shared_upload  # larger uploads held in memory go through the pipe
@@ -307,7 +216,7 @@ class DecodePool:
         self.max_pending = max_pending
         self.on_restart = on_restart or (lambda reason: None)
         ctx = mp.get_context(start_method)
-        self._workers = [_Worker(ctx, job_fn, limits) for _ in range(workers)]
+        self._workers = [_Worker(ctx, job_fn, limits, FrameBlock(clock, shm_backoff_s)) for _ in range(workers)]
         self._jobs: queue.Queue[tuple[DecodeJob, concurrent.futures.Future[Decoded]] | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._pending = 0
@@ -389,13 +298,25 @@ class DecodePool:
                     log.exception("replacing decoder worker %s failed", worker.pid)
 
     def _run(self, worker: _Worker, job: DecodeJob) -> Decoded:
+        reply = self._exchange(worker, job)
+        if reply[0] == "no_block":  # the worker could not map the slot's block: the server's fault, not the upload's
+            worker.block.back_off(f"decoder worker {worker.pid} could not map its shared block ({reply[1]})")
+            reply = self._exchange(worker, job, shared=False)  # through the pipe, whatever the clock says
+        if reply[0] == "shm":
+            return Decoded(worker.block.read(reply[1]), float(reply[2]))
+        if reply[0] == "ok":
+            return Decoded(reply[1], float(reply[2]))
+        raise DecodeError(reply[1], reply[2])
+
+    def _exchange(self, worker: _Worker, job: DecodeJob, shared: bool = True) -> tuple[Any, ...]:
+        """The worker's reply to the job, within its time limit (``shared``: through the slot's block if it has one)."""
         # A worker acknowledges a job before it starts decoding, so a worker that died while idle (its death
         # noticed only now) is told apart from one that the job itself crashed: the job then goes to a fresh one.
-        if not self._deliver(worker, job, self.max_shared_upload):
+        if not self._deliver(worker, job, self.max_shared_upload, shared):
             log.warning("decoder worker %s was dead before it took a job; replacing it", worker.pid)
             worker.kill_and_restart()
             self.on_restart("died_idle")
-            if not self._deliver(worker, job, self.max_shared_upload):
+            if not self._deliver(worker, job, self.max_shared_upload, shared):
                 raise DecoderCrashed("a fresh decoder worker failed to take the job")
         assert worker.conn is not None
         try:
@@ -404,25 +325,22 @@ class DecodePool:
                 worker.process.kill()
                 worker.broken = "timeout"
                 raise DecodeError("decode_timeout", f"decoding took longer than {self.limits.max_decode_s:.1f} s")
-            reply = worker.conn.recv()
+            return tuple(worker.conn.recv())
         except (EOFError, OSError):
             status = worker.exit_status()
             log.warning("decoder worker %s died (%s) decoding an upload; replacing it", worker.pid, status)
             worker.broken = "crashed"
             raise DecoderCrashed(f"the video decoder crashed on this file ({status})") from None
-        if reply[0] == "shm":
-            return Decoded(worker.block.read(reply[1]), float(reply[2]))
-        if reply[0] == "ok":
-            return Decoded(reply[1], float(reply[2]))
-        raise DecodeError(reply[1], reply[2])
 
     @staticmethod
-    def _deliver(worker: _Worker, job: DecodeJob, max_upload: int) -> bool:
+    def _deliver(worker: _Worker, job: DecodeJob, max_upload: int, shared: bool) -> bool:
         """Send the job and wait for the worker's acknowledgement; False when the worker is dead."""
         if worker.conn is None or worker.process is None or not worker.process.is_alive():
             return False
+        # no OSError from the block: one that cannot be made means the pipe, never a dead worker
+        message = _hand_over(worker.block, job, max_upload) if shared else (job, None, 0)
         try:
-            worker.conn.send(worker.block.hand_over(job, max_upload))
+            worker.conn.send(message)
             if not worker.conn.poll(ACK_TIMEOUT_S):
                 return False
             return bool(worker.conn.recv() == ("started",))

@@ -4,17 +4,23 @@ cancellations and larger clips all leave /dev/shm as the pool's own books say, a
 from __future__ import annotations
 
 import asyncio
+import errno
+import hashlib
+import logging
 import os
 import signal
 import subprocess
+from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from model.video import DecodeError, DecodeLimits, decode_clip, encode_video
-from service.decode import MIN_BLOCK_BYTES, SHM_PREFIX, DecodeJob, DecodePool, DecoderCrashed
-from tests.service.conftest import ramp, wait_until, wait_until_dead
+from service import shm
+from service.decode import DecodeJob, DecodePool, DecoderCrashed
+from service.shm import MIN_BLOCK_BYTES, SHM_PREFIX, block_prefix, host_token
+from tests.service.conftest import ManualClock, ramp, wait_until, wait_until_dead
 from tests.service.jobs import scripted_job
 
 SHM = Path("/dev/shm")
@@ -23,7 +29,7 @@ pytestmark = pytest.mark.skipif(not SHM.is_dir(), reason="POSIX shared memory is
 
 def blocks_on_disk() -> set[str]:
     """This process's pool blocks as the kernel lists them."""
-    return {p.name for p in SHM.glob(f"{SHM_PREFIX}{os.getpid()}-*")}
+    return {p.name for p in SHM.glob(f"{block_prefix(os.getpid())}*")}
 
 
 def test_clips_come_back_through_one_shared_block_per_worker() -> None:
@@ -87,21 +93,33 @@ def test_a_larger_clip_replaces_the_block_and_unlinks_the_old_one() -> None:
 
 
 def test_a_pool_unlinks_the_blocks_of_dead_pools_at_start() -> None:
-    """A pool killed with its resource tracker (SIGKILL to the process group) cannot unlink its blocks itself."""
+    """A pool killed with its resource tracker (SIGKILL to the process group) cannot unlink its blocks itself.
+    Only blocks with this host's token are judged by their PID: another PID namespace sharing /dev/shm
+    (``--ipc=host``, pods sharing IPC) has PIDs that are dead here while its server is alive."""
     dead = subprocess.Popen(["true"])
     assert dead.wait() == 0  # its pid has exited and been reaped
-    orphan = SHM / f"{SHM_PREFIX}{dead.pid}-0123456789ab"
-    live = SHM / f"{SHM_PREFIX}{os.getpid()}-0123456789ab"  # this process is alive: its blocks stay
-    orphan.write_bytes(b"x" * 16)
-    live.write_bytes(b"x" * 16)
+    orphan = SHM / f"{block_prefix(dead.pid)}0123456789ab"
+    live = SHM / f"{block_prefix(os.getpid())}0123456789ab"  # this process is alive: its blocks stay
+    other_token = "f" * 12 if host_token() != "f" * 12 else "e" * 12
+    foreign = SHM / f"{block_prefix(dead.pid, other_token)}0123456789ab"  # another namespace's server: not ours
+    tokenless = SHM / f"{SHM_PREFIX}{dead.pid}-0123456789ab"  # no token: its PID's namespace is unknown
+    for block in (orphan, live, foreign, tokenless):
+        block.write_bytes(b"x" * 16)
     pool = DecodePool(1, DecodeLimits(), job_fn=scripted_job)
     try:
         pool.start()
-        assert not orphan.exists() and live.exists()
+        assert [b.exists() for b in (orphan, live, foreign, tokenless)] == [False, True, True, True]
     finally:
         pool.shutdown()
-        orphan.unlink(missing_ok=True)
-        live.unlink(missing_ok=True)
+        for block in (orphan, live, foreign, tokenless):
+            block.unlink(missing_ok=True)
+
+
+def test_the_host_token_names_this_boot_and_pid_namespace() -> None:
+    boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    namespace = os.stat("/proc/self/ns/pid").st_ino
+    assert host_token() == hashlib.blake2b(f"{boot}:{namespace}".encode(), digest_size=6).hexdigest()
+    assert block_prefix(42) == f"{SHM_PREFIX}{host_token()}-42-"
 
 
 def test_cancelled_requests_hold_no_block() -> None:
@@ -155,4 +173,84 @@ def test_uploads_over_the_shared_cap_go_through_the_pipe(tmp_path: Path) -> None
     finally:
         pool.shutdown()
     np.testing.assert_array_equal(clip, decode_clip(str(path), 6, 32))
+    assert blocks_on_disk() == set()
+
+
+# ---------------------------------------------------------------------------------------------- no shared memory
+def refuse_reservation(fd: int, offset: int, length: int) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def refuse_creation(name: str | None = None, create: bool = False, size: int = 0) -> SharedMemory:
+    raise OSError(errno.EMFILE, "Too many open files")
+
+
+def pipe_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "service.shm" and "through the pipe" in r.message]
+
+
+@pytest.mark.parametrize(
+    ("target", "refusal", "cause"),
+    [(os, "posix_fallocate", "No space left on device"), (shm, "SharedMemory", "Too many open files")],
+    ids=["reservation_enospc", "creation_emfile"],
+)
+def test_a_block_that_cannot_be_made_sends_clips_through_the_pipe_and_warns_once_per_back_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+    target: object, refusal: str, cause: str,
+) -> None:
+    """The server's /dev/shm (full, or out of descriptors) is not the upload's fault: the clips decode, no worker
+    is replaced or blamed, nothing is left in /dev/shm, and the slot warns once per try, not once per job."""
+    path = encode_video(tmp_path / "v.mp4", ramp(12, 48, 64), "libx264")
+    clock = ManualClock()
+    pool = DecodePool(1, DecodeLimits(), clock=clock, shm_backoff_s=30.0)
+    pool.start()
+    monkeypatch.setattr(target, refusal, refuse_reservation if refusal == "posix_fallocate" else refuse_creation)
+    caplog.set_level(logging.WARNING)
+    try:
+        pids = pool.worker_pids()
+        clips = [pool.submit(DecodeJob(path.read_bytes(), 6, 32)).result(timeout=60).frames for _ in range(3)]
+        clips.append(pool.submit(DecodeJob(str(path), 6, 32)).result(timeout=60).frames)  # a spooled file too
+        assert len(pipe_warnings(caplog)) == 1 and cause in pipe_warnings(caplog)[0]
+        assert pool.shared_blocks() == [] and blocks_on_disk() == set()
+        clock.advance(30.0)  # the back-off is over: the slot tries once more, fails once more, warns once more
+        clips.append(pool.submit(DecodeJob(path.read_bytes(), 6, 32)).result(timeout=60).frames)
+        assert len(pipe_warnings(caplog)) == 2
+        assert pool.worker_pids() == pids and pool.restarts == 0
+        monkeypatch.undo()  # room again: after the next back-off the slot has its block back
+        clock.advance(30.0)
+        clips.append(pool.submit(DecodeJob(path.read_bytes(), 6, 32)).result(timeout=60).frames)
+        assert len(pool.shared_blocks()) == 1 and blocks_on_disk() == set(pool.shared_blocks())
+    finally:
+        pool.shutdown()
+    expected = decode_clip(str(path), 6, 32)
+    for clip in clips:
+        np.testing.assert_array_equal(clip, expected)
+    assert blocks_on_disk() == set()
+
+
+def test_a_worker_that_cannot_map_its_block_is_not_a_decode_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Its block unlinked by someone else (another server's sweep): the fresh worker that must map it cannot, and
+    the job goes through the pipe instead of coming back as undecodable input."""
+    clock = ManualClock()
+    pool = DecodePool(1, DecodeLimits(), job_fn=scripted_job, clock=clock, shm_backoff_s=30.0)
+    pool.start()
+    caplog.set_level(logging.WARNING)
+    try:
+        assert pool.submit(DecodeJob(b"ab", 2, 4)).result(timeout=30).frames[0, 0, 0, 0] == 2
+        (name,) = pool.shared_blocks()
+        (SHM / name).unlink()
+        (pid,) = pool.worker_pids()
+        os.kill(pid, signal.SIGKILL)  # its replacement has to map the block by name
+        wait_until_dead(pid)
+        assert pool.submit(DecodeJob(b"abc", 2, 4)).result(timeout=30).frames[0, 0, 0, 0] == 3
+        assert pool.restarts == 1  # the killed worker's replacement only: the failed mapping restarts nothing
+        assert pool.shared_blocks() == [] and blocks_on_disk() == set()
+        (warning,) = pipe_warnings(caplog)
+        assert "could not map its shared block (FileNotFoundError" in warning
+        clock.advance(30.0)
+        assert pool.submit(DecodeJob(b"abcd", 2, 4)).result(timeout=30).frames[0, 0, 0, 0] == 4
+        (fresh,) = pool.shared_blocks()  # a new block after the back-off, which the worker maps
+        assert fresh != name and blocks_on_disk() == {fresh} and pool.restarts == 1
+    finally:
+        pool.shutdown()
     assert blocks_on_disk() == set()
