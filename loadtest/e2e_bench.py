@@ -17,11 +17,11 @@ median and min-max of the rounds.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -56,6 +56,7 @@ from model.synth import write_mp4
 from model.video import DecodeLimits, decode_clip
 from service.decode import DecodePool
 from service.engine.runner import TorchRunner
+from service.startup import listen_socket
 
 TARGET_HTTP_VS_IN_PROCESS = 0.6  # issue 15: HTTP >= 0.6x the in-process engine's saturation throughput
 TARGET_DECODE_VS_BARE = 1.3  # issue 15: decode-pool CPU per clip within 1.3x of PyAV's bare decode
@@ -85,17 +86,12 @@ class E2EBenchConfig:
 
 
 # ---------------------------------------------------------------------------------------------- the server
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class BenchServer:
     """A real ``adafocus serve`` subprocess on a free local port, configured by the bench alone."""
 
     def __init__(self, bundle: Path, cfg: E2EBenchConfig, level: str, log_path: Path) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
+        with listen_socket("127.0.0.1", 0) as sock:  # a free port now, released for the server
+            self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("ADAFOCUS_")}
         env.update({
             "ADAFOCUS_MAX_BATCH": str(cfg.max_batch), "ADAFOCUS_MAX_ACTIVE": str(cfg.max_active),
@@ -107,7 +103,11 @@ class BenchServer:
         cmd += ["--bundle", str(bundle)]
         self.log_path = log_path
         self._log = log_path.open("wb")
-        self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        try:
+            self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        except BaseException:
+            self._log.close()
+            raise
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         limit = time.monotonic() + timeout_s
@@ -268,12 +268,14 @@ def run_e2e_bench(cfg: E2EBenchConfig, log: Log = lambda _: None) -> dict[str, A
                     hey_hung.append(str(exc))
             return run_python(server.url, root / "corpus", cfg.concurrency, seconds, cfg.timeout_s)
 
-        server = BenchServer(bundle, cfg, level, root / "server.log")
-        pool = DecodePool(cfg.decode_workers, DecodeLimits(), max_pending=cfg.decode_clips + cfg.decode_workers)
-        runner = TorchRunner(work.model, "cpu")
-        bare = ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"))
         rounds: list[dict[str, Any]] = []
-        try:
+        with contextlib.ExitStack() as started:  # stops what was started (only that), in reverse, whatever fails
+            server = BenchServer(bundle, cfg, level, root / "server.log")
+            started.callback(server.stop)
+            pool = DecodePool(cfg.decode_workers, DecodeLimits(), max_pending=cfg.decode_clips + cfg.decode_workers)
+            started.callback(pool.shutdown)
+            runner = TorchRunner(work.model, "cpu")
+            bare = started.enter_context(ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")))
             server.wait_ready()
             pool.start()
             measure_pool(pool, sources, 2 * cfg.decode_workers, clips.num_frames, clips.size)  # warm, unmeasured
@@ -287,10 +289,6 @@ def run_e2e_bench(cfg: E2EBenchConfig, log: Log = lambda _: None) -> dict[str, A
                 decode = decode_phase(pool, bare, sources, clips, cfg.decode_clips)
                 log(f"round {i + 1}: decode pool {decode['clips_per_s']:.1f} clips/s")
                 rounds.append({"http": http, "engine": engine, "decode": decode})
-        finally:
-            bare.shutdown()
-            pool.shutdown()
-            server.stop()
     return _result(cfg, work, level, hey is not None, rounds) | {"hey_hung": hey_hung}
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from loadtest import e2e_bench
+from loadtest.e2e_bench import BenchServer, E2EBenchConfig, run_e2e_bench
 from loadtest.e2e_client import HEY_CLIENT, PYTHON_CLIENT, HeyHung, parse_hey, run_hey
 from service.cli import main
 from tests.service.conftest import make_bundle
@@ -105,3 +107,25 @@ def test_quick_run_reports_rates_ratios_and_the_cpu_split(
     assert set(result["summary"]["cpu_share_of_machine_busy"]) == set(PARTS)
     assert "HTTP requests/s" in text and "HTTP / in-process" in text and "decode pool / bare decode" in text
     assert result["client"]["name"] in text
+
+
+@pytest.mark.parametrize("failing", ["DecodePool", "TorchRunner", "ProcessPoolExecutor"])
+def test_a_bench_that_fails_to_set_up_stops_the_server_it_started(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    servers: list[BenchServer] = []
+
+    class RecordedServer(BenchServer):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            servers.append(self)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(f"{failing} refused")
+
+    monkeypatch.setattr(e2e_bench, "BenchServer", RecordedServer)
+    monkeypatch.setattr(e2e_bench, failing, refuse)
+    with pytest.raises(RuntimeError, match=f"^{failing} refused$"):
+        run_e2e_bench(E2EBenchConfig(bundle=str(bundle), clips=2, client="python"))
+    (server,) = servers
+    assert server.process.returncode is not None and server.process.poll() is not None  # stopped and reaped
