@@ -91,3 +91,13 @@ def test_the_autoscaler_scales_the_deployment_on_an_exported_metric(rendered: di
     assert {m["pods"]["metric"]["name"] for m in hpa["metrics"]} <= exported_metric_names()
     selector = rendered["Service"]["spec"]["selector"]
     assert selector.items() <= rendered["Deployment"]["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_dev_shm_is_a_memory_volume_as_large_as_composes(rendered: dict[str, Any], root: Path) -> None:
+    """The decoders' shared blocks live in /dev/shm, which a container runtime sizes at 64 MiB unless told."""
+    (mount,) = [m for m in container(rendered)["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    (volume,) = [v for v in rendered["Deployment"]["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]]
+    assert volume == {"name": mount["name"], "emptyDir": {"medium": "Memory", "sizeLimit": "256Mi"}}
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    servers = [s for s in compose["services"].values() if s.get("image") == "adafocus-serve:latest"]
+    assert len(servers) == 2 and {s["shm_size"] for s in servers} == {"256mb"}  # Docker's "mb" is MiB
