@@ -1,10 +1,12 @@
 """``adafocus serve-ray``: the fleet on Ray Serve (fleet/replica.py), and ``adafocus bench-fleet``: its throughput
 for 1, 2, 4 replicas (fleet/bench.py). Both need Ray: ``pip install -e '.[ray]'``.
 
-serve-ray starts a local Ray cluster (or joins ``--address``), deploys ``--replicas`` replicas behind one HTTP port
-and stays up until SIGTERM/SIGINT, then shuts Serve down (each replica drains). ``--print-config`` prints the same
-fleet as a ``serve run`` / KubeRay ``serveConfigV2`` document instead. Settings come from ``ADAFOCUS_*`` as for
-``serve``; ``ADAFOCUS_HOST``/``ADAFOCUS_PORT`` become Serve's HTTP address.
+serve-ray starts a local Ray cluster (a new one, never another process's) or joins ``--address``, deploys
+``--replicas`` replicas behind one HTTP port and stays up until SIGTERM/SIGINT, then takes its fleet down (each
+replica drains): on a cluster it joined, its own application only (``serve.delete``: the other applications of a
+shared cluster keep running); on the cluster it started, all of Serve. ``--print-config`` prints the same fleet as a
+``serve run`` / KubeRay ``serveConfigV2`` document instead. Settings come from ``ADAFOCUS_*`` as for ``serve``;
+``ADAFOCUS_HOST``/``ADAFOCUS_PORT`` become Serve's HTTP address.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ def run_serve_ray(args: argparse.Namespace) -> int:
         json.dump(serve_config(config, settings, settings.port), sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    ray.init(address=args.address, include_dashboard=False)
+    joined = args.address is not None
+    ray.init(address=args.address if joined else "local", include_dashboard=False)
     if args.num_gpus == "auto" and ray.cluster_resources().get("GPU", 0) >= 1:
         config = FleetConfig(**{**config.__dict__, "num_gpus": 1.0})  # one engine per GPU
     stop = threading.Event()
@@ -82,9 +85,22 @@ def run_serve_ray(args: argparse.Namespace) -> int:
         stop.wait()
         log.info("stopping the fleet (replicas drain)")
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        stop_fleet(APP_NAME, joined)
     return 0
+
+
+def stop_fleet(app_name: str, joined: bool) -> None:
+    """Take down what ``serve-ray`` started: its application on a cluster it joined, else Serve and the cluster."""
+    import ray
+    from ray import serve
+
+    try:
+        if joined:
+            serve.delete(app_name)
+        else:
+            serve.shutdown()
+    finally:
+        ray.shutdown()  # a joined cluster: this driver disconnects, the cluster runs on
 
 
 def run_bench_fleet(args: argparse.Namespace) -> int:

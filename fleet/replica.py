@@ -3,14 +3,19 @@ engine and its own decoder worker processes, and the fleet's budget (``FleetBudg
 
 The budget: the replica reads the keeper's setting (fleet/keeper.py) during its app's start-up, so it reports
 ready only with the current one; a PUT /budget on any replica is validated there, recorded by the keeper (new
-version), then pushed to every live replica with ``DeploymentHandle.broadcast`` before the answer; every replica also
-re-reads the keeper every ``FleetConfig.poll_s`` (a replica that started during a push, a push that failed). GET
-/budget and GET /metrics on any replica gather every replica's (broadcast), each series labelled ``replica``.
+version), then pushed to every live replica with ``DeploymentHandle.broadcast`` (best effort: a replica the push
+misses, or one that started during it, takes the setting at its next poll); every replica re-reads the keeper every
+``FleetConfig.poll_s``, and offers the keeper its own setting when the keeper's is older (a restarted keeper).
+A keeper setting this bundle refuses at start-up (a level the new bundle lacks, kept by the detached keeper across
+a redeploy) is logged and replaced by the replica's start-up setting, which it offers to the keeper: the fleet
+comes up rather than never getting ready. GET /budget and GET /metrics on any replica gather every replica's
+(broadcast), each series labelled ``replica``; when the broadcast fails they answer with this replica's own.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -20,13 +25,15 @@ from fastapi import FastAPI
 from prometheus_client.metrics_core import Metric
 from ray import serve
 from ray.exceptions import RayTaskError
+from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
 from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE, FleetConfig, deployment_options
 from fleet.keeper import BudgetKeeper
 from fleet.simulated import SimulatedStep
+from model.budgets import BudgetError
 from service.app import create_app
-from service.budgetstore import Applier, BudgetSetting, Poller, validate_update
+from service.budgetstore import Applier, BudgetSetting, Poller, pinned_update, validate_update, wall_ms
 from service.engine.engine import Engine
 from service.engine.types import BudgetState
 from service.lifecycle import ServiceState
@@ -59,32 +66,66 @@ class FleetBudget:
     """The BudgetStore of a fleet replica (see the module docstring)."""
 
     def __init__(
-        self, keeper: Any, poll_s: float, default_p99_s: float, push: Callable[[BudgetSetting], None]
+        self, keeper: Any, initial: BudgetUpdate, poll_s: float, default_p99_s: float,
+        push: Callable[[BudgetSetting], None],
     ) -> None:
-        self.keeper, self.poll_s, self.default_p99_s, self.push = keeper, poll_s, default_p99_s, push
+        self.keeper, self.initial, self.poll_s, self.default_p99_s = keeper, initial, poll_s, default_p99_s
+        self.push = push
         self._applier: Applier | None = None
         self._poller: Poller | None = None
+        self._setting: BudgetSetting | None = None  # the newest setting applied here (offered to a restarted keeper)
+        self._lock = threading.Lock()
 
     def start(self, engine: Engine, on_apply: Callable[[BudgetState], None]) -> BudgetState:
         self._applier = Applier(engine, self.default_p99_s, on_apply)
-        state = self._applier.apply(_ray_get(self.keeper.get.remote(), KEEPER_TIMEOUT_S), force=True)
+        setting: BudgetSetting = _ray_get(self.keeper.get.remote(), KEEPER_TIMEOUT_S)
+        try:
+            state = self._applied(setting, self._applier.apply(setting, force=True))
+        except BudgetError as exc:
+            state = self._start_on_own_setting(setting, exc)
         self._poller = Poller(self.poll, self.poll_s, "adafocus-fleet-budget")
+        return state
+
+    def _start_on_own_setting(self, refused: BudgetSetting, exc: BudgetError) -> BudgetState:
+        """The keeper's setting does not fit this bundle: start on this replica's and offer it to the keeper."""
+        assert self._applier is not None
+        own = BudgetSetting(pinned_update(self._applier.engine.budget_state(), self.initial), wall_ms())
+        log.error(
+            "the fleet's budget %s (version %d) does not fit this bundle (%s): starting on the start-up budget %s "
+            "instead and offering it to the keeper; PUT /budget to choose another", refused.update, refused.version,
+            exc, own.update,
+        )
+        state = self._applied(own, self._applier.apply(own, force=True))
+        _ray_get(self.keeper.offer.remote(own), KEEPER_TIMEOUT_S)
         return state
 
     def apply(self, setting: BudgetSetting) -> BudgetState:
         """A setting pushed by the replica that took a PUT (skipped unless newer)."""
         assert self._applier is not None, "a budget push before start-up"
-        return self._applier.apply(setting)
+        return self._applied(setting, self._applier.apply(setting))
+
+    def _applied(self, setting: BudgetSetting, state: BudgetState) -> BudgetState:
+        with self._lock:
+            if state.setting_version == setting.version and (
+                self._setting is None or setting.version >= self._setting.version
+            ):
+                self._setting = setting
+        return state
 
     def poll(self) -> None:
         try:
-            self.apply(_ray_get(self.keeper.get.remote(), KEEPER_TIMEOUT_S))
+            setting: BudgetSetting = _ray_get(self.keeper.get.remote(), KEEPER_TIMEOUT_S)
+            own = self._setting
+            if own is not None and setting.version < own.version:  # a restarted keeper: give it ours
+                setting = _ray_get(self.keeper.offer.remote(own), KEEPER_TIMEOUT_S)
+            self.apply(setting)
         except Exception as exc:  # the keeper restarting, a setting this bundle rejects: keep serving, say why
             log.warning("fleet budget poll failed: %s", exc)
 
     def put(self, update: BudgetUpdate) -> BudgetState:
         assert self._applier is not None, "PUT /budget before start-up"
         engine = self._applier.engine
+        update = pinned_update(engine.budget_state(), update)  # "manual": the level it keeps, on every replica
         validate_update(engine.budget_state(), engine.num_exits, update)  # 422 before the fleet records it
         setting: BudgetSetting = _ray_get(self.keeper.put.remote(update), KEEPER_TIMEOUT_S)
         self.push(setting)
@@ -102,8 +143,15 @@ class RayPeers:
         self.handle = handle
 
     def call_all(self, method: str, *args: Any) -> list[Any]:
-        """``method`` on every live replica; replicas that fail or time out are left out (and logged)."""
-        results = self.handle.broadcast(method, *args).results(timeout_s=BROADCAST_TIMEOUT_S, return_exceptions=True)
+        """``method`` on every live replica; replicas that fail or time out are left out (and logged), and a
+        broadcast that fails as a whole (timed out, no replica available) gives [] (the caller's own answer)."""
+        try:
+            results = self.handle.broadcast(method, *args).results(
+                timeout_s=BROADCAST_TIMEOUT_S, return_exceptions=True
+            )
+        except (TimeoutError, RayServeException) as exc:  # DeploymentUnavailableError is a RayServeException
+            log.warning("broadcast %s failed: %s", method, exc)
+            return []
         for failed in (r for r in results if isinstance(r, BaseException)):
             log.warning("broadcast %s: a replica failed: %s", method, failed)
         return [r for r in results if not isinstance(r, BaseException)]
@@ -115,7 +163,9 @@ class RayPeers:
         return sorted(self.call_all("replica_budget"), key=lambda b: b.replica)
 
     def metrics(self) -> bytes:
-        return render_families([family for families in self.call_all("metric_families") for family in families])
+        """b"" when no replica answered (GET /metrics then renders this replica's own)."""
+        families = [family for families in self.call_all("metric_families") for family in families]
+        return render_families(families) if families else b""
 
 
 class AdaFocusReplica:
@@ -125,7 +175,9 @@ class AdaFocusReplica:
         context = serve.get_replica_context()
         self.name = context.replica_id.unique_id
         peers = RayPeers(serve.get_deployment_handle(context.deployment, context.app_name))
-        self.budget = FleetBudget(keeper_actor(settings), config.poll_s, settings.slo_p99_s, peers.push)
+        self.budget = FleetBudget(
+            keeper_actor(settings), settings.startup_budget(), config.poll_s, settings.slo_p99_s, peers.push
+        )
         wrap = None if config.simulated_step_s is None else partial(SimulatedStep, step_s=config.simulated_step_s)
         self.fastapi = create_app(settings, budget=self.budget, peers=peers, replica=self.name, wrap_runner=wrap)
         self.state: ServiceState = self.fastapi.state.service

@@ -5,9 +5,12 @@ A *setting* is a ``PUT /budget`` body (a level, a GMACs target, thresholds, or `
 setting an operator makes gets ``next_version``: ``max(previous + 1, the wall clock in ms since the epoch)``. So a
 version never goes back to 1 on a restart (the clock has moved on), and every replica that applies one setting
 reports the same number. The engine's own changes (the automatic budget picking a level, a ``PUT`` on a server with
-no budget file) count up by one from there; ``BudgetState.setting_version`` keeps the setting's.
+no budget file) count up by one from there; ``BudgetState.setting_version`` keeps the setting's. The engine's
+``version`` never goes back: a setting whose version is not above it (a file edited by hand after the automatic
+budget moved on) gets the engine's next, and keeps its own as ``setting_version``. A bare ``{"mode": "manual"}``
+is recorded as the level it keeps (``pinned_update``), so every replica and every restart holds that level.
 
-Two stores, chosen at start-up from the settings (the fleet brings a third, fleet/budget.py):
+Two stores, chosen at start-up from the settings (the fleet brings a third, ``FleetBudget`` in fleet/replica.py):
 - ``LocalBudget`` (no ``ADAFOCUS_BUDGET_FILE``): starts at ``ADAFOCUS_BUDGET`` (or the bundle's default, or the
   automatic budget of ``ADAFOCUS_BUDGET_MODE=auto``: ``Settings.startup_budget``) with the start time as its
   version; ``PUT /budget`` applies at once and is forgotten by a restart.
@@ -16,8 +19,9 @@ Two stores, chosen at start-up from the settings (the fleet brings a third, flee
   the start-up; a missing one means ``ADAFOCUS_BUDGET``), then polled every ``ADAFOCUS_BUDGET_POLL_S``: the path is
   resolved and stat-ed anew each time, because a Kubernetes ConfigMap volume replaces the file by swapping a
   symlink, which inotify on the old path never sees. A newer version is applied; an invalid one is logged and
-  ignored. ``PUT /budget`` writes the file atomically (a temporary file renamed over it) and applies it; when the
-  file's directory is read-only (a ConfigMap) it is refused with 409 ``budget_file_read_only``: edit the ConfigMap.
+  ignored. ``PUT /budget`` is validated, written to the file atomically (a temporary file renamed over it), then
+  applied, one at a time (a failed write leaves the engine as it was); when the file's directory is read-only (a
+  ConfigMap) it is refused with 409 ``budget_file_read_only``: edit the ConfigMap.
 """
 
 from __future__ import annotations
@@ -101,6 +105,16 @@ def apply_setting(engine: Engine, update: BudgetUpdate, version: int | None, def
     return engine.set_budget_level(engine.budget_state().name, version)  # mode manual: keep the level auto chose
 
 
+def pinned_update(state: BudgetState, update: BudgetUpdate) -> BudgetUpdate:
+    """``update`` as it is recorded: a bare ``mode: manual`` (keep the level the automatic budget chose) becomes that
+    level (or its thresholds, when "custom"), so that every replica and every restart reads the same budget."""
+    if update.mode != "manual" or (update.level, update.gmacs, update.thresholds) != (None, None, None):
+        return update
+    if state.name in {level.name for level in state.levels.levels}:
+        return BudgetUpdate(level=state.name)
+    return BudgetUpdate(thresholds=list(state.thresholds))
+
+
 def validate_update(state: BudgetState, num_exits: int, update: BudgetUpdate) -> None:
     """BudgetError unless ``apply_setting`` would accept ``update`` (checked before a fleet records it)."""
     if update.level is not None:
@@ -160,7 +174,7 @@ class LocalBudget:
 
     def put(self, update: BudgetUpdate) -> BudgetState:
         assert self._applier is not None, "PUT /budget before start-up"
-        return self._applier.apply_local(update)
+        return self._applier.apply_local(pinned_update(self._applier.engine.budget_state(), update))
 
     def stop(self) -> None:
         pass
@@ -234,6 +248,7 @@ class FileBudget:
         self.file, self.initial, self.poll_s, self.default_p99_s = BudgetFile(path), initial, poll_s, default_p99_s
         self._applier: Applier | None = None
         self._poller: Poller | None = None
+        self._lock = threading.Lock()  # one PUT or poll at a time: version, write and apply in one order
 
     def start(self, engine: Engine, on_apply: Callable[[BudgetState], None]) -> BudgetState:
         self._applier = Applier(engine, self.default_p99_s, on_apply)
@@ -244,14 +259,20 @@ class FileBudget:
 
     def check(self) -> BudgetState | None:
         """One poll: apply the file's setting if it changed and is newer; the new state, else None."""
-        if self._applier is None or not self.file.changed():
+        if self._applier is None:
+            return None
+        with self._lock:
+            return self._check_locked(self._applier)
+
+    def _check_locked(self, applier: Applier) -> BudgetState | None:
+        if not self.file.changed():
             return None
         try:
             setting = self.file.read()
             if setting is None:
                 return None
-            before = self._applier.engine.budget_state().version
-            state = self._applier.apply(setting)
+            before = applier.engine.budget_state().version
+            state = applier.apply(setting)
         except Exception as exc:  # a bad edit must not stop the server: keep the current budget, say why
             log.error("budget file %s ignored: %s", self.file.path, exc)
             return None
@@ -261,13 +282,17 @@ class FileBudget:
         return state
 
     def put(self, update: BudgetUpdate) -> BudgetState:
+        """Validate, write the file, then apply: a refused setting (BudgetError) or a failed write (OSError) leaves
+        the file and the engine as they were, so a restart never reverts what was applied."""
         assert self._applier is not None, "PUT /budget before start-up"
+        engine = self._applier.engine
         self.file.check_writable()
-        previous = self._applier.engine.budget_state().setting_version
-        setting = BudgetSetting(update, next_version(previous, wall_ms()))
-        state = self._applier.apply(setting, force=True)  # BudgetError here writes nothing
-        self.file.write(setting)
-        return state
+        with self._lock:
+            state = engine.budget_state()
+            setting = BudgetSetting(pinned_update(state, update), next_version(state.setting_version, wall_ms()))
+            validate_update(state, engine.num_exits, setting.update)
+            self.file.write(setting)
+            return self._applier.apply(setting, force=True)
 
     def stop(self) -> None:
         if self._poller is not None:

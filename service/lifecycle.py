@@ -45,11 +45,12 @@ class Peers(Protocol):
     """The replicas of a fleet, this one included (fleet/replica.py over Ray); a single server has none."""
 
     def budgets(self) -> list[ReplicaBudget]:
-        """Every live replica's budget, for GET /budget."""
+        """Every live replica's budget, for GET /budget ([]: none answered; the route lists this replica's)."""
         ...
 
     def metrics(self) -> bytes:
-        """Every live replica's metrics, each series labelled with its ``replica``, for GET /metrics."""
+        """Every live replica's metrics, each series labelled with its ``replica``, for GET /metrics (b"": none
+        answered; the route renders this replica's own)."""
         ...
 
 

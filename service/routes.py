@@ -17,7 +17,7 @@ from service.engine.types import BudgetState
 from service.errors import error_response, error_responses, rule_for, to_api_error
 from service.events import EventSink, wants_stream
 from service.lifecycle import ServiceState
-from service.metrics import CONTENT_TYPE
+from service.metrics import CONTENT_TYPE, render_families
 from service.pipeline import ClientGone, ServiceDraining
 from service.schemas import (
     BudgetResponse,
@@ -171,7 +171,8 @@ def get_budget(state: StateDep) -> BudgetResponse:
     """The active threshold set and every available level; `replicas`: each fleet replica's version."""
     assert state.engine is not None
     budget = state.engine.budget_state()
-    replicas = [state.own_budget()] if state.peers is None else state.peers.budgets()
+    # a fleet whose broadcast failed (no replica answered) lists this replica alone
+    replicas = (state.peers.budgets() if state.peers is not None else []) or [state.own_budget()]
     return budget_body(budget, budget.levels.default, state.replica, replicas)
 
 
@@ -220,5 +221,8 @@ def readyz(state: StateDep) -> JSONResponse:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
 def metrics(state: StateDep) -> Response:
     """Prometheus metrics (text exposition format)."""
-    body = state.peers.metrics() if state.peers is not None else state.render_metrics()
+    if state.peers is None:
+        return Response(state.render_metrics(), media_type=CONTENT_TYPE)
+    # a fleet whose broadcast failed (no replica answered): this replica's own series, labelled as usual
+    body = state.peers.metrics() or render_families(state.metric_families())
     return Response(body, media_type=CONTENT_TYPE)

@@ -239,9 +239,10 @@ class Engine:
         """``setting``: an operator's change (its version becomes the setting version); False: the automatic
         budget's own level change, under the setting that turned it on."""
         old = self._budget
-        new = old.version + 1 if version is None else version
+        new = old.version + 1 if version is None else max(old.version + 1, version)  # never back (auto bumps it)
+        given = new if version is None else version
         self._budget = BudgetState(
-            name, thresholds, new, old.criterion, old.levels, auto, new if setting else old.setting_version
+            name, thresholds, new, old.criterion, old.levels, auto, given if setting else old.setting_version
         )
         return self._budget
 

@@ -1,6 +1,11 @@
-"""A local Ray cluster running the fleet (2 replicas of the tiny model on this CPU) for the module's tests: small
+"""A local Ray cluster running the fleet (2 replicas of the tiny model on this CPU) for a module's tests: small
 (4 logical CPUs, no dashboard, an 80 MB object store), shut down by the fixture's finaliser. Skipped, saying so,
-when Ray is not installed (CI installs it: `make install` takes the `ray` extra)."""
+when Ray is not installed (CI installs it: `make install` takes the `ray` extra).
+
+Two fleets, one per module (each module gets its own cluster, so the keeper one module kills is not another's):
+``fleet`` polls the keeper once a minute, so a budget change that reaches every replica within a second got there
+by the push; ``polling_fleet`` polls every 0.25 s, for what only the poll does (offering a restarted keeper the
+replicas' setting)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,9 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install -e '.[ray]' (make install does)")
@@ -20,11 +27,29 @@ from service.decode import self_test_video  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.service.conftest import OPERATOR_TOKEN, free_port, make_bundle  # noqa: E402
 
+AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
+
 
 @dataclass(frozen=True)
 class Fleet:
     url: str
     video: bytes
+
+
+def put_budget(fleet: Fleet, body: dict[str, Any]) -> dict[str, Any]:
+    """PUT /budget on the fleet (200 asserted); the answer."""
+    put = httpx.put(f"{fleet.url}/budget", json=body, headers=AUTH, timeout=30)
+    assert put.status_code == 200, put.text
+    answer: dict[str, Any] = put.json()
+    return answer
+
+
+def replica_budgets(fleet: Fleet) -> list[dict[str, Any]]:
+    """GET /budget's ``replicas``: every replica's budget."""
+    got = httpx.get(f"{fleet.url}/budget", timeout=30)
+    assert got.status_code == 200
+    replicas: list[dict[str, Any]] = got.json()["replicas"]
+    return replicas
 
 
 def fleet_settings(bundle: Path, **values: object) -> Settings:
@@ -52,10 +77,21 @@ def ray_cluster() -> Iterator[int]:
         ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def fleet(ray_cluster: int, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    tmp = tmp_path_factory.mktemp("fleet")
+def deploy(port: int, tmp: Path, poll_s: float) -> Fleet:
     bundle = make_bundle(tmp / "tiny")
     video = self_test_video(tmp, 4, 32).read_bytes()
-    serve.run(fleet_app(fleet_settings(bundle), FleetConfig(replicas=2, num_cpus=1)), name=APP_NAME, route_prefix="/")
-    return Fleet(f"http://127.0.0.1:{ray_cluster}", video)
+    config = FleetConfig(replicas=2, num_cpus=1, poll_s=poll_s)
+    serve.run(fleet_app(fleet_settings(bundle), config), name=APP_NAME, route_prefix="/")
+    return Fleet(f"http://127.0.0.1:{port}", video)
+
+
+@pytest.fixture(scope="module")
+def fleet(ray_cluster: int, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """Replicas that poll the keeper once a minute: within a test, only the push spreads a budget."""
+    return deploy(ray_cluster, tmp_path_factory.mktemp("fleet"), poll_s=60.0)
+
+
+@pytest.fixture(scope="module")
+def polling_fleet(ray_cluster: int, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
+    """Replicas that poll the keeper every 0.25 s."""
+    return deploy(ray_cluster, tmp_path_factory.mktemp("fleet"), poll_s=0.25)

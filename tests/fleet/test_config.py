@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from fleet import commands
 from fleet.config import FleetConfig, deployment_options, max_ongoing_requests, serve_config
 from service.cli import main
 from service.settings import Settings
-from tests.fleet.conftest import fleet_settings
+from tests.fleet.conftest import fleet_settings, ray, serve
 from tests.service.conftest import make_bundle
 
 schema = pytest.importorskip("ray.serve.schema")
@@ -61,3 +65,36 @@ def test_serve_ray_prints_the_config_it_would_deploy(
     printed = json.loads(capsys.readouterr().out)
     settings = Settings(bundle=bundle, port=8100)
     assert printed == serve_config(FleetConfig(replicas=2, max_replicas=5, num_gpus=1), settings, 8100)
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        (None, ["init local", "run adafocus", "serve.shutdown", "ray.shutdown"]),  # its own cluster: all of Serve
+        ("auto", ["init auto", "run adafocus", "serve.delete adafocus", "ray.shutdown"]),  # shared: its app alone
+    ],
+)
+def test_serve_ray_takes_down_only_what_it_started(
+    address: str | None, expected: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in [k for k in os.environ if k.startswith("ADAFOCUS_")]:
+        monkeypatch.delenv(key)
+    calls: list[str] = []
+    handlers: dict[int, Callable[..., Any]] = {}
+
+    def run(app: Any, name: str, route_prefix: str) -> None:
+        calls.append(f"run {name}")
+        handlers[signal.SIGTERM](signal.SIGTERM, None)  # the operator stops it once it is up
+
+    monkeypatch.setattr(commands.signal, "signal", lambda sig, handler: handlers.__setitem__(sig, handler))
+    monkeypatch.setattr(ray, "init", lambda address, **_: calls.append(f"init {address}"))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.setattr(ray, "shutdown", lambda: calls.append("ray.shutdown"))
+    monkeypatch.setattr(serve, "start", lambda **_: None)
+    monkeypatch.setattr(serve, "run", run)
+    monkeypatch.setattr(serve, "delete", lambda name: calls.append(f"serve.delete {name}"))
+    monkeypatch.setattr(serve, "shutdown", lambda: calls.append("serve.shutdown"))
+    args = ["serve-ray", "--bundle", str(make_bundle(tmp_path / "tiny"))]
+    assert main([*args, *(["--address", address] if address else [])]) == 0
+    assert calls == expected
+

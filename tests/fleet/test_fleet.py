@@ -10,11 +10,13 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fleet.conftest import Fleet, ray
-from tests.service.conftest import OPERATOR_TOKEN, wait_until
+from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE
+from service.budgetstore import BudgetSetting
+from service.schemas import BudgetUpdate
+from tests.fleet.conftest import AUTH, Fleet, ray, replica_budgets
+from tests.service.conftest import wait_until
 
-AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
-SPREAD_S = 1.0  # a budget change must reach every replica within this
+SPREAD_S = 1.0  # a budget change must reach every replica within this (by the push: the fleet polls once a minute)
 
 
 def classify_many(fleet: Fleet, count: int) -> list[dict[str, Any]]:
@@ -40,13 +42,6 @@ def answers_from(fleet: Fleet, replicas: set[str], rounds: int = 20) -> list[dic
         if replicas <= {a["replica"] for a in answers}:
             return answers
     raise AssertionError(f"replicas {replicas} never all answered: {sorted({a['replica'] for a in answers})}")
-
-
-def replica_budgets(fleet: Fleet) -> list[dict[str, Any]]:
-    got = httpx.get(f"{fleet.url}/budget", timeout=30)
-    assert got.status_code == 200
-    replicas: list[dict[str, Any]] = got.json()["replicas"]
-    return replicas
 
 
 def test_two_replicas_answer_through_one_port(fleet: Fleet) -> None:
@@ -81,6 +76,16 @@ def test_one_budget_switch_reaches_every_replica_within_a_second(fleet: Fleet) -
     assert spread <= SPREAD_S, f"the change took {spread:.2f} s to reach every replica"
     answers = answers_from(fleet, {r["replica"] for r in before})  # every answer after the switch, both replicas
     assert {(a["budget"], a["budget_version"]) for a in answers} == {("low", version)}
+
+
+def test_a_bare_manual_put_is_recorded_as_the_level_it_keeps(fleet: Fleet) -> None:
+    level = replica_budgets(fleet)[0]["name"]
+    put = httpx.put(f"{fleet.url}/budget", json={"mode": "manual"}, headers=AUTH, timeout=30)
+    assert put.status_code == 200, put.text
+    keeper = ray.get_actor(KEEPER_NAME, namespace=KEEPER_NAMESPACE)
+    recorded = ray.get(keeper.get.remote(), timeout=30)
+    assert recorded == BudgetSetting(BudgetUpdate(level=level), put.json()["setting_version"])
+    assert {(r["name"], r["setting_version"]) for r in replica_budgets(fleet)} == {(level, recorded.version)}
 
 
 def test_an_invalid_budget_is_refused_before_the_fleet_records_it(fleet: Fleet) -> None:

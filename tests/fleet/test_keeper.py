@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.keeper import BudgetKeeper
-from service.budgetstore import BadBudgetFile, BudgetFileReadOnly, wall_ms
+from service.budgetstore import BadBudgetFile, BudgetFileReadOnly, BudgetSetting, wall_ms
 from service.schemas import BudgetUpdate
 
 
@@ -46,3 +46,14 @@ def test_a_bad_file_stops_the_fleet_and_an_unwritable_one_refuses_puts(tmp_path:
     with pytest.raises(BudgetFileReadOnly):
         keeper.put(BudgetUpdate(level="mid"))
     assert keeper.get().update == BudgetUpdate(mode="manual")
+
+
+def test_offer_keeps_the_higher_version() -> None:
+    keeper = BudgetKeeper(BudgetUpdate(mode="manual"), None)
+    start = keeper.get()
+    older = BudgetSetting(BudgetUpdate(level="low"), start.version - 1)
+    assert keeper.offer(older) == start  # a replica behind the keeper changes nothing
+    newer = BudgetSetting(BudgetUpdate(level="mid"), start.version + 1)
+    assert keeper.offer(newer) == newer and keeper.get() == newer
+    put = keeper.put(BudgetUpdate(level="high"))
+    assert put.version > newer.version

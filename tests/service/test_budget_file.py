@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from model.budgets import BudgetError
+from service import budgetstore
 from service.budgetstore import (
     BadBudgetFile,
     BudgetFileReadOnly,
@@ -21,8 +23,10 @@ from service.budgetstore import (
     LocalBudget,
     next_version,
     parse_setting,
+    pinned_update,
     wall_ms,
 )
+from service.engine.autobudget import AutoBudgetConfig
 from service.engine.engine import Engine
 from service.engine.types import BudgetState
 from service.schemas import BudgetUpdate
@@ -56,6 +60,17 @@ def configmap(root: Path, content: dict[str, object], generation: int) -> Path:
     if not (root / "budget.json").is_symlink():
         (root / "budget.json").symlink_to("..data/budget.json")
     return root / "budget.json"
+
+
+def start_after_a_restart(world: World, path: Path, initial: BudgetUpdate) -> BudgetState:
+    """The budget a new server (a new engine and store on ``path``) starts with."""
+    engine, _ = make_engine(world)
+    store = FileBudget(path, initial, 3600, 0.5)
+    try:
+        return store.start(engine, lambda _: None)
+    finally:
+        store.stop()
+        engine.shutdown(drain=False)
 
 
 def test_versions_follow_the_wall_clock_and_never_go_back() -> None:
@@ -129,14 +144,8 @@ def test_put_writes_the_file_atomically_and_a_restart_keeps_it(world: World, tmp
     finally:
         store.stop()
         first.shutdown(drain=False)
-    second, _ = make_engine(world)  # the restart
-    again = FileBudget(path, BudgetUpdate(level="mid"), 3600, 0.5)
-    try:
-        state = again.start(second, lambda _: None)
-        assert (state.name, state.version) == ("full", put.version)
-    finally:
-        again.stop()
-        second.shutdown(drain=False)
+    state = start_after_a_restart(world, path, BudgetUpdate(level="mid"))
+    assert (state.name, state.version) == ("full", put.version)
 
 
 def test_put_where_the_file_cannot_be_written_is_refused_and_changes_nothing(engine: Engine, tmp_path: Path) -> None:
@@ -150,6 +159,88 @@ def test_put_where_the_file_cannot_be_written_is_refused_and_changes_nothing(eng
         with pytest.raises(BudgetFileReadOnly):
             store.put(BudgetUpdate(level="full"))
         assert (engine.budget_state().name, engine.budget_state().version) == ("mid", 10)
+    finally:
+        store.stop()
+
+
+def test_a_bare_manual_put_is_written_as_the_level_it_keeps(world: World, tmp_path: Path) -> None:
+    path = tmp_path / "budget.json"
+    first, _ = make_engine(world)
+    store = FileBudget(path, BudgetUpdate(level="mid"), 3600, 0.5)
+    try:
+        store.start(first, lambda _: None)
+        store.put(BudgetUpdate(mode="auto", p99_s=5.0))  # starts from the active level, "mid"
+        put = store.put(BudgetUpdate(mode="manual"))
+        assert (put.name, put.auto) == ("mid", None)
+        assert json.loads(path.read_text()) == {"level": "mid", "version": put.setting_version}
+    finally:
+        store.stop()
+        first.shutdown(drain=False)
+    state = start_after_a_restart(world, path, BudgetUpdate(mode="manual"))
+    assert (state.name, state.setting_version) == ("mid", put.setting_version)  # the level, not the default
+
+
+def test_a_bare_manual_update_pins_the_active_level_or_its_thresholds(engine: Engine) -> None:
+    engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=5.0))
+    assert pinned_update(engine.budget_state(), BudgetUpdate(mode="manual")) == BudgetUpdate(level="fast")
+    assert pinned_update(engine.budget_state(), BudgetUpdate(level="mid")) == BudgetUpdate(level="mid")
+    thresholds = [0.5] * engine.num_exits
+    custom = engine.set_budget_thresholds(thresholds)
+    assert pinned_update(custom, BudgetUpdate(mode="manual")) == BudgetUpdate(thresholds=thresholds)
+
+
+def test_a_put_whose_write_fails_leaves_the_engine_and_the_file_as_they_were(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "budget.json"
+    path.write_text('{"level": "mid", "version": 10}')
+    store = FileBudget(path, BudgetUpdate(mode="manual"), 3600, 0.5)
+    try:
+        before = store.start(engine, lambda _: None)
+
+        def disk_full(path: Path, text: str) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(budgetstore, "write_atomically", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            store.put(BudgetUpdate(level="full"))
+        assert engine.budget_state() is before  # not applied: a restart would have reverted it
+        assert path.read_text() == '{"level": "mid", "version": 10}'
+    finally:
+        store.stop()
+
+
+def test_concurrent_puts_leave_the_file_and_the_engine_agreeing(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "budget.json"
+    store = FileBudget(path, BudgetUpdate(level="mid"), 3600, 0.5)
+    write = budgetstore.write_atomically
+    second_wrote = threading.Event()
+    writers: list[str] = []
+
+    def slow_first_write(target: Path, text: str) -> None:
+        """The first PUT writes last if the second can get past it (apply, write) while it writes."""
+        writers.append(threading.current_thread().name)
+        if len(writers) == 1:
+            second_wrote.wait(timeout=0.5)  # bounded: with the lock the second PUT cannot get here first
+        else:
+            second_wrote.set()
+        write(target, text)
+
+    monkeypatch.setattr(budgetstore, "write_atomically", slow_first_write)
+    try:
+        store.start(engine, lambda _: None)
+        threads = [threading.Thread(target=store.put, args=(BudgetUpdate(level=level),), name=level)
+                   for level in ("fast", "full")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+        state = engine.budget_state()
+        assert sorted(writers) == ["fast", "full"]
+        assert json.loads(path.read_text()) == {"level": state.name, "version": state.setting_version}
+        assert state.name == writers[-1]  # the last write is what the engine runs
     finally:
         store.stop()
 

@@ -152,6 +152,17 @@ def test_budget_api_validation(world: World) -> None:
     assert engine.budget_state().version == 4  # failed swaps change nothing
 
 
+def test_a_given_version_below_the_engines_never_takes_the_version_back(world: World) -> None:
+    engine, _ = make_engine(world)
+    engine.set_budget_level("mid")
+    assert engine.set_budget_level("full").version == 3  # as the automatic budget's own level changes count up
+    state = engine.set_budget_level("fast", version=2)  # e.g. a budget file with "version": 2
+    assert (state.name, state.version, state.setting_version) == ("fast", 4, 2)
+    state = engine.set_budget_level("mid", version=40)
+    assert (state.version, state.setting_version) == (40, 40)  # a higher one is taken as given
+    engine.shutdown(drain=False)
+
+
 def test_queue_full_and_start_later(world: World) -> None:
     engine, obs = make_engine(world, max_queue=2)
     futures = [engine.submit(r) for r in requests(world)[:2]]
