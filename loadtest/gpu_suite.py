@@ -271,8 +271,8 @@ def format_markdown(result: dict[str, Any]) -> str:
     ]
     for r in result["stages"]:
         lines.append(
-            f"| {r['variant']} | {r['batch']} | {r['glance_ms']:.2f} | {r['focus_ms']:.2f} | {r['glance_tflops']:.1f} "
-            f"| {r['focus_tflops']:.1f} | {_pct(r['focus_peak_fraction'])} |"
+            f"| {r['variant']} | {r['batch']} | {r['glance_ms']:.2f} | {r['focus_ms']:.2f} | {r['glance_tflops']:.3g} "
+            f"| {r['focus_tflops']:.3g} | {_pct(r['focus_peak_fraction'])} |"
         )
     if result["onnx"]:
         onnx = result["onnx"]
