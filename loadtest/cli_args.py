@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
+
+Formatter = Callable[[dict[str, Any]], str]
 
 
 def log_line(line: str) -> None:
@@ -40,3 +43,12 @@ def ints(text: str) -> tuple[int, ...]:
 def write_json(result: dict[str, Any]) -> None:
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
+
+
+def print_result(result: dict[str, Any], args: argparse.Namespace, text: Formatter, markdown: Formatter) -> None:
+    """The result on stdout: JSON with ``--json``, markdown tables (docs/benchmarks.md) with ``--markdown``, else
+    the text table."""
+    if args.json:
+        write_json(result)
+    else:
+        sys.stdout.write((markdown if args.markdown else text)(result) + "\n")

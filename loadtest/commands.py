@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtest.bench.commands import register as register_bench
-from loadtest.cli_args import floats, names, write_json
+from loadtest.cli_args import floats, names, print_result
 
 QUICK_TOTAL_S = 40.0  # --quick: all phases of a load test together send for at most this long
 
@@ -101,7 +101,6 @@ def run_loadtest(args: argparse.Namespace) -> int:
 
     from loadtest.corpus import load_corpus
     from loadtest.http_load import LoadConfig, run_load
-    from loadtest.report import format_phase
     from loadtest.schedule import Bound
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
@@ -145,18 +144,17 @@ def run_loadtest(args: argparse.Namespace) -> int:
             plot_accuracy_vs_gmacs(result, out / "loadtest_accuracy_gmacs.png"),
         ]
         result["plots"] = [str(p) for p in made if p is not None]
-    if args.json:
-        write_json(result)
-    elif args.markdown:
-        from loadtest.markdown import loadtest_markdown
+    from loadtest.markdown import loadtest_markdown
 
-        sys.stdout.write(loadtest_markdown(result) + "\n")
-    else:
-        for phase in result["phases"]:
-            sys.stdout.write(format_phase(phase) + "\n")
-        for path in result.get("plots", []):
-            sys.stdout.write(f"plot: {path}\n")
+    print_result(result, args, _loadtest_text, loadtest_markdown)
     return 0
+
+
+def _loadtest_text(result: dict[str, Any]) -> str:
+    from loadtest.report import format_phase
+
+    lines = [format_phase(phase) for phase in result["phases"]]
+    return "\n".join(lines + [f"plot: {path}" for path in result.get("plots", [])])
 
 
 def run_bench_runners(args: argparse.Namespace) -> int:

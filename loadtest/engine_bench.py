@@ -16,6 +16,7 @@ have labels; and the ratios of continuous to the other modes. Decoding is out of
 
 from __future__ import annotations
 
+import platform
 import statistics
 import threading
 import time
@@ -327,7 +328,7 @@ def run_engine_bench(
         "model": work.model.config.name,
         "source": work.source,
         "clips": work.clip_source,
-        "device": _device_name(cfg.device),
+        "device": device_name(cfg.device),
         "torch_threads": torch.get_num_threads(),
         "engine": {"max_batch": cfg.max_batch, "max_active": cfg.max_active},
         "settings": {
@@ -341,11 +342,9 @@ def run_engine_bench(
     }
 
 
-def _device_name(device: str) -> str:
+def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
-    import platform
-
     return f"cpu ({platform.processor() or platform.machine()}, {threading.active_count()} threads alive)"
 
 

@@ -19,7 +19,6 @@ import argparse
 import copy
 import json
 import logging
-import platform
 import sys
 import tempfile
 import time
@@ -33,7 +32,8 @@ import torch
 from exporters.manifest import model_specs
 from exporters.onnx_export import export_to_cache
 from exporters.onnx_runner import OnnxRunner, OrtOptions
-from loadtest.engine_bench import EngineBenchConfig, run_engine_bench
+from loadtest.cli_args import ints, log_line
+from loadtest.engine_bench import EngineBenchConfig, device_name, run_engine_bench
 from loadtest.report import format_ratio, ratio_stats
 from loadtest.workload import Workload, load_workload
 from service.engine.backends import stage_ms, torch_runner
@@ -91,12 +91,6 @@ class _Clock:
             return True
         self.skipped.append({"part": part, "reason": f"time limit {self.limit_s:.0f} s reached"})
         return False
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()})"
 
 
 def peak_tflops(name: str) -> float | None:
@@ -226,7 +220,7 @@ def run_engines(
 def run_suite(cfg: GpuSuiteConfig, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     clock = _Clock(cfg.time_limit_s)
     device = torch.device(cfg.device)
-    name = device_name(device)
+    name = device_name(cfg.device)
     peak = cfg.peak_tflops or (peak_tflops(name) if device.type == "cuda" else None)
     work = load_workload(None, cfg.config, cfg.clips, cfg.seed, cfg.device)
     log(f"{name}: {work.source}")
@@ -315,16 +309,12 @@ def format_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x)
-
-
 def parse_args(argv: list[str] | None = None) -> tuple[GpuSuiteConfig, Path | None]:
     """The suite's configuration and the JSON output path (``--out``) from the command line."""
     p = argparse.ArgumentParser(prog="python -m loadtest.gpu_suite", description=__doc__.split("\n")[0])
     p.add_argument("--config", default="paper-mn2-r50", help="named config (random weights)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batches", type=_ints, default=(32, 64, 128), help="batch sizes / engine max_batch values")
+    p.add_argument("--batches", type=ints, default=(32, 64, 128), help="batch sizes / engine max_batch values")
     p.add_argument("--no-cuda-graphs", action="store_true", help="leave the CUDA-graph variant out")
     p.add_argument("--no-onnx", action="store_true", help="leave ONNX Runtime out")
     p.add_argument("--repeats", type=int, default=3, help="interleaved engine repeats (default 3)")
@@ -354,14 +344,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[GpuSuiteConfig, Path | No
     return cfg, args.out
 
 
-def _log(line: str) -> None:
-    sys.stderr.write(line + "\n")
-
-
 def main(argv: list[str] | None = None) -> int:
     cfg, out = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    result = run_suite(cfg, _log)
+    result = run_suite(cfg, log_line)
     if out is not None:
         out.write_text(json.dumps(result, indent=2, default=str) + "\n")
     sys.stdout.write(format_markdown(result) + "\n")

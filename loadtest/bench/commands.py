@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from loadtest.cli_args import floats, ints, log_line, names, write_json
+from loadtest.cli_args import floats, ints, log_line, names, print_result, write_json
 
 
 def register(sub: Any) -> None:
@@ -225,14 +225,9 @@ def _bench_engine(args: argparse.Namespace) -> int:
 
         made = plot_engine_modes(result, Path(args.plot), title=f"engine modes, model {result['model']}")
         result["plot"] = str(made) if made else None
-    if args.json:
-        write_json(result)
-    elif args.markdown:
-        from loadtest.markdown import engine_markdown
+    from loadtest.markdown import engine_markdown
 
-        sys.stdout.write(engine_markdown(result) + "\n")
-    else:
-        sys.stdout.write(format_engine(result) + "\n")
+    print_result(result, args, format_engine, engine_markdown)
     return 0
 
 
@@ -249,14 +244,9 @@ def run_bench_decode(args: argparse.Namespace) -> int:
             args.seconds, args.fps, args.width, args.height, args.num_frames, args.size, workers, args.clips_per_worker
         )
     result = run_decode_bench(cfg)
-    if args.json:
-        write_json(result)
-    elif args.markdown:
-        from loadtest.markdown import decode_markdown
+    from loadtest.markdown import decode_markdown
 
-        sys.stdout.write(decode_markdown(result) + "\n")
-    else:
-        sys.stdout.write(format_decode(result) + "\n")
+    print_result(result, args, format_decode, decode_markdown)
     return 0
 
 
