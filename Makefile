@@ -60,7 +60,7 @@ serve: install
 # Chromium (`make tools` installs it). Run it again after the shipped bundle changes.
 screenshot: install
 	$(BIN)/adafocus synth --out build/screenshot-clips --count 4 --seed 2
-	$(PY) -m tests.service.browser --bundle model/bundles/default --video build/screenshot-clips/clip_000001.mp4 \
+	$(PY) -m tests.service.http.browser --bundle model/bundles/default --video build/screenshot-clips/clip_000001.mp4 \
 		--out docs/web-ui.png
 
 # The token that guards PUT /budget in the compose stack (a Docker secret; never part of the image).

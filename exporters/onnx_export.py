@@ -215,7 +215,7 @@ def export_bundle(
     """Export, copy the bundle, check parity against PyTorch and write the report into the directory.
 
     Returns the manifest and the parity report; the caller decides what a failed parity means (the CLI exits
-    non-zero, the on-the-fly export in ``service.engine.backends`` refuses to serve).
+    non-zero, the on-the-fly export in ``service.engine.runners.selection`` refuses to serve).
     """
     out = Path(out_dir)
     prepare_out_dir(out)

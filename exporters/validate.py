@@ -23,7 +23,7 @@ from exporters.onnx_runner import OnnxRunner
 from model.adafocus import AdaFocusV3, FocusState
 from model.budgets import BudgetTable, Criterion
 from model.config import AdaFocusConfig
-from model.data import benchmark_clips
+from model.data.datasets import benchmark_clips
 from model.exits import StagedModel, first_exit, score_table, staged_exit_logits
 
 GLANCE_OUTPUTS = ("centres", "logits", "global_feats", "pooled", "step")
@@ -36,7 +36,7 @@ class ParityOptions:
     random_batch: int = 4
     clips: int = 16  # benchmark clips for the real-input and decision checks
     seed: int = 0
-    benchmark: str | None = None  # the bundle's benchmark preset (model.data.PRESETS) for those clips
+    benchmark: str | None = None  # the bundle's benchmark preset (model.data.datasets.PRESETS) for those clips
 
 
 @dataclass
@@ -83,7 +83,7 @@ def synthetic_clips(config: AdaFocusConfig, n: int, seed: int = 0) -> torch.Tens
 
 
 def load_clips(config: AdaFocusConfig, n: int, seed: int, benchmark: str | None = None) -> tuple[torch.Tensor, str]:
-    """(n, 3, T, H, W) uint8 test clips sized for ``config`` (``model.data.benchmark_clips``: the bundle's
+    """(n, 3, T, H, W) uint8 test clips sized for ``config`` (``model.data.datasets.benchmark_clips``: the bundle's
     benchmark, else the procedural one); ``synthetic_clips`` where no benchmark can be drawn at this size."""
     try:
         frames, _, source = benchmark_clips(

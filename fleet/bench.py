@@ -1,7 +1,7 @@
 """Fleet throughput for 1, 2, 4 ... replicas on one local Ray cluster, next to the ideal N x one replica.
 
 Each replica count is deployed in turn (``serve.run``, then ``serve.delete``) and loaded through the one HTTP port
-by the closed-loop load generator (loadtest/http_load.py: ``concurrency_per_replica`` x N requests in flight), after
+by the closed-loop load generator (loadtest/http/load.py: ``concurrency_per_replica`` x N requests in flight), after
 a short warm-up. Two runners: ``simulated`` pads every model call to ``step_s`` of sleep (a stand-in accelerator:
 N replicas on 2 CPU cores then scale as N devices would, unless the host-side work, decoding and HTTP, runs out of
 cores first), and ``real``: the model itself on the CPU, whose replicas share the same cores. The model is an
@@ -23,11 +23,11 @@ from ray import serve
 
 from fleet.config import APP_NAME, FleetConfig
 from fleet.replica import fleet_app
-from loadtest.corpus import load_corpus
-from loadtest.http_load import LoadConfig, run_load
-from loadtest.runner_bench import random_bundle
+from loadtest.bench.runners import random_bundle
+from loadtest.http.corpus import load_corpus
+from loadtest.http.load import LoadConfig, run_load
 from loadtest.schedule import Bound
-from service.decode import self_test_video
+from service.decode.pool import self_test_video
 from service.settings import Settings
 from service.startup import listen_socket
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import ray
 
-from service.budgetstore import BudgetFile, BudgetSetting, next_version, wall_ms
+from service.budget.store import BudgetFile, BudgetSetting, next_version, wall_ms
 from service.schemas import BudgetUpdate
 
 log = logging.getLogger(__name__)

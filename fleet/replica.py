@@ -33,7 +33,7 @@ from fleet.keeper import BudgetKeeper
 from fleet.simulated import SimulatedStep
 from model.budgets import BudgetError
 from service.app import create_app
-from service.budgetstore import Applier, BudgetSetting, Poller, pinned_update, validate_update, wall_ms
+from service.budget.store import Applier, BudgetSetting, Poller, pinned_update, validate_update, wall_ms
 from service.engine.engine import Engine
 from service.engine.types import BudgetState
 from service.lifecycle import ServiceState

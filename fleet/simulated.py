@@ -9,7 +9,7 @@ import torch
 
 from model.adafocus import FocusState
 from model.exits import GlanceResult
-from service.engine.runner import Runner
+from service.engine.runners.torch_runner import Runner
 
 
 class SimulatedStep:

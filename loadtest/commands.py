@@ -87,7 +87,7 @@ def _resolve_budgets(args: argparse.Namespace) -> tuple[str, ...]:
         return tuple(args.budget_sweep)
     import httpx
 
-    from loadtest.http_load import budget_names
+    from loadtest.http.load import budget_names
 
     with httpx.Client(base_url=args.url, timeout=10.0) as client:
         response = client.get("/budget")
@@ -99,14 +99,14 @@ def run_loadtest(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from loadtest.corpus import load_corpus
-    from loadtest.http_load import LoadConfig, run_load
+    from loadtest.http.corpus import load_corpus
+    from loadtest.http.load import LoadConfig, run_load
     from loadtest.schedule import Bound
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per request
     corpus = load_corpus(args.corpus, args.limit)
     if args.step_profile is not None:
-        from loadtest.step_cli import run_step_loadtest
+        from loadtest.http.step_cli import run_step_loadtest
 
         return run_step_loadtest(args, corpus)
     rates: tuple[float, ...] = args.rate_sweep or ((args.rate,) if args.rate is not None else ())
@@ -158,7 +158,7 @@ def _loadtest_text(result: dict[str, Any]) -> str:
 
 
 def run_bench_runners(args: argparse.Namespace) -> int:
-    from loadtest.runner_bench import BenchConfig, format_markdown, run_bench
+    from loadtest.bench.runners import BenchConfig, format_markdown, run_bench
 
     cfg = BenchConfig(
         batches=tuple(int(b) for b in args.batches.split(",")),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,3 +63,18 @@ def poisson_arrivals(rate: float, bound: Bound, seed: int = 0) -> np.ndarray:
     n = int(min(bound.max_requests, expected + 10 * np.sqrt(expected) + 10))
     times = np.cumsum(rng.exponential(1.0 / rate, size=n))  # (n,)
     return times[times < bound.max_duration_s]
+
+
+Phase = tuple[float, float]  # (multiple of a capacity in videos/s, seconds): one phase of a step load
+
+
+def schedule(phases: Sequence[Phase], capacity: float, seed: int) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Arrival times (s from start) of the step profile, and the phases with their absolute rates and bounds."""
+    times, spans, start = [], [], 0.0
+    for k, (factor, seconds) in enumerate(phases):
+        rate = factor * capacity
+        arrivals = poisson_arrivals(rate, Bound(duration_s=seconds), seed + k)
+        times.append(arrivals + start)
+        spans.append({"factor": factor, "rate": rate, "start_s": start, "end_s": start + seconds})
+        start += seconds
+    return np.concatenate(times), spans

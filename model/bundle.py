@@ -45,7 +45,7 @@ class Bundle:
     budgets: BudgetTable
     sha256: str  # hash over the manifest's file hashes: identifies these exact weights and thresholds
     model_card: str
-    benchmark: str | None = None  # the generated benchmark preset it was trained on (``model.data.PRESETS``)
+    benchmark: str | None = None  # the generated benchmark preset it was trained on (``model.data.datasets.PRESETS``)
 
     def info(self) -> dict[str, Any]:
         return {

@@ -123,7 +123,7 @@ def _add_data_args(parser: Any, default: str | None = "fashion") -> None:
 
 def _is_benchmark(data: str) -> bool:
     """``--data`` names a generated benchmark (not a class-folder root)."""
-    from model.data import BENCHMARKS
+    from model.data.datasets import BENCHMARKS
 
     return data.split(":")[0] in BENCHMARKS
 
@@ -132,7 +132,7 @@ def run_cost(args: argparse.Namespace) -> int:
     from model.adafocus import AdaFocusV3
     from model.bundle import load_bundle
     from model.config import get_config
-    from model.cost import cost_report
+    from model.macs import cost_report
 
     model = load_bundle(args.bundle).model if args.bundle else AdaFocusV3(get_config(args.config or "default"))
     report = cost_report(model).to_dict()
@@ -170,8 +170,8 @@ def run_info(args: argparse.Namespace) -> int:
 def run_synth(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from model import fashion, synth
-    from model.data import PRESETS, preset_name
+    from model.data import fashion, synth
+    from model.data.datasets import PRESETS, preset_name
 
     name = preset_name(args.data, args.preset)
     cfg = PRESETS[name]
@@ -204,10 +204,10 @@ def run_train(args: argparse.Namespace) -> int:
     from model.budgets import BudgetLevel, BudgetTable
     from model.bundle import save_bundle
     from model.config import get_config
-    from model.cost import cost_report
-    from model.data import DataSpec, VideoFolderDataset, generated_spec, preset_name
-    from model.objectives import TrainConfig
-    from model.train import train, training_section
+    from model.data.datasets import DataSpec, VideoFolderDataset, generated_spec, preset_name
+    from model.macs import cost_report
+    from model.training.objectives import TrainConfig
+    from model.training.train import train, training_section
 
     torch.set_num_threads(args.threads)
     model_cfg = get_config(args.config)
@@ -266,7 +266,7 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from model.calibrate import calibrate_command
+    from model.evaluation.calibrate import calibrate_command
 
     return calibrate_command(args, _command_line(args))
 
@@ -275,9 +275,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from model.bundle import load_bundle
-    from model.cost import cost_report
-    from model.data import DataSpec, build_dataset, generated_spec, preset_name
-    from model.report import evaluation_report, targets_summary
+    from model.data.datasets import DataSpec, build_dataset, generated_spec, preset_name
+    from model.evaluation.report import evaluation_report, targets_summary
+    from model.macs import cost_report
 
     torch.set_num_threads(args.threads)
     bundle = load_bundle(args.bundle)

@@ -4,7 +4,7 @@
 #                                       (git-ignored) for a GPU host that has no index (Python 3.12, x86-64)
 #   scripts/gpu-bench.sh run [OUT_DIR]  on the GPU host, from the repository root: installs .whl/*.whl when present,
 #                                       then (1) the runner tests (CUDA graphs give the eager answers), (2) the
-#                                       benchmark (python -m loadtest.gpu_suite): OUT_DIR/gpu_suite.{json,md,log}
+#                                       benchmark (python -m loadtest.bench.gpu_suite): OUT_DIR/gpu_suite.{json,md,log}
 # `run` needs python3 with torch (CUDA), numpy, onnx, onnxruntime, onnxscript, safetensors, tqdm and pytest (a stock
 # PyTorch GPU image has them) plus PyAV; no FastAPI: the tests run without the service's conftest.
 set -euo pipefail
@@ -33,9 +33,9 @@ run)
     "$PY" -c 'import torch; assert torch.cuda.is_available(), "no CUDA device"; print(torch.cuda.get_device_name())'
     set -o pipefail
     tests=0  # the benchmark runs even when a test fails; the script's status reports both
-    timeout 150 "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/service/engine/test_runner.py \
+    timeout 150 "$PY" -m pytest -q -p no:cacheprovider --noconftest tests/service/engine/runners/test_torch_runner.py \
         2>&1 | tee "$out/gpu_tests.log" || tests=$?
-    timeout 420 "$PY" -m loadtest.gpu_suite --time-limit 300 --out "$out/gpu_suite.json" \
+    timeout 420 "$PY" -m loadtest.bench.gpu_suite --time-limit 300 --out "$out/gpu_suite.json" \
         2> >(tee "$out/gpu_suite.log" >&2) | tee "$out/gpu_suite.md"
     if [ "$tests" != 0 ]; then
         echo "GPU runner tests FAILED (status $tests; see $out/gpu_tests.log)" >&2

@@ -1,8 +1,9 @@
 """The FastAPI application: ``create_app(settings)`` and its lifespan, nothing else.
 
-Where a request goes, in order: service/routes.py (HTTP) -> service/pipeline.py (the per-request flow) ->
-service/upload.py (multipart body) -> service/decode.py (decoder processes) -> service/engine/ (scheduler, step,
-runner) -> the answer (service/schemas.py); service/errors.py maps every failure. service/lifecycle.py builds and
+Where a request goes, in order: service/http/routes.py (HTTP) -> service/classify/flow.py (the per-request flow) ->
+service/classify/upload.py (multipart body) -> service/decode/pool.py (decoder processes) -> service/engine/
+(scheduler, step,
+runner) -> the answer (service/schemas.py); service/http/errors.py maps every failure. service/lifecycle.py builds and
 tears down what the routes use.
 """
 
@@ -18,16 +19,17 @@ from fastapi_offline import FastAPIOffline
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.bodies import BodyGuard, BodyLimits
-from service.budgetstore import BudgetStore
-from service.engine.runner import Runner
-from service.errors import install_handlers
+from service.budget.store import BudgetStore
+from service.engine.runners.torch_runner import Runner
+from service.http.body_guard import BodyGuard, BodyLimits
+from service.http.budget_routes import router as budget_router
+from service.http.errors import install_handlers
+from service.http.open_inference import router as oip_router
+from service.http.routes import router
+from service.http.web import install_web
 from service.lifecycle import Peers, ServiceState
 from service.logs import RequestIdMiddleware
-from service.oip import router as oip_router
-from service.routes import router
 from service.settings import Settings
-from service.web import install_web
 
 
 def create_app(
@@ -66,6 +68,7 @@ def create_app(
     app.state.service = state
     install_handlers(app, state.settings.retry_after_s)
     app.include_router(router)
+    app.include_router(budget_router)
     app.include_router(oip_router)
     install_web(app)
     app.add_middleware(BodyGuard, limits=BodyLimits.of(state.settings))  # small bodies capped before routes and auth

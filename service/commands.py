@@ -5,7 +5,7 @@ Settings come from ``ADAFOCUS_*`` environment variables (service/settings.py); t
 SIGTERM (or Ctrl-C) drains: ``/readyz`` turns 503 and new requests get 503 at once, in-flight requests finish
 (at most ``ADAFOCUS_DRAIN_TIMEOUT_S``; those still running then are answered 503 ``draining``), then the engine
 stops and the process exits 0. A second signal skips the wait for in-flight requests. Connections are guarded by
-service/connections.py (header deadline, connection cap), request bodies by service/bodies.py.
+service/http/connection_guard.py (header deadline, connection cap), request bodies by service/http/body_guard.py.
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ def register(sub: Any) -> None:
 
 def run_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
-    from service.bodies import BodyLimits
-    from service.connections import guarded_protocol
+    from service.http.body_guard import BodyLimits
+    from service.http.connection_guard import guarded_protocol
     from service.logs import configure_logging
     from service.startup import StartupError, listen_socket, load_settings
 

@@ -22,12 +22,12 @@ import torch
 from prometheus_client.metrics_core import Metric
 
 from model.bundle import Bundle
-from model.cost import cost_report
-from service.budgetstore import BudgetStore, FileBudget, LocalBudget
-from service.decode import DecodeJob, DecodePool, self_test_video
-from service.engine.backends import create_runner, load_model_source
+from model.macs import cost_report
+from service.budget.store import BudgetStore, FileBudget, LocalBudget
+from service.decode.pool import DecodeJob, DecodePool, self_test_video
 from service.engine.engine import Engine
-from service.engine.runner import Runner, TorchOptions
+from service.engine.runners.selection import create_runner, load_model_source
+from service.engine.runners.torch_runner import Runner, TorchOptions
 from service.engine.types import BudgetState, EngineRequest
 from service.metrics import Metrics, labelled
 from service.schemas import ReplicaBudget

@@ -4,7 +4,7 @@
 ``A-Z a-z 0-9 . _ : -``; anything else could forge log lines) or makes one, keeps it in a context variable for the
 duration of the request, echoes it in the ``X-Request-ID`` response header, and writes the access log line
 (method, path without the query string, status, duration; never a header, so never a token). ``/classify``
-answers and error bodies carry it too (service/pipeline.py, service/errors.py read ``current_request_id``).
+answers and error bodies carry it too (service/classify/flow.py, service/http/errors.py read ``current_request_id``).
 
 ``configure_logging(level, fmt)`` installs one stderr handler on the root logger: ``text`` (human) or ``json``
 (``ADAFOCUS_LOG_FORMAT=json``: one object per line with ``ts``, ``level``, ``logger``, ``message``,

@@ -142,8 +142,8 @@ def _register_adaptive(kinds: Any) -> None:
 def run_bench_adaptive(args: argparse.Namespace) -> int:
     import torch
 
-    from loadtest.adaptive_bench import AdaptiveBenchConfig, format_adaptive, run_adaptive_bench
-    from loadtest.workload import load_workload, steady_allocator
+    from loadtest.bench.adaptive import AdaptiveBenchConfig, format_adaptive, run_adaptive_bench
+    from loadtest.bench.workload import load_workload, steady_allocator
 
     if len(args.factors) != len(args.seconds) or not args.factors:
         sys.stderr.write("adafocus bench adaptive: --factors and --seconds need the same number of phases\n")
@@ -187,8 +187,8 @@ def run_bench_engine(args: argparse.Namespace) -> int:
 
 
 def _bench_engine(args: argparse.Namespace) -> int:
-    from loadtest.engine_bench import EngineBenchConfig, format_engine, mode_label, parse_mode, run_engine_bench
-    from loadtest.workload import load_workload, steady_allocator
+    from loadtest.bench.engine import EngineBenchConfig, format_engine, mode_label, parse_mode, run_engine_bench
+    from loadtest.bench.workload import load_workload, steady_allocator
 
     modes = tuple(dict.fromkeys([*args.modes, *(mode_label("continuous", n) for n in args.min_glance_batch)]))
     try:
@@ -234,7 +234,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
 def run_bench_decode(args: argparse.Namespace) -> int:
     import os
 
-    from loadtest.decode_bench import DecodeBenchConfig, format_decode, run_decode_bench
+    from loadtest.bench.decode import DecodeBenchConfig, format_decode, run_decode_bench
 
     workers = args.max_workers or os.cpu_count() or 1
     if args.quick:
@@ -258,8 +258,8 @@ def run_bench_e2e(args: argparse.Namespace) -> int:
 
     import torch
 
-    from loadtest.e2e_bench import E2EBenchConfig, format_e2e, run_e2e_bench
-    from loadtest.workload import steady_allocator
+    from loadtest.bench.e2e import E2EBenchConfig, format_e2e, run_e2e_bench
+    from loadtest.bench.workload import steady_allocator
 
     if args.min_glance_batch != "auto" and not args.min_glance_batch.isdigit():
         sys.stderr.write(f"adafocus bench e2e: --min-glance-batch: a number or auto, not {args.min_glance_batch!r}\n")

@@ -14,7 +14,8 @@ ENGINE_MODES: tuple[EngineMode, ...] = ("continuous", "drain", "single")
 Backend = Literal["torch", "onnx", "auto"]
 BACKENDS: tuple[Backend, ...] = ("torch", "onnx", "auto")
 Stage = Literal["glance", "focus"]
-Precision = Literal["fp32", "bf16"]  # the PyTorch runner's compute dtype (service.engine.runner.TorchOptions)
+# the PyTorch runner's compute dtype (service.engine.runners.torch_runner.TorchOptions)
+Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
 
 
@@ -27,7 +28,7 @@ class EngineConfig:
     # continuous mode: waiting requests are admitted (their glance runs) only when at least
     # min(min_glance_batch, number waiting) slots are free, OR when no request is active (the engine never idles
     # with work waiting); 1 = refill at the very next step. None = automatic: the knee of the measured glance cost
-    # per video (service.engine.costs; 1 until costs are measured), and the oldest waiting request waits at most
+    # per video (service.engine.batch_costs; 1 until costs are measured), and the oldest waiting request waits at most
     # max_glance_wait_steps steps. Larger values trade a little queueing for cheaper-per-video glance batches.
     # Ignored by drain and single.
     min_glance_batch: int | None = 1

@@ -39,16 +39,16 @@ import numpy as np
 
 from model.budgets import BudgetTable, validate_thresholds
 from model.config import AdaFocusConfig
-from model.cost import CostReport
+from model.macs import CostReport
 from service.engine.autobudget import AutoBudget, AutoBudgetConfig
+from service.engine.batch_costs import StepCostTable
 from service.engine.config import EngineConfig
-from service.engine.costs import StepCostTable
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
 from service.engine.observer import EngineObserver, NullObserver
-from service.engine.pilot import Pilot
-from service.engine.runner import Runner
+from service.engine.runners.torch_runner import Runner
 from service.engine.scheduler import Finished, RequestOutput, RequestStatus, Scheduler, StepPlan
 from service.engine.step import Entry, StepExecutor
+from service.engine.step_timing import Pilot
 from service.engine.types import BudgetState, EngineRequest, EngineResult, Progress
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class Engine:
     def budget_state(self) -> BudgetState:
         return self._budget
 
-    # ``version``: the new state's (a fleet-wide or persisted setting's, service/budgetstore.py); None = active + 1
+    # ``version``: the new state's (a fleet-wide or persisted setting's, service/budget/store.py); None = active + 1
     def set_budget_level(self, name: str, version: int | None = None) -> BudgetState:
         level = self._budget.levels.get(name)
         return self._swap(level.name, level.thresholds, version=version)

@@ -10,7 +10,8 @@ Modes (same code, different admission rule):
 - ``continuous``: a slot freed by an exit is refilled by a waiting request at the very next step (with
   ``min_glance_batch`` > 1: once that many slots are free, or fewer if fewer wait, or at once when nothing is active;
   ``min_glance_batch=None``: that batch is the knee of the glance cost per video in the ``StepCosts`` passed to
-  ``plan`` (see ``service.engine.costs``), and the oldest waiting request waits at most ``max_glance_wait_steps``);
+  ``plan`` (see ``service.engine.batch_costs``), and the oldest waiting request waits at most
+  ``max_glance_wait_steps``);
 - ``drain``: admit a batch only when nothing is active, then run it until every sample has left (batched exit);
 - ``single``: one request at a time end to end (batch size 1).
 
@@ -25,8 +26,8 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service.engine.batch_costs import StepCosts, knee_batch
 from service.engine.config import EngineConfig
-from service.engine.costs import StepCosts, knee_batch
 from service.engine.errors import QueueFull
 
 

@@ -21,13 +21,13 @@ import torch
 from model.adafocus import FocusState
 from model.budgets import BudgetLevel, exit_scores, should_exit
 from model.config import AdaFocusConfig
-from model.cost import CostReport
 from model.cubes import covered_cube_mask, glance_frames, integer_starts
 from model.exits import skip_covered
+from model.macs import CostReport
+from service.engine.batch_costs import StepCostTable
 from service.engine.config import Stage
-from service.engine.costs import StepCostTable
 from service.engine.observer import EngineObserver
-from service.engine.runner import Runner
+from service.engine.runners.torch_runner import Runner
 from service.engine.scheduler import Finished, RequestOutput, RequestStatus
 from service.engine.types import BudgetState, CubeBox, EngineRequest, EngineResult, ExitReason, Progress
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from model.bundle import load_bundle
-from service.budgetstore import parse_setting
+from service.budget.store import parse_setting
 from service.settings import Settings
 from tests.deploy.conftest import require_tool
 from tests.deploy.exported import exported_metric_names

@@ -22,7 +22,7 @@ from model.adafocus import AdaFocusV3
 from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import save_bundle
 from model.config import get_config
-from model.cost import cost_report
+from model.macs import cost_report
 from model.video import encode_video
 from tests.deploy.conftest import DEPLOY, require_tool
 from tests.deploy.procs import Prometheus, free_port, http_get, prometheus, running, wait_for

@@ -23,7 +23,7 @@ from model.adafocus import AdaFocusV3
 from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import save_bundle
 from model.config import AdaFocusConfig
-from model.cost import cost_report
+from model.macs import cost_report
 from tests.service.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]

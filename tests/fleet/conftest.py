@@ -23,7 +23,7 @@ serve = pytest.importorskip("ray.serve")
 
 from fleet.config import APP_NAME, FleetConfig  # noqa: E402  (after the skip: these import Ray)
 from fleet.replica import fleet_app  # noqa: E402
-from service.decode import self_test_video  # noqa: E402
+from service.decode.pool import self_test_video  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.service.conftest import OPERATOR_TOKEN, free_port, make_bundle  # noqa: E402
 

@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE
-from service.budgetstore import BudgetSetting
+from service.budget.store import BudgetSetting
 from service.schemas import BudgetUpdate
 from tests.fleet.conftest import AUTH, Fleet, ray, replica_budgets
 from tests.service.conftest import wait_until

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from fleet.keeper import BudgetKeeper
-from service.budgetstore import BadBudgetFile, BudgetFileReadOnly, BudgetSetting, wall_ms
+from service.budget.store import BadBudgetFile, BudgetFileReadOnly, BudgetSetting, wall_ms
 from service.schemas import BudgetUpdate
 
 

@@ -12,7 +12,7 @@ import pytest
 from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE
 from fleet.keeper import BudgetKeeper
 from fleet.replica import FleetBudget
-from service.budgetstore import BudgetSetting
+from service.budget.store import BudgetSetting
 from service.engine.engine import Engine
 from service.engine.types import BudgetState
 from service.schemas import BudgetUpdate

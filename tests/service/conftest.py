@@ -24,7 +24,7 @@ from model.adafocus import AdaFocusV3
 from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import save_bundle
 from model.config import get_config
-from model.cost import cost_report
+from model.macs import cost_report
 from service.app import create_app
 from service.lifecycle import ServiceState
 from service.settings import Settings

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from model.video import DecodeLimits, encode_video
 from service.engine.config import EngineConfig
-from service.engine.runner import TorchOptions, TorchRunner
+from service.engine.runners.torch_runner import TorchOptions, TorchRunner
 from service.settings import Settings
 from tests.service.conftest import in_process, ramp, service_state
 

@@ -14,7 +14,7 @@ from model.budgets import BudgetError
 from model.exits import GlanceResult
 from service.engine.engine import run_offline
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
-from service.engine.runner import TorchRunner
+from service.engine.runners.torch_runner import TorchRunner
 from service.engine.types import EngineRequest, EngineResult
 from tests.service.engine.tiny import NUM_CLIPS, World, check, deadline_scenario, make_engine, requests
 

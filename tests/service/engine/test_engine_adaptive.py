@@ -7,7 +7,7 @@ import pytest
 
 from service.engine.autobudget import AutoBudgetConfig
 from service.engine.errors import DeadlineExceeded, QueueFull
-from service.engine.runner import TorchRunner
+from service.engine.runners.torch_runner import TorchRunner
 from service.engine.types import EngineRequest, Progress
 from tests.service.engine.tiny import FakeClock, TickingRunner, World, check, deadline_scenario, make_engine, requests
 

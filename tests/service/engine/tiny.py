@@ -13,12 +13,12 @@ import torch
 from model.adafocus import AdaFocusV3, FocusState
 from model.budgets import BudgetLevel, BudgetTable
 from model.config import AdaFocusConfig, get_config
-from model.cost import CostReport, cost_report
 from model.exits import GlanceResult, first_exit, score_table, spread_exit_model, spread_thresholds
+from model.macs import CostReport, cost_report
 from service.engine.config import EngineConfig
 from service.engine.engine import Engine
 from service.engine.observer import StatsObserver
-from service.engine.runner import Runner, TorchRunner
+from service.engine.runners.torch_runner import Runner, TorchRunner
 from service.engine.types import EngineRequest, EngineResult
 
 NUM_CLIPS = 12

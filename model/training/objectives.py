@@ -1,0 +1,279 @@
+"""The training objectives of every stage of ``adafocus train`` (see ``model.training.train`` for the recipe): the
+configuration, the building blocks (branches, losses, target-centred and random cubes, policy sampling and
+rewards) and one step function per stage, returning the loss of one batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from model.adafocus import AdaFocusV3, GlanceOutput
+from model.config import AdaFocusConfig
+from model.data.datasets import DataSpec
+
+STAGES = ("pretrain_local", "policy", "deep_feature", "pixel", "random", "policy_only")
+NEEDS_TARGETS = ("pretrain_local",)
+MODULES = ("global_encoder", "local_encoder", "policy", "classifier", "global_aux", "local_aux")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: AdaFocusConfig
+    data: DataSpec
+    stages: tuple[tuple[str, int], ...] = (("pretrain_local", 300), ("policy", 600), ("deep_feature", 300))
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lr_mult: tuple[tuple[str, float], ...] = (("policy", 0.1),)  # paper stages only; module -> multiplier
+    warmup_steps: int = 20
+    entropy_bonus: float = 0.01
+    policy_reward: Literal["marginal", "own"] = "marginal"  # policy stage: see the module docstring
+    own_reward_weight: float = 0.5  # weight of the cube's own auxiliary CE in the marginal reward
+    centred_fraction: float = 0.25  # share of random-branch cubes put on the target (synthetic data only)
+    jitter: int = 4  # pixels of random offset of a target-centred cube
+    seed: int = 0
+    workers: int = 1
+    device: str = "cpu"
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        for name, steps in self.stages:
+            if name not in STAGES:
+                raise ValueError(f"unknown stage {name!r}; choose from {STAGES}")
+            if steps < 0:
+                raise ValueError(f"stage {name} has negative steps")
+            if name in NEEDS_TARGETS and not self.data.is_generated:
+                raise ValueError(f"stage {name} needs target locations: generated benchmarks only")
+        if self.policy_reward not in ("marginal", "own"):
+            raise ValueError(f"policy_reward must be 'marginal' or 'own', got {self.policy_reward!r}")
+        for name, _ in self.lr_mult:
+            if name not in MODULES:
+                raise ValueError(f"unknown module {name!r} in lr_mult; choose from {MODULES}")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["model"] = self.model.name
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ building blocks
+def run_glance(model: AdaFocusV3, frames: torch.Tensor, policy_trains_glance: bool) -> GlanceOutput:
+    """``model.glance`` on full-resolution frames, optionally letting the policy's gradient reach f_G."""
+    return model.glance(model.glance_input(frames), policy_trains_glance=policy_trains_glance)
+
+
+def branch(
+    model: AdaFocusV3, frames: torch.Tensor, glance: GlanceOutput, centres: torch.Tensor, crop_mode: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every exit after a shared glance: exit logits (B, K+1, C) and local aux logits (B, K, C)."""
+    feats = model.cube_features(frames, centres, crop_mode)  # type: ignore[arg-type]  # (B, K, Cl)
+    logits, pooled, step = [glance.logits], glance.state.pooled, glance.state.step
+    for k in range(model.config.num_cubes):
+        step = step + 1
+        step_logits, pooled = model.classifier(glance.global_feats, feats[:, k], pooled, step)
+        logits.append(step_logits)
+    return torch.stack(logits, dim=1), model.local_aux(feats)
+
+
+def exit_loss(
+    exit_logits: torch.Tensor, local_aux: torch.Tensor, global_aux: torch.Tensor, y: torch.Tensor
+) -> torch.Tensor:
+    """Sum of CE over all exits (paper Eq. 1) + CE of the global and local auxiliary heads."""
+    B, E, C = exit_logits.shape
+    K = local_aux.shape[1]
+    ce_exits = F.cross_entropy(exit_logits.reshape(B * E, C), y.repeat_interleave(E)) * E
+    ce_local = F.cross_entropy(local_aux.reshape(B * K, C), y.repeat_interleave(K))
+    return ce_exits + F.cross_entropy(global_aux, y) + ce_local
+
+
+def has_boxes(boxes: torch.Tensor) -> bool:
+    """Whether every clip of a (B, T, 4) batch has ground-truth boxes."""
+    return bool((boxes[..., 3] >= 0).all())
+
+
+def centred_centres(model: AdaFocusV3, boxes: torch.Tensor, jitter: int, gen: torch.Generator) -> torch.Tensor:
+    """Centres (B, 3) of cubes on the object in one of its visible frames (drawn at random), shifted by up to
+    +-``jitter`` px, or anywhere over the object when it is larger than the cube. ``boxes`` (B, T, 4)."""
+    T, H, W = model.video_shape
+    t, h, w = model.cube_shape
+    B = boxes.shape[0]
+    visible = (boxes[..., 3] > 0).float().cpu() + 1e-6  # (B, T); an invisible object falls back to any frame
+    frame = torch.multinomial(visible, 1, generator=gen).squeeze(1).to(boxes.device)  # (B,)
+    box = boxes[torch.arange(B, device=boxes.device), frame].float()  # (B, 4)
+    bx, by, size = box[:, 0], box[:, 1], box[:, 2]
+    noise = (torch.rand(B, 2, generator=gen) * 2 - 1).to(boxes.device)  # (B, 2)
+    spread = torch.clamp((size - w) / 2, min=float(jitter))  # (B,)
+    x0 = bx + size / 2 - w / 2 + noise[:, 0] * spread
+    y0 = by + size / 2 - h / 2 + noise[:, 1] * spread
+    t0 = (frame.float() - (t - 1) / 2).clamp(min=0)
+    room = torch.tensor([max(W - w, 1), max(H - h, 1), max(T - t, 1)], device=boxes.device, dtype=torch.float32)
+    return (torch.stack([x0, y0, t0], dim=1) / room).clamp(0, 1)  # (B, 3)
+
+
+def random_centres(
+    model: AdaFocusV3, targets: torch.Tensor, fraction: float, jitter: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Uniform random centres (B, K, 3); with known targets, ``fraction`` of the cubes sit on the target."""
+    B, K = targets.shape[0], model.config.num_cubes
+    centres = torch.rand(B, K, 3, generator=gen).to(targets.device)  # (B, K, 3)
+    if fraction > 0 and has_boxes(targets):
+        on = (torch.rand(B, K, generator=gen) < fraction).to(targets.device)  # (B, K)
+        for k in range(K):
+            centred = centred_centres(model, targets, jitter, gen)  # (B, 3)
+            centres[:, k] = torch.where(on[:, k : k + 1], centred, centres[:, k])
+    return centres
+
+
+def sample_cells(
+    model: AdaFocusV3, policy_logits: torch.Tensor, gen: torch.Generator | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Sample one cell per cube from the heatmaps (B, K, T, hg, wg), cube by cube; with ``distinct_frames``
+    placement cube k's categorical excludes the frames earlier cubes took.
+
+    Returns centres (B, K, 3), log-probabilities (B, K) and entropies (B, K) of the categoricals.
+    """
+    B, K, Tg, hg, wg = policy_logits.shape
+    distinct = model.config.placement == "distinct_frames"
+    gx, gy, gt = model.cell_centres((Tg, hg, wg), policy_logits)
+    frame_ids = torch.arange(Tg, device=policy_logits.device)  # (T,)
+    taken = torch.zeros(B, Tg, dtype=torch.bool, device=policy_logits.device)  # (B, T)
+    centres, chosen, entropies = [], [], []
+    for k in range(K):
+        heat = policy_logits[:, k]  # (B, T, hg, wg)
+        if distinct:
+            heat = heat.masked_fill(taken.view(B, Tg, 1, 1), float("-inf"))
+        log_p = heat.flatten(1).log_softmax(-1)  # (B, N)
+        probs = log_p.exp()
+        # sampled on CPU so that a CPU generator fixes the draw
+        idx = torch.multinomial(probs.detach().cpu(), 1, generator=gen).squeeze(1).to(policy_logits.device)  # (B,)
+        ti, yi, xi = idx // (hg * wg), (idx // wg) % hg, idx % wg
+        taken = taken | (frame_ids.unsqueeze(0) == ti.unsqueeze(1))
+        centres.append(torch.stack([gx[xi], gy[yi], gt[ti]], dim=-1))  # (B, 3)
+        chosen.append(log_p.gather(-1, idx.unsqueeze(-1)).squeeze(-1))  # (B,)
+        entropies.append(-(probs * log_p.masked_fill(probs == 0, 0.0)).sum(-1))  # (B,)
+    return torch.stack(centres, dim=1), torch.stack(chosen, dim=1), torch.stack(entropies, dim=1)
+
+
+def policy_rewards(
+    exit_logits: torch.Tensor, local_aux: torch.Tensor, y: torch.Tensor, kind: str, own_weight: float
+) -> torch.Tensor:
+    """(B, K) REINFORCE rewards of the K sampled cubes (no gradient); see the module docstring."""
+    B, K, _ = local_aux.shape
+    own = -F.cross_entropy(local_aux.flatten(0, 1), y.repeat_interleave(K), reduction="none").view(B, K)
+    if kind == "own":
+        return own
+    E = exit_logits.shape[1]
+    ce = F.cross_entropy(exit_logits.flatten(0, 1), y.repeat_interleave(E), reduction="none").view(B, E)
+    return ce[:, :-1] - ce[:, 1:] + own_weight * own  # (B, K)
+
+
+# ------------------------------------------------------------------------------------------------ stages
+@dataclass
+class StepResult:
+    loss: torch.Tensor
+    correct: torch.Tensor  # (B,) bool, exit-K (or aux) correctness of the main branch
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def step_pretrain_local(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    frames, y, targets = batch
+    centres = centred_centres(model, targets, cfg.jitter, gen)  # (B, 3)
+    cube = model.normalize(model.crop_cubes(frames, centres))  # (B, 3, t, h, w)
+    feats = model.encode_frames(model.local_encoder, cube).mean(dim=(2, 3, 4))  # (B, Cl)
+    logits = model.local_aux(feats)
+    return StepResult(F.cross_entropy(logits, y), logits.argmax(-1) == y)
+
+
+def step_policy(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    frames, y, targets = batch
+    glance = run_glance(model, frames, policy_trains_glance=True)
+    centres, log_p, entropy = sample_cells(model, glance.policy_logits, gen)  # (B, K, 3), (B, K), (B, K)
+    exit_logits, local_aux = branch(model, frames, glance, centres.detach(), "random")
+    with torch.no_grad():
+        reward = policy_rewards(exit_logits, local_aux, y, cfg.policy_reward, cfg.own_reward_weight)  # (B, K)
+        advantage = reward - reward.mean(dim=0, keepdim=True)  # (B, K) batch-mean baseline per cube
+    pg = -(advantage * log_p).mean() - cfg.entropy_bonus * entropy.mean()
+    loss = exit_loss(exit_logits, local_aux, model.global_aux(glance.global_feats), y) + pg
+    if cfg.centred_fraction > 0 and has_boxes(targets):
+        # one cube per clip on the target keeps f_L sharp while most sampled cubes still miss: the reward
+        # is only informative if a hit is recognised
+        loss = loss + step_pretrain_local(model, cfg, batch, gen).loss
+    hit = (local_aux.argmax(-1) == y.unsqueeze(1)).float().mean().item()
+    return StepResult(loss, exit_logits[:, -1].argmax(-1) == y, {"aux_acc": hit, "entropy": entropy.mean().item()})
+
+
+def paper_objective(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator, crop_mode: str
+) -> StepResult:
+    """The paper's objective: the policy's centres cropped with ``crop_mode``'s gradient, plus a random-centre
+    branch; mean over branches of (sum of CE over every exit) + the auxiliary heads' CE."""
+    frames, y, targets = batch
+    glance = run_glance(model, frames, policy_trains_glance=False)
+    global_aux = model.global_aux(glance.global_feats)
+    exit_a, local_a = branch(model, frames, glance, glance.centres, crop_mode)
+    rand = random_centres(model, targets, cfg.centred_fraction, cfg.jitter, gen)
+    exit_b, local_b = branch(model, frames, glance, rand, "random")
+    loss = (exit_loss(exit_a, local_a, global_aux, y) + exit_loss(exit_b, local_b, global_aux, y)) / 2
+    rand_acc = (exit_b[:, -1].argmax(-1) == y).float().mean().item()
+    return StepResult(loss, exit_a[:, -1].argmax(-1) == y, {"rand_acc": rand_acc})
+
+
+def step_deep_feature(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    return paper_objective(model, cfg, batch, gen, "deep_feature")
+
+
+def step_pixel(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    return paper_objective(model, cfg, batch, gen, "pixel")
+
+
+def step_random(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    frames, y, targets = batch
+    glance = run_glance(model, frames, policy_trains_glance=False)
+    rand = random_centres(model, targets, cfg.centred_fraction, cfg.jitter, gen)
+    exit_logits, local_aux = branch(model, frames, glance, rand, "random")
+    loss = exit_loss(exit_logits, local_aux, model.global_aux(glance.global_feats), y)
+    return StepResult(loss, exit_logits[:, -1].argmax(-1) == y)
+
+
+def step_policy_only(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    frames, y, _ = batch
+    glance = run_glance(model, frames, policy_trains_glance=False)
+    exit_logits, local_aux = branch(model, frames, glance, glance.centres, "deep_feature")
+    loss = exit_loss(exit_logits, local_aux, model.global_aux(glance.global_feats), y)
+    return StepResult(loss, exit_logits[:, -1].argmax(-1) == y)
+
+
+STEP_FNS = {
+    "pretrain_local": step_pretrain_local,
+    "policy": step_policy,
+    "deep_feature": step_deep_feature,
+    "pixel": step_pixel,
+    "random": step_random,
+    "policy_only": step_policy_only,
+}
+# modules each stage trains (the rest stay frozen in that stage)
+STAGE_MODULES = {
+    "pretrain_local": ("local_encoder", "local_aux"),
+    "policy": MODULES,
+    "deep_feature": MODULES,
+    "pixel": MODULES,
+    "random": tuple(m for m in MODULES if m != "policy"),
+    "policy_only": ("policy",),
+}
+PAPER_STAGES = ("deep_feature", "pixel", "random", "policy_only")

@@ -1,0 +1,241 @@
+"""Reading an upload: the multipart body streamed into a size-capped spool (memory, then a temporary file).
+
+The body is parsed as it arrives (python-multipart callbacks): an oversized upload is refused as soon as it passes
+the limit, without reading the rest; the small form fields (``budget``, ``explain``) are kept as text.
+"""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from dataclasses import dataclass
+from typing import IO, Any
+
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from model.video import Source
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+
+
+class TooManyFields(Exception):
+    """A /classify form with more non-file fields than ``max_form_fields``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the form has more than {limit} fields besides `video`")
+        self.limit = limit
+
+
+class UploadTooLarge(Exception):
+    """The upload passed ``max_upload_bytes`` (raised while streaming, before the whole body arrived)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upload exceeds the limit of {limit} bytes")
+        self.limit = limit
+
+
+class NotMultipart(Exception):
+    """The body is not multipart/form-data (with a boundary)."""
+
+
+class NotJson(Exception):
+    """A JSON route (PUT /budget) got a body of another media type (curl's `-d` alone sends a form)."""
+
+
+class BadUpload(Exception):
+    """A multipart upload that cannot be used (no ``video`` part, malformed form data, a bad form field)."""
+
+
+class UploadSpool:
+    """Collects an upload chunk by chunk: in memory up to ``spool_bytes``, then in a temporary file on disk.
+
+    ``write`` raises ``UploadTooLarge`` as soon as the total passes ``max_bytes``, so an oversized upload is
+    rejected without reading the rest of it. ``source()`` is what a decoder process can read: the bytes, or the
+    temporary file's path.
+    """
+
+    def __init__(self, max_bytes: int, spool_bytes: int = 8 * 1024 * 1024, directory: str | None = None) -> None:
+        self.max_bytes, self.spool_bytes, self.directory = max_bytes, spool_bytes, directory
+        self.size = 0
+        self.other = 0  # bytes of the form's other fields: they count towards ``max_bytes`` too
+        self._memory: io.BytesIO | None = io.BytesIO()
+        self._file: IO[bytes] | None = None
+
+    def account(self, nbytes: int) -> None:
+        """Count ``nbytes`` held elsewhere (the small form fields) towards ``max_bytes``."""
+        self.other += nbytes
+        if self.size + self.other > self.max_bytes:
+            raise UploadTooLarge(self.max_bytes)
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size + self.other > self.max_bytes:
+            raise UploadTooLarge(self.max_bytes)
+        if self._memory is not None and self.size > self.spool_bytes:
+            self._file = tempfile.NamedTemporaryFile(prefix="adafocus-upload-", dir=self.directory)  # noqa: SIM115
+            self._file.write(self._memory.getvalue())
+            self._memory = None
+        if self._file is not None:
+            self._file.write(chunk)
+        else:
+            assert self._memory is not None
+            self._memory.write(chunk)
+
+    @property
+    def on_disk(self) -> bool:
+        return self._file is not None
+
+    def source(self) -> Source:
+        if self._file is not None:
+            self._file.flush()
+            return self._file.name
+        assert self._memory is not None
+        return self._memory.getvalue()
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()  # deletes the temporary file
+        self._memory = None
+        self._file = None
+
+    def __enter__(self) -> UploadSpool:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+MAX_FIELD_BYTES = 1024  # non-file form fields (budget, explain)
+MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries on top of the file, for the Content-Length check
+DEFAULT_MAX_FIELDS = 8
+
+
+@dataclass
+class Upload:
+    spool: UploadSpool
+    fields: dict[str, str]  # the small form fields, decoded as UTF-8
+    has_video: bool  # a part named ``video`` was present
+
+
+class _MultipartSink:
+    """python-multipart callbacks: the ``video`` part goes to the spool, other parts to small capped buffers."""
+
+    def __init__(self, spool: UploadSpool, max_fields: int = DEFAULT_MAX_FIELDS) -> None:
+        self.spool = spool
+        self.max_fields = max_fields
+        self.parts = 0  # non-file parts seen
+        self.fields: dict[str, str] = {}
+        self.has_video = False
+        self._header_field = b""
+        self._header_value = b""
+        self._headers: dict[bytes, bytes] = {}
+        self._name: str | None = None
+        self._buffer = bytearray()
+
+    def callbacks(self) -> dict[str, Any]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+        }
+
+    def on_part_begin(self) -> None:
+        self._headers, self._name, self._buffer = {}, None, bytearray()
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_field += data[start:end]  # python-multipart bounds a part's headers (a malformed body past it)
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[self._header_field.lower()] = self._header_value
+        self._header_field, self._header_value = b"", b""
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = options.get(b"name")
+        self._name = name.decode("utf-8", "replace") if name is not None else None
+        if b"filename" in options and self._name != "video":  # `-F file=@clip.mp4`: say where the video goes
+            raise BadUpload(f"send the video in the form field `video` (got a file in {self._name!r}), "
+                            "e.g. curl -F video=@clip.mp4 ...")
+        if self._name == "video":
+            if self.has_video:
+                raise BadUpload("more than one `video` part")
+            self.has_video = True
+        else:
+            self.parts += 1
+            if self.parts > self.max_fields:
+                raise TooManyFields(self.max_fields)
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._name == "video":
+            self.spool.write(data[start:end])
+        else:
+            self.spool.account(end - start)
+            self._buffer += data[start:end]
+            if len(self._buffer) > MAX_FIELD_BYTES:
+                raise BadUpload(f"form field {self._name!r} is longer than {MAX_FIELD_BYTES} bytes")
+
+    def on_part_end(self) -> None:
+        if self._name is not None and self._name != "video":
+            self.fields[self._name] = self._buffer.decode("utf-8", "replace")
+
+
+async def read_upload(
+    content_type: str | None,
+    content_length: str | None,
+    chunks: Any,
+    max_bytes: int,
+    spool_bytes: int,
+    max_fields: int = DEFAULT_MAX_FIELDS,
+) -> Upload:
+    """Stream a multipart/form-data body (``chunks``: an async iterator of bytes) into an ``UploadSpool``.
+
+    Rejects at once when Content-Length already says the body is too large, and otherwise as soon as the
+    ``video`` part and the other fields together pass ``max_bytes``, or the whole body (boundaries and part
+    headers included, chunked or not) passes ``max_bytes + MULTIPART_OVERHEAD``, or the form has more than
+    ``max_fields`` other fields; only one chunk at a time is held in the event loop.
+    """
+    kind, options = parse_options_header(content_type or "")
+    if kind != b"multipart/form-data" or b"boundary" not in options:
+        raise NotMultipart("send the video as multipart/form-data with a `video` part")
+    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes + MULTIPART_OVERHEAD:
+        raise UploadTooLarge(max_bytes)
+    spool = UploadSpool(max_bytes, spool_bytes)
+    sink = _MultipartSink(spool, max_fields)
+    parser = MultipartParser(options[b"boundary"], sink.callbacks())  # type: ignore[arg-type]
+    received = 0
+    try:
+        async for chunk in chunks:
+            received += len(chunk)
+            if received > max_bytes + MULTIPART_OVERHEAD:  # counted as it arrives: Content-Length may be absent
+                raise UploadTooLarge(max_bytes)
+            parser.write(chunk)
+        parser.finalize()
+    except MultipartParseError as exc:
+        spool.close()
+        raise BadUpload(f"malformed multipart body: {exc}") from exc
+    except BaseException:
+        spool.close()
+        raise
+    if not sink.has_video:
+        spool.close()
+        raise BadUpload("the form has no `video` part")
+    return Upload(spool, sink.fields, sink.has_video)
+
+
+def parse_bool(value: str, name: str) -> bool:
+    """A boolean form field: true/false, yes/no, on/off, 1/0 (empty = false)."""
+    word = value.strip().lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    raise BadUpload(f"form field {name!r} must be true or false, got {value!r}")

@@ -1,0 +1,169 @@
+"""HTTP routes (the budget's are in service/http/budget_routes.py): thin wrappers over ``ServiceState``
+(service/lifecycle.py) and the /classify flow
+(service/classify/flow.py); errors are mapped by the table in service/http/errors.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.classify import flow as pipeline
+from service.classify.flow import ClientGone, ServiceDraining
+from service.classify.progress import EventSink, wants_stream
+from service.http import sse as stream
+from service.http.auth import check_operator
+from service.http.errors import error_response, error_responses, rule_for, to_api_error
+from service.lifecycle import ServiceState
+from service.metrics import CONTENT_TYPE, render_families
+from service.schemas import (
+    ClassifyResponse,
+    Health,
+    Readiness,
+)
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+# The body is streamed by service.classify.upload.read_upload (declaring File/Form parameters would make FastAPI buffer
+# the whole form first), so the multipart schema is written out for the OpenAPI document here.
+CLASSIFY_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["video"],
+                "properties": {
+                    "video": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "the video file (MP4, WebM, MKV, AVI, MOV ...: any container FFmpeg reads)",
+                    },
+                    "budget": {"type": "string", "description": "budget level name for this request only"},
+                    "explain": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "include the cubes the policy chose and the prediction after each exit",
+                    },
+                    "frames": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "include the frames the model saw (PNG data URLs), to draw the cubes on",
+                    },
+                    "stream": {
+                        "type": "boolean",
+                        "default": False,
+                        "description": "stream Server-Sent Events: the prediction after the glance and each cube, "
+                        "then the answer (same as `Accept: text/event-stream`)",
+                    },
+                    "deadline_ms": {
+                        "type": "number",
+                        "description": "this request's deadline in ms (at most ADAFOCUS_REQUEST_TIMEOUT_S; also the "
+                        "`X-Deadline-Ms` header): near it the answer is the prediction so far",
+                    },
+                },
+            }
+        }
+    },
+}
+
+
+def get_state(request: Request) -> ServiceState:
+    state: ServiceState = request.app.state.service
+    return state
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_operator(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> None:
+    """`Authorization: Bearer <ADAFOCUS_OPERATOR_TOKEN>`, compared in constant time."""
+    check_operator(state.settings.operator_token, authorization)
+
+
+@router.post(
+    "/classify",
+    response_model=ClassifyResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(413, 415, 422, 503, 504),
+    openapi_extra={"requestBody": CLASSIFY_BODY},
+)
+async def classify(request: Request, state: StateDep) -> ClassifyResponse | Response:
+    """Classify one uploaded video (multipart field `video`); with `Accept: text/event-stream` or `stream=true`,
+    stream the prediction after the glance and after each cube, then the answer (Server-Sent Events)."""
+    started = state.clock()
+    # checked here, before the request counts as in flight: a request the drain waits for never gets refused later
+    draining = state.draining
+    state.inflight += 1
+    log.debug("/classify: %d request(s) in flight", state.inflight)  # the drain test waits for these
+    status = 500
+    sink = EventSink(asyncio.get_running_loop(), wants_stream(request.headers.get("accept")))
+    streaming = False
+
+    def stream_ended(final: int) -> None:
+        state.inflight -= 1
+        if state.metrics is not None:
+            state.metrics.on_request(final, state.clock() - started)
+
+    try:
+        if draining:
+            raise ServiceDraining("the server is draining and admits no new requests")
+        answer = await stream.respond(
+            state, state.until_aborted(named(state, pipeline.classify(state, request, started, sink))), sink,
+            stream_ended,
+        )
+        streaming = isinstance(answer, Response)
+        status = 200
+        return answer
+    except Exception as exc:
+        error = to_api_error(exc, state.settings.retry_after_s)
+        status = error.status
+        reason = rule_for(exc).reason
+        if reason is not None and state.metrics is not None:
+            state.metrics.on_reject(reason)
+        if isinstance(exc, ClientGone):
+            return Response(status_code=499)  # nobody reads this answer; the engine already dropped the request
+        if status == 500:
+            raise
+        return error_response(error)
+    finally:
+        if not streaming:  # a stream records its outcome when it ends
+            stream_ended(status)
+
+
+async def named(state: ServiceState, work: Awaitable[ClassifyResponse]) -> ClassifyResponse:
+    """``work``'s answer with the replica that gave it (streamed or not)."""
+    answer = await work
+    answer.replica = state.replica
+    return answer
+
+
+@router.get("/healthz", response_model=Health)
+def healthz() -> Health:
+    """Liveness: the process answers."""
+    return Health(status="ok")
+
+
+@router.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness, "description": "not ready"}})
+def readyz(state: StateDep) -> JSONResponse:
+    """Readiness: model loaded, warmed up, decoder self-tested, engine running, not draining."""
+    checks = state.readiness()
+    ready = all(checks.values())
+    body = Readiness(ready=ready, checks=checks).model_dump()
+    headers = {} if ready else {"Retry-After": str(state.settings.retry_after_s)}
+    return JSONResponse(body, status_code=200 if ready else 503, headers=headers)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE: {}}}})
+def metrics(state: StateDep) -> Response:
+    """Prometheus metrics (text exposition format)."""
+    if state.peers is None:
+        return Response(state.render_metrics(), media_type=CONTENT_TYPE)
+    # a fleet whose broadcast failed (no replica answered): this replica's own series, labelled as usual
+    body = state.peers.metrics() or render_families(state.metric_families())
+    return Response(body, media_type=CONTENT_TYPE)

@@ -1,0 +1,149 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.adafocus import AdaFocusV3
+from model.config import get_config
+from model.data.datasets import DataSpec, build_dataset, iterate
+from model.data.synth import SynthConfig
+from model.data.targets import cube_hits
+from model.training.objectives import STEP_FNS, TrainConfig, centred_centres, policy_rewards, sample_cells
+from model.training.train import TrainState, load_checkpoint, lr_factor, make_optimizer, save_checkpoint, train
+
+# clips shaped like the tiny config's input: 4 frames of 32x32, 5 classes
+SMALL = SynthConfig(num_frames=4, size=32, num_classes=5, target_size=8, visible_frames=1, distractor_sizes=(3, 6))
+
+
+def tiny_setup(stages: tuple[tuple[str, int], ...] = (("deep_feature", 1),)) -> TrainConfig:
+    model = get_config("tiny").replace(labels=SMALL.class_names)
+    return TrainConfig(model=model, data=DataSpec("synth", 0, 64, SMALL), stages=stages, batch_size=8, workers=0)
+
+
+def fixed_batch(n: int = 8) -> tuple[torch.Tensor, ...]:
+    data = build_dataset(DataSpec("synth", 5, n, SMALL), 4, 32)
+    return tuple(next(iterate(data, [list(range(n))], workers=0)))
+
+
+# policy_only is left out: its only gradient is the deep-feature estimate through a moving integer crop
+@pytest.mark.parametrize("stage", ["pretrain_local", "policy", "deep_feature", "random"])
+def test_one_training_step_lowers_the_loss_on_a_fixed_batch(stage: str) -> None:
+    cfg = tiny_setup()
+    torch.manual_seed(0)
+    model = AdaFocusV3(cfg.model).train()
+    model.classifier.dropout.p = 0.0  # the same batch must give the same loss twice
+    batch = fixed_batch()
+    opt = make_optimizer(model, cfg, stage)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+
+    def loss() -> torch.Tensor:
+        return STEP_FNS[stage](model, cfg, batch, torch.Generator().manual_seed(1)).loss
+
+    before = loss()
+    opt.zero_grad()
+    before.backward()
+    opt.step()
+    with torch.no_grad():
+        after = loss()
+    assert after.item() < before.item()
+
+
+def test_deep_feature_stage_gives_the_policy_a_gradient() -> None:
+    cfg = tiny_setup()
+    torch.manual_seed(0)
+    model = AdaFocusV3(cfg.model).train()
+    STEP_FNS["deep_feature"](model, cfg, fixed_batch(), torch.Generator().manual_seed(1)).loss.backward()
+    assert model.policy.head.weight.grad is not None
+    assert model.policy.head.weight.grad.abs().sum().item() > 0
+
+
+def test_sampled_cells_are_cell_centres_with_log_probabilities() -> None:
+    torch.manual_seed(0)
+    model = AdaFocusV3(get_config("tiny"))
+    logits = torch.full((2, 3, 4, 4, 4), -1e4)
+    logits[:, :, 2, 1, 3] = 0.0  # all mass on cell (t=2, y=1, x=3)
+    centres, log_p, entropy = sample_cells(model, logits, torch.Generator().manual_seed(0))
+    gx, gy, gt = model.cell_centres((4, 4, 4), logits)
+    assert torch.allclose(centres, torch.stack([gx[3], gy[1], gt[2]]).expand(2, 3, 3))
+    assert torch.allclose(log_p, torch.zeros(2, 3), atol=1e-6)
+    assert torch.allclose(entropy, torch.zeros(2, 3), atol=1e-6)
+
+
+def test_target_centred_cubes_hit_the_target() -> None:
+    model = AdaFocusV3(get_config("tiny"))
+    _, _, targets = fixed_batch(16)
+    centres = centred_centres(model, targets, jitter=0, gen=torch.Generator().manual_seed(0))
+    starts = model.cube_starts(centres).unsqueeze(1).numpy()  # (B, 1, 3)
+    assert targets.shape == (16, 4, 4)
+    assert cube_hits(starts, model.cube_shape, targets.numpy()).all()
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero() -> None:
+    assert lr_factor(0, 100, 10) == pytest.approx(0.1)
+    assert lr_factor(10, 100, 10) == pytest.approx(1.0)
+    assert lr_factor(100, 100, 10) == pytest.approx(0.0)
+
+
+def test_checkpoint_round_trip_and_resume_of_a_finished_run(tmp_path: Path) -> None:
+    cfg = tiny_setup((("pretrain_local", 2), ("random", 1)))
+    model, state = train(cfg, tmp_path, progress=False)
+    assert [h["stage"] for h in state.history] == ["pretrain_local", "random"]
+    resumed, resumed_state = train(cfg, tmp_path, resume=True, progress=False)
+    assert resumed_state.stage == 2 and len(resumed_state.history) == 2
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key
+    fresh = AdaFocusV3(cfg.model)
+    save_checkpoint(tmp_path / "b", model, make_optimizer(model, cfg, "random"), TrainState(1, 7), cfg)
+    loaded_state, opt_state = load_checkpoint(tmp_path / "b", fresh)
+    assert (loaded_state.stage, loaded_state.step) == (1, 7)
+    assert opt_state is not None and "param_groups" in opt_state
+    assert torch.equal(fresh.state_dict()["policy.head.weight"], model.state_dict()["policy.head.weight"])
+
+
+def test_stages_that_need_target_locations_refuse_real_data() -> None:
+    with pytest.raises(ValueError, match="needs target locations"):
+        TrainConfig(model=get_config("tiny"), data=DataSpec("/some/folder"), stages=(("pretrain_local", 1),))
+
+
+def test_train_command_on_class_folders_writes_a_bundle_with_the_folder_labels(tmp_path: Path) -> None:
+    from model.bundle import load_bundle
+    from model.data.synth import make_clip, write_mp4
+    from service.cli import main
+
+    root = tmp_path / "data"
+    for label, name in enumerate(("jump", "run")):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            write_mp4(root / name / f"{i}.mp4", make_clip(SMALL, label, i).frames)
+    args = ["train", "--config", "tiny", "--data", str(root), "--stages", "random:1,policy:1,deep_feature:1"]
+    out = tmp_path / "bundle"
+    assert (
+        main([*args, "--batch-size", "2", "--workers", "0", "--run-dir", str(tmp_path / "run"), "--out", str(out)]) == 0
+    )
+    bundle = load_bundle(out)
+    assert bundle.config.labels == ("jump", "run") and bundle.config.num_classes == 2
+    assert f"class folders under `{root}`" in bundle.model_card
+
+
+def test_sampled_cells_take_distinct_frames_with_distinct_frames_placement() -> None:
+    model = AdaFocusV3(get_config("tiny").replace(placement="distinct_frames"))
+    logits = torch.zeros(5, 3, 4, 4, 4)
+    logits[:, :, 1] = 8.0  # every cube's heatmap prefers frame 1
+    centres, log_p, _ = sample_cells(model, logits, torch.Generator().manual_seed(0))
+    frames = model.cube_starts(centres)[..., 2]  # (5, 3)
+    assert all(len(set(row.tolist())) == 3 for row in frames)
+    assert (frames[:, 0] == 1).all()  # the first cube takes the preferred frame; the others cannot
+    assert torch.isfinite(log_p).all()
+
+
+def test_marginal_reward_credits_what_a_cube_adds_to_the_earlier_ones() -> None:
+    y = torch.tensor([0])
+    sure, unsure = torch.tensor([[4.0, 0.0]]), torch.tensor([[0.0, 0.0]])
+    exit_logits = torch.stack([unsure, sure, sure], dim=1)  # (1, 3, 2): cube 1 helps, cube 2 repeats it
+    local_aux = torch.stack([sure, sure], dim=1)  # (1, 2, 2): both cubes look good on their own
+    own = policy_rewards(exit_logits, local_aux, y, "own", 0.5)
+    assert own[0, 0] == pytest.approx(own[0, 1].item())
+    marginal = policy_rewards(exit_logits, local_aux, y, "marginal", 0.0)
+    gain = torch.log(torch.tensor(2.0)) - torch.log1p(torch.exp(torch.tensor(-4.0)))  # CE(unsure) - CE(sure)
+    assert marginal[0].tolist() == pytest.approx([gain.item(), 0.0], abs=1e-6)
