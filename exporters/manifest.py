@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.bundle import file_sha256
+from model.bundle import hash_mismatch
 from model.config import AdaFocusConfig
 
 if TYPE_CHECKING:  # only read for its attributes: no torch import here
@@ -152,10 +152,10 @@ class ExportManifest:
         return path
 
 
-
 def model_specs(model: AdaFocusV3) -> dict[str, GraphSpec]:
     """The graph signatures a model of this architecture exports to (and an export must match to be served)."""
     return graph_specs(model.config, model.global_dim, model.config.classifier_hidden)
+
 
 def is_export_dir(path: str | Path) -> bool:
     """True when ``path`` holds an ONNX export manifest (whether or not it verifies)."""
@@ -204,13 +204,11 @@ def verify_export(
     for name, graph in manifest.graphs.items():
         if graph.file not in manifest.files:
             raise ExportError(f"{root / EXPORT_MANIFEST} lists no hash for the {name} graph {graph.file}")
-    for file, digest in manifest.files.items():
-        target = root / file
-        if not target.is_file():
-            raise ExportError(f"ONNX export file {file} is missing from {root}")
-        actual = file_sha256(target)
-        if actual != digest:
-            raise ExportError(f"hash mismatch for {file} in {root}: manifest {digest[:12]}..., file {actual[:12]}...")
+    bad = hash_mismatch(root, manifest.files)
+    if bad is not None and bad.actual is None:
+        raise ExportError(f"ONNX export file {bad.name} is missing from {root}")
+    if bad is not None:
+        raise ExportError(f"hash mismatch for {bad.name} in {root}: {bad.digests}")
     if bundle_sha256 is not None and manifest.bundle_sha256 != bundle_sha256:
         raise ExportError(
             f"ONNX export {root} was made from bundle {manifest.bundle_sha256[:12]}..., "

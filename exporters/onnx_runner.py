@@ -181,6 +181,16 @@ class OnnxRunner:
             self.export_dir,
         )
 
+    @property
+    def io_binding(self) -> bool:
+        """Inputs and outputs bound by pointer (IOBinding) instead of copied through numpy."""
+        return self._focus.bound
+
+    @property
+    def sessions(self) -> dict[str, ort.InferenceSession]:
+        """The ONNX Runtime session of each stage (``glance``, ``focus``), e.g. to read their options."""
+        return {"glance": self._glance.session, "focus": self._focus.session}
+
     def glance(self, frames_small: torch.Tensor) -> OnnxGlance:
         centres, logits, global_feats, pooled, step = self._glance.run(frames_small)
         return OnnxGlance(centres, logits, FocusState(global_feats, pooled, step))

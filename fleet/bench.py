@@ -5,7 +5,7 @@ by the closed-loop load generator (loadtest/http/load.py: ``concurrency_per_repl
 a short warm-up. Two runners: ``simulated`` pads every model call to ``step_s`` of sleep (a stand-in accelerator:
 N replicas on 2 CPU cores then scale as N devices would, unless the host-side work, decoding and HTTP, runs out of
 cores first), and ``real``: the model itself on the CPU, whose replicas share the same cores. The model is an
-untrained tiny bundle (loadtest/runner_bench.random_bundle), the clip the decoder self-test's, so every request does
+untrained tiny bundle (loadtest/bench/runners.random_bundle), the clip the decoder self-test's, so every request does
 the same work.
 """
 

@@ -1,7 +1,7 @@
 """The fleet's one budget: a named, detached Ray actor that holds the current setting (``BudgetSetting``: a PUT
 /budget body and its version) for every replica.
 
-``put`` gives a new setting the next fleet-wide version (``next_version``: after the last, at least the wall clock)
+``put`` gives a new setting the next fleet-wide version (``BudgetSetting.new``: after the last, at least the wall clock)
 and records it; with ``ADAFOCUS_BUDGET_FILE`` it is written there first (refused with ``BudgetFileReadOnly`` on a
 ConfigMap, whose edits ``get`` picks up instead). Replicas read ``get`` before they report ready and every
 ``FleetConfig.poll_s`` after; a PUT also pushes the new setting to every live replica at once (fleet/replica.py).
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import ray
 
-from service.budget.store import BudgetFile, BudgetSetting, next_version, wall_ms
+from service.budget.control import BudgetSetting
+from service.budget.store import BudgetFile
 from service.schemas import BudgetUpdate
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,9 @@ class BudgetKeeper:
     def __init__(self, initial: BudgetUpdate, path: Path | None) -> None:
         self.file = None if path is None else BudgetFile(path)
         found = None if self.file is None else self.file.read()  # a bad file raises: the fleet does not start
-        self.setting = found or BudgetSetting(initial, RESTARTED_VERSION if restarted() else wall_ms())
+        if found is None:
+            found = BudgetSetting(initial, RESTARTED_VERSION) if restarted() else BudgetSetting.new(initial)
+        self.setting = found
 
     def get(self) -> BudgetSetting:
         """The current setting (a newer budget file's, if it changed)."""
@@ -54,7 +57,7 @@ class BudgetKeeper:
 
     def put(self, update: BudgetUpdate) -> BudgetSetting:
         """Record a new setting (already validated by the replica that took the PUT) with the next version."""
-        setting = BudgetSetting(update, next_version(self.get().version, wall_ms()))
+        setting = BudgetSetting.new(update, after=self.get().version)
         if self.file is not None:
             self.file.check_writable()
             self.file.write(setting)

@@ -30,11 +30,11 @@ from ray.serve.handle import DeploymentHandle
 
 from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE, FleetConfig, deployment_options
 from fleet.keeper import BudgetKeeper
-from fleet.simulated import SimulatedStep
 from model.budgets import BudgetError
 from service.app import create_app
-from service.budget.store import Applier, BudgetSetting, Poller, pinned_update, validate_update, wall_ms
-from service.engine.engine import Engine
+from service.budget.control import BudgetControl, BudgetSetting
+from service.budget.store import Poller
+from service.engine.runners.simulated import SimulatedRunner, StepProfile
 from service.engine.types import BudgetState
 from service.lifecycle import ServiceState
 from service.metrics import render_families
@@ -66,21 +66,19 @@ class FleetBudget:
     """The BudgetStore of a fleet replica (see the module docstring)."""
 
     def __init__(
-        self, keeper: Any, initial: BudgetUpdate, poll_s: float, default_p99_s: float,
-        push: Callable[[BudgetSetting], None],
+        self, keeper: Any, initial: BudgetUpdate, poll_s: float, push: Callable[[BudgetSetting], None]
     ) -> None:
-        self.keeper, self.initial, self.poll_s, self.default_p99_s = keeper, initial, poll_s, default_p99_s
-        self.push = push
-        self._applier: Applier | None = None
+        self.keeper, self.initial, self.poll_s, self.push = keeper, initial, poll_s, push
+        self._control: BudgetControl | None = None
         self._poller: Poller | None = None
         self._setting: BudgetSetting | None = None  # the newest setting applied here (offered to a restarted keeper)
         self._lock = threading.Lock()
 
-    def start(self, engine: Engine, on_apply: Callable[[BudgetState], None]) -> BudgetState:
-        self._applier = Applier(engine, self.default_p99_s, on_apply)
+    def start(self, control: BudgetControl) -> BudgetState:
+        self._control = control
         setting: BudgetSetting = _ray_get(self.keeper.get.remote(), KEEPER_TIMEOUT_S)
         try:
-            state = self._applied(setting, self._applier.apply(setting, force=True))
+            state = self._applied(setting, control.apply_setting(setting, force=True))
         except BudgetError as exc:
             state = self._start_on_own_setting(setting, exc)
         self._poller = Poller(self.poll, self.poll_s, "adafocus-fleet-budget")
@@ -88,21 +86,21 @@ class FleetBudget:
 
     def _start_on_own_setting(self, refused: BudgetSetting, exc: BudgetError) -> BudgetState:
         """The keeper's setting does not fit this bundle: start on this replica's and offer it to the keeper."""
-        assert self._applier is not None
-        own = BudgetSetting(pinned_update(self._applier.engine.budget_state(), self.initial), wall_ms())
+        assert self._control is not None
+        own = BudgetSetting.new(self._control.pinned(self.initial))
         log.error(
             "the fleet's budget %s (version %d) does not fit this bundle (%s): starting on the start-up budget %s "
             "instead and offering it to the keeper; PUT /budget to choose another", refused.update, refused.version,
             exc, own.update,
         )
-        state = self._applied(own, self._applier.apply(own, force=True))
+        state = self._applied(own, self._control.apply_setting(own, force=True))
         _ray_get(self.keeper.offer.remote(own), KEEPER_TIMEOUT_S)
         return state
 
     def apply(self, setting: BudgetSetting) -> BudgetState:
         """A setting pushed by the replica that took a PUT (skipped unless newer)."""
-        assert self._applier is not None, "a budget push before start-up"
-        return self._applied(setting, self._applier.apply(setting))
+        assert self._control is not None, "a budget push before start-up"
+        return self._applied(setting, self._control.apply_setting(setting))
 
     def _applied(self, setting: BudgetSetting, state: BudgetState) -> BudgetState:
         with self._lock:
@@ -123,10 +121,9 @@ class FleetBudget:
             log.warning("fleet budget poll failed: %s", exc)
 
     def put(self, update: BudgetUpdate) -> BudgetState:
-        assert self._applier is not None, "PUT /budget before start-up"
-        engine = self._applier.engine
-        update = pinned_update(engine.budget_state(), update)  # "manual": the level it keeps, on every replica
-        validate_update(engine.budget_state(), engine.num_exits, update)  # 422 before the fleet records it
+        assert self._control is not None, "PUT /budget before start-up"
+        update = self._control.pinned(update)  # "manual": the level it keeps, on every replica
+        self._control.validate(update)  # 422 before the fleet records it
         setting: BudgetSetting = _ray_get(self.keeper.put.remote(update), KEEPER_TIMEOUT_S)
         self.push(setting)
         return self.apply(setting)
@@ -176,9 +173,10 @@ class AdaFocusReplica:
         self.name = context.replica_id.unique_id
         peers = RayPeers(serve.get_deployment_handle(context.deployment, context.app_name))
         self.budget = FleetBudget(
-            keeper_actor(settings), settings.startup_budget(), config.poll_s, settings.slo_p99_s, peers.push
+            keeper_actor(settings), settings.startup_budget(), config.poll_s, peers.push
         )
-        wrap = None if config.simulated_step_s is None else partial(SimulatedStep, step_s=config.simulated_step_s)
+        step_s = config.simulated_step_s
+        wrap = None if step_s is None else partial(SimulatedRunner, profile=StepProfile.fixed(step_s))
         self.fastapi = create_app(settings, budget=self.budget, peers=peers, replica=self.name, wrap_runner=wrap)
         self.state: ServiceState = self.fastapi.state.service
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,32 @@ def combined_hash(files: dict[str, str]) -> str:
     return hashlib.sha256("".join(f"{k}:{files[k]}\n" for k in sorted(files)).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class HashMismatch:
+    """A file that a manifest lists with its sha256, and that is missing or holds other bytes."""
+
+    name: str  # relative to the manifest's directory
+    expected: str  # the manifest's sha256
+    actual: str | None  # the file's sha256; None: the file is missing
+
+    @property
+    def digests(self) -> str:
+        return f"manifest {self.expected[:12]}..., file {(self.actual or '')[:12]}..."
+
+
+def hash_mismatch(root: Path, files: Mapping[str, str]) -> HashMismatch | None:
+    """The one hash check of a manifest's files (name -> sha256) under ``root``, for bundles and ONNX exports
+    alike: the first file that is missing or whose hash differs, else None. Each caller words its own error."""
+    for name, expected in files.items():
+        file = root / name
+        if not file.is_file():
+            return HashMismatch(name, expected, None)
+        actual = file_sha256(file)
+        if actual != expected:
+            return HashMismatch(name, expected, actual)
+    return None
+
+
 def save_bundle(
     path: str | Path, model: AdaFocusV3, budgets: BudgetTable, model_card: str, benchmark: str | None = None
 ) -> Path:
@@ -104,13 +131,11 @@ def verify_manifest(path: Path) -> str:
     missing = [name for name in BUNDLE_FILES if name not in files]
     if missing:
         raise BundleError(f"manifest lists no hash for {missing}")
-    for name, expected in files.items():
-        file = path / name
-        if not file.is_file():
-            raise BundleError(f"bundle file {name} is missing from {path}")
-        actual = file_sha256(file)
-        if actual != expected:
-            raise BundleError(f"hash mismatch for {name}: manifest {expected[:12]}..., file {actual[:12]}...")
+    bad = hash_mismatch(path, files)
+    if bad is not None and bad.actual is None:
+        raise BundleError(f"bundle file {bad.name} is missing from {path}")
+    if bad is not None:
+        raise BundleError(f"hash mismatch for {bad.name}: {bad.digests}")
     return combined_hash(files)
 
 

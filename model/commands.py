@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the handlers import lazily (``adafocus --help`` stays fast); these are for annotations only
+    from model.adafocus import AdaFocusV3
+    from model.budgets import BudgetTable
+    from model.training.config import TrainConfig
+    from model.training.train import TrainState
 
 GENERATED_STAGES = "pretrain_local:300,policy:1500,deep_feature:300"
 FOLDER_STAGES = "random:300,policy:1500,deep_feature:300"
@@ -201,15 +207,29 @@ def run_train(args: argparse.Namespace) -> int:
 
     import torch
 
-    from model.budgets import BudgetLevel, BudgetTable
     from model.bundle import save_bundle
-    from model.config import get_config
-    from model.data.datasets import DataSpec, VideoFolderDataset, generated_spec, preset_name
-    from model.macs import cost_report
-    from model.training.objectives import TrainConfig
-    from model.training.train import train, training_section
+    from model.training.train import train
 
     torch.set_num_threads(args.threads)
+    cfg, benchmark = _train_config(args)
+    init_from = Path(args.init_from) if args.init_from else None
+    model, state = train(
+        cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress, init_from=init_from
+    )
+    model.cpu()
+    budgets, card = _uncalibrated_budgets_and_card(args, cfg, model, state)
+    out = save_bundle(args.out, model, budgets, card, benchmark=benchmark)
+    sys.stdout.write(f"wrote bundle {out} after {state.seconds / 60:.1f} min of training\n")
+    return 0
+
+
+def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
+    """The run's ``TrainConfig`` from the ``train`` flags, labels taken from the data; and the benchmark's preset
+    name (None for class folders)."""
+    from model.config import get_config
+    from model.data.datasets import DataSpec, VideoFolderDataset, generated_spec, preset_name
+    from model.training.config import TrainConfig
+
     model_cfg = get_config(args.config)
     generated = _is_benchmark(args.data)
     stages_arg = args.stages or (GENERATED_STAGES if generated else FOLDER_STAGES)
@@ -242,27 +262,31 @@ def run_train(args: argparse.Namespace) -> int:
         device=args.device,
         checkpoint_every=args.checkpoint_every,
     )
-    init_from = Path(args.init_from) if args.init_from else None
-    model, state = train(
-        cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress, init_from=init_from
-    )
-    model.cpu()
+    return cfg, benchmark
+
+
+def _uncalibrated_budgets_and_card(
+    args: argparse.Namespace, cfg: TrainConfig, model: AdaFocusV3, state: TrainState
+) -> tuple[BudgetTable, str]:
+    """A freshly trained bundle's provisional budget table and model card, until ``adafocus calibrate`` solves the
+    real ones: one level, every video takes all K cubes."""
+    from model.budgets import BudgetLevel, BudgetTable
+    from model.macs import cost_report
+    from model.training.train import training_section
+
     cost = cost_report(model)
-    # provisional table until `adafocus calibrate` solves the real one: every video takes all K cubes
     budgets = BudgetTable(
         criterion="entropy",
-        levels=(BudgetLevel("max", (0.0,) * (model_cfg.num_cubes + 1), cost.exit_gmacs[-1], 0.0),),
+        levels=(BudgetLevel("max", (0.0,) * (cfg.model.num_cubes + 1), cost.exit_gmacs[-1], 0.0),),
         default="max",
     )
     cost_line = ", ".join(f"exit {k}: {g * 1000:.1f} MMACs" for k, g in enumerate(cost.exit_gmacs))
     card = (
-        f"# AdaFocusV3 `{model_cfg.name}` bundle\n\n"
+        f"# AdaFocusV3 `{cfg.model.name}` bundle\n\n"
         "Not calibrated yet: run `adafocus calibrate --bundle <this dir>`.\n\n"
         + training_section(cfg, state, _command_line(args), cost_line)
     )
-    out = save_bundle(args.out, model, budgets, card, benchmark=benchmark)
-    sys.stdout.write(f"wrote bundle {out} after {state.seconds / 60:.1f} min of training\n")
-    return 0
+    return budgets, card
 
 
 def run_calibrate(args: argparse.Namespace) -> int:

@@ -9,9 +9,8 @@ Staged loop: ``staged_exit_logits`` runs ``glance`` then ``focus`` K times throu
 API (the model itself, a serving runner), skipping covered cubes exactly as ``AdaFocusV3.forward`` does in eval
 mode, and returns the logits of every exit.
 
-``spread_exit_model`` and ``spread_thresholds`` / ``quantile_thresholds`` build an untrained model whose exits
-spread over a set of clips, and threshold sets over them: benchmarks and tests of code that needs varied exits
-without a trained bundle.
+``quantile_thresholds`` places a threshold set at a quantile of each exit's scores (benchmark workloads; the
+untrained spread-exit models of tests and benchmarks are ``model.testing``'s).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ import torch
 
 from model.adafocus import AdaFocusV3, FocusState
 from model.budgets import Criterion, exit_scores, should_exit
-from model.config import AdaFocusConfig
 
 QuantileMode = Literal["linear", "lower"]
 
@@ -109,32 +107,7 @@ def staged_exit_logits(staged: StagedModel, model: AdaFocusV3, clips: torch.Tens
     return torch.stack(logits, dim=1)  # (N, K+1, classes)
 
 
-# ------------------------------------------------------------------------------------------------ spread exits
-def spread_exit_model(config: AdaFocusConfig, seed: int = 0) -> AdaFocusV3:
-    """An untrained model (eval mode) whose predictions, exit scores and cube positions spread out: random f_C
-    heads and policy head scaled up (an untrained head gives near-ties everywhere)."""
-    torch.manual_seed(seed)
-    model = AdaFocusV3(config)
-    with torch.no_grad():
-        torch.nn.init.normal_(model.classifier.head_weight, std=1.0)
-        torch.nn.init.normal_(model.policy.head.weight, std=1.0)
-    return model.eval()
-
-
-def spread_thresholds(scores: torch.Tensor, per_exit: int) -> tuple[float, ...]:
-    """Entropy thresholds that let about ``per_exit`` of the remaining clips leave at each exit; each threshold
-    sits halfway between two scores so fp32 noise cannot flip an exit. ``scores`` (N, K + 1)."""
-    N, E = scores.shape
-    remaining = torch.ones(N, dtype=torch.bool)
-    out = []
-    for k in range(E - 1):
-        s = scores[remaining, k].sort().values
-        eta = float((s[per_exit - 1] + s[per_exit]) / 2) if len(s) > per_exit else float(s[-1]) + 1.0
-        remaining &= scores[:, k] > eta
-        out.append(eta)
-    return (*out, 0.0)
-
-
+# ------------------------------------------------------------------------------------------------ quantiles
 def quantile_thresholds(scores: torch.Tensor, q: float, mode: QuantileMode = "linear") -> tuple[float, ...]:
     """Entropy thresholds: exit k (< K) stops the ``q``-fraction of clips with the lowest exit-k entropy (the
     ``q``-quantile of column k of ``scores`` (N, K + 1)); q = 0 means no early exit. The last exit is 0.0."""

@@ -1,12 +1,13 @@
-"""The FastAPI application: ``create_app(settings)`` and its lifespan, nothing else.
+"""The FastAPI application: ``create_app(settings)``, its lifespan and its middleware, nothing else.
 
-Where a request goes, in order: service/http/routes.py (HTTP) -> service/classify/flow.py (the per-request flow) ->
-service/classify/upload.py (multipart body) -> service/decode/pool.py (decoder processes) -> service/engine/
-(scheduler, step,
-runner) -> the answer (service/schemas.py); service/http/errors.py maps every failure. service/lifecycle.py builds and
-tears down what the routes use.
+Where a POST /classify goes, in order: uvicorn's protocol with the connection guard (service/http/connection_guard.py:
+header deadline, connection cap; installed by ``adafocus serve``) -> ``ReplicaHeader`` (here) -> the request ID and
+access log (service/logs.py) -> the body guard (service/http/body_guard.py) -> the route (service/http/routes.py) ->
+the classify flow (service/classify/: the upload spooled by upload.py, decoded by the worker processes of
+service/decode/, classified step by step by the engine in service/engine/, progress streamed as Server-Sent Events)
+-> the answer (service/schemas.py). service/http/errors.py maps every failure to its status; service/lifecycle.py
+builds and tears down what the routes use.
 """
-
 from __future__ import annotations
 
 import asyncio

@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from service.logs import configure_logging
 
 COMMAND_MODULES = (
-    "model.commands",  # cost, info
-    "service.commands",  # serve
-    "loadtest.commands",  # loadtest, bench engine|decode
-    "exporters.commands",  # export onnx, bench-runners
+    "model.commands",  # cost, info, synth, train, calibrate, evaluate
+    "service.commands",  # serve, classify
+    "loadtest.commands",  # loadtest, bench-runners, and bench engine|adaptive|decode|e2e (loadtest/bench/commands.py)
+    "exporters.commands",  # export onnx
     "fleet.commands",  # serve-ray, bench-fleet (Ray imported only when they run)
 )
 

@@ -23,6 +23,7 @@ from prometheus_client.metrics_core import Metric
 
 from model.bundle import Bundle
 from model.macs import cost_report
+from service.budget.control import BudgetControl
 from service.budget.store import BudgetStore, FileBudget, LocalBudget
 from service.decode.pool import DecodeJob, DecodePool, self_test_video
 from service.engine.engine import Engine
@@ -58,8 +59,8 @@ def store_for(settings: Settings) -> BudgetStore:
     """The budget file's store when ``ADAFOCUS_BUDGET_FILE`` is set, else the in-memory one."""
     initial = settings.startup_budget()
     if settings.budget_file is None:
-        return LocalBudget(initial, settings.slo_p99_s)
-    return FileBudget(settings.budget_file, initial, settings.budget_poll_s, settings.slo_p99_s)
+        return LocalBudget(initial)
+    return FileBudget(settings.budget_file, initial, settings.budget_poll_s)
 
 
 @dataclass
@@ -69,6 +70,7 @@ class ServiceState:
     settings: Settings
     bundle: Bundle | None = None
     engine: Engine | None = None
+    control: BudgetControl | None = None  # every budget change of the engine (validation, versions, swaps)
     pool: DecodePool | None = None
     metrics: Metrics | None = None
     checks: dict[str, bool] = field(
@@ -106,9 +108,10 @@ class ServiceState:
             clock=self.clock,
         )
         self.replica = self.replica or s.replica()
+        self.control = BudgetControl(self.engine.budget, s.slo_p99_s, on_apply=self._on_budget)
         self.budget = self.budget or store_for(s)
         # an unknown ADAFOCUS_BUDGET or ADAFOCUS_MIN_LEVEL, or a bad budget file, stops the start-up here
-        budget = self.budget.start(self.engine, self._on_budget)
+        budget = self.budget.start(self.control)
         log.info("budget %s, version %d", budget.name, budget.version)
         self.engine.start()
         if s.warmup:
@@ -150,7 +153,7 @@ class ServiceState:
 
     def own_budget(self) -> ReplicaBudget:
         assert self.engine is not None
-        state = self.engine.budget_state()
+        state = self.engine.budget.current()
         return ReplicaBudget(
             replica=self.replica, name=state.name, version=state.version, setting_version=state.setting_version
         )

@@ -20,6 +20,9 @@ from service.logs import LogFormat
 from service.schemas import BudgetUpdate
 
 MIN_TOKEN_CHARS = 16
+# The engine's settings default to EngineConfig's own defaults (written once, there); every other default is
+# written here only: the HTTP guards and the upload reader take their limits from these settings.
+ENGINE = EngineConfig()
 
 
 class Settings(BaseSettings):
@@ -43,22 +46,28 @@ class Settings(BaseSettings):
         "up to ADAFOCUS_MAX_BATCH) at start-up and replayed"
     )
 
-    mode: EngineMode = Field(default="continuous", description="engine batching mode")
-    max_batch: int = Field(default=32, ge=1, description="max samples per model call, per stage")
-    max_active: int = Field(default=64, ge=1, description="max admitted requests holding frames on the device")
-    max_queue: int = Field(default=256, ge=1, description="admission queue length; beyond it requests get 503")
+    mode: EngineMode = Field(default=ENGINE.mode, description="engine batching mode")
+    max_batch: int = Field(default=ENGINE.max_batch, ge=1, description="max samples per model call, per stage")
+    max_active: int = Field(
+        default=ENGINE.max_active, ge=1, description="max admitted requests holding frames on the device"
+    )
+    max_queue: int = Field(
+        default=ENGINE.max_queue, ge=1, description="admission queue length; beyond it requests get 503"
+    )
     min_glance_batch: int | Literal["auto"] = Field(
-        default=1,
+        default="auto" if ENGINE.min_glance_batch is None else ENGINE.min_glance_batch,
         description="continuous mode: admit waiting requests once this many slots are free; auto = the knee of "
         "the measured glance cost per video",
     )
     max_glance_wait_steps: int = Field(
-        default=4, ge=1, description="continuous mode: steps the oldest waiting request may wait for a glance batch"
+        default=ENGINE.max_glance_wait_steps, ge=1,
+        description="continuous mode: steps the oldest waiting request may wait for a glance batch",
     )
     request_timeout_s: float = Field(default=30.0, gt=0, description="deadline per /classify request")
     deadline_answers: bool = Field(
-        default=True, description="a request near its deadline that had its glance is answered with its prediction so "
-        "far (200, exit_reason deadline) instead of 504"
+        default=ENGINE.deadline_answers,
+        description="a request near its deadline that had its glance is answered with its prediction so far (200, "
+        "exit_reason deadline) instead of 504",
     )
     budget_mode: Literal["manual", "auto"] = Field(
         default="manual", description="`auto`: the automatic budget picks the level that keeps ADAFOCUS_SLO_P99_S"

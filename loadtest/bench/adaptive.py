@@ -25,13 +25,15 @@ import numpy as np
 from loadtest.bench.workload import Workload
 from loadtest.report import latency_summary
 from loadtest.schedule import Phase, schedule
-from service.engine.autobudget import AutoBudgetConfig, Decision
+from service.budget.control import BudgetControl
+from service.engine.autobudget import Decision
 from service.engine.config import EngineConfig
 from service.engine.engine import Engine, run_offline
 from service.engine.errors import DeadlineExceeded, EngineError, QueueFull
 from service.engine.observer import NullObserver
 from service.engine.runners.torch_runner import TorchRunner
 from service.engine.types import EngineRequest, EngineResult
+from service.schemas import BudgetUpdate
 
 
 @dataclass(frozen=True)
@@ -85,7 +87,7 @@ def ladder_top(work: Workload) -> str:
 def measure_capacity(work: Workload, cfg: AdaptiveBenchConfig, level: str) -> float:
     """Videos/s at ``level`` with every request submitted at once (after a warm-up)."""
     engine = _engine(work, cfg, None)
-    engine.set_budget_level(level)
+    BudgetControl(engine.budget).apply(BudgetUpdate(level=level))
     reqs = [EngineRequest(frames=work.frames[i % len(work.frames)]) for i in range(cfg.capacity_requests)]
     start = time.perf_counter()
     run_offline(engine, reqs)
@@ -106,13 +108,14 @@ def play(work: Workload, cfg: AdaptiveBenchConfig, arrivals: np.ndarray, auto: b
     """One run of the schedule: the fixed top level, or the automatic budget (starting at the top level)."""
     timeline = _Timeline(time.monotonic)
     engine = _engine(work, cfg, timeline)
-    engine.set_budget_level(top)
+    control = BudgetControl(engine.budget)
+    control.apply(BudgetUpdate(level=top))
     if auto:
-        engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=cfg.slo_p99_s, min_level=cfg.min_level))
+        control.apply(BudgetUpdate(mode="auto", p99_s=cfg.slo_p99_s, min_level=cfg.min_level))
     outcomes = [_Outcome(float(t)) for t in arrivals]
     engine.start()
     t0 = time.monotonic()
-    timeline.levels.append((t0, engine.budget_state().name))
+    timeline.levels.append((t0, engine.budget.current().name))
     lock = threading.Lock()
 
     def finish(out: _Outcome, future: Future[EngineResult]) -> None:

@@ -50,11 +50,19 @@ def register(sub: Any) -> None:
     eng.add_argument("--clips", type=int, default=64, help="distinct pre-decoded clips (default 64)")
     eng.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     eng.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    eng.add_argument(
+        "--runner",
+        default="torch",
+        help="torch: the model on --device; simulated[:a=MS,c=MS]: a SIMULATED accelerator whose every call takes "
+        "a + c*b ms for b samples (keys a, c for both stages, glance_a, glance_c, focus_a, focus_c for one; default: "
+        "paper-mn2-r50 on a V100, see service/engine/runners/simulated.py); with --config, that config's exits at "
+        "the tiny model's layer sizes",
+    )
     eng.add_argument("--seed", type=int, default=0)
     eng.add_argument("--plot", default=None, help="write a PNG of p99 vs load and saturation throughput here")
     eng.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     eng.add_argument("--markdown", action="store_true", help="print markdown tables (docs/benchmarks.md)")
-    eng.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    eng.add_argument("--quick", action="store_true", help="a smoke run of seconds (a minute on the shipped bundle)")
     eng.add_argument(
         "--default-allocator",
         action="store_true",
@@ -187,7 +195,16 @@ def run_bench_engine(args: argparse.Namespace) -> int:
 
 
 def _bench_engine(args: argparse.Namespace) -> int:
-    from loadtest.bench.engine import EngineBenchConfig, format_engine, mode_label, parse_mode, run_engine_bench
+    from loadtest.bench.engine import (
+        EngineBenchConfig,
+        format_engine,
+        mode_label,
+        parse_mode,
+        run_engine_bench,
+        simulated_workload,
+    )
+    from service.engine.runners.simulated import SimulatedRunner
+    from service.engine.runners.torch_runner import TorchRunner
     from loadtest.bench.workload import load_workload, steady_allocator
 
     modes = tuple(dict.fromkeys([*args.modes, *(mode_label("continuous", n) for n in args.min_glance_batch)]))
@@ -197,8 +214,17 @@ def _bench_engine(args: argparse.Namespace) -> int:
     except ValueError as exc:
         sys.stderr.write(f"adafocus bench engine: {exc}\n")
         return 2
+    try:
+        profile = _simulated_profile(args.runner)
+    except ValueError as exc:
+        sys.stderr.write(f"adafocus bench engine: --runner: {exc}\n")
+        return 2
     allocator = "default" if args.default_allocator else steady_allocator()  # before any engine thread exists
-    work = load_workload(args.bundle, args.config, args.clips, args.seed, args.device)
+    if profile is not None and args.config:
+        work = simulated_workload(args.config, args.clips, args.seed)
+    else:
+        work = load_workload(args.bundle, args.config, args.clips, args.seed, args.device)
+    runner = None if profile is None else SimulatedRunner(TorchRunner(work.model, args.device), profile)
     levels = tuple(args.levels)
     if args.quick and not levels:
         names = [lvl.name for lvl in work.budgets.levels]  # cheapest and most expensive
@@ -210,8 +236,8 @@ def _bench_engine(args: argparse.Namespace) -> int:
         repeats=max(3, args.repeats) if args.quick else args.repeats,  # a smoke run still interleaves 3 repeats
         rates=tuple(args.rates),
         rate_fractions=(0.5,) if args.quick else tuple(args.rate_fractions),
-        rate_duration_s=1.5 if args.quick else args.rate_duration,
-        deadline_s=2.0 if args.quick else args.deadline,
+        rate_duration_s=0.5 if args.quick else args.rate_duration,
+        deadline_s=1.0 if args.quick else args.deadline,
         max_batch=args.max_batch,
         max_active=args.max_active,
         clips=args.clips,
@@ -219,7 +245,7 @@ def _bench_engine(args: argparse.Namespace) -> int:
         device=args.device,
     )
 
-    result = run_engine_bench(work, cfg, log_line) | {"allocator": allocator}
+    result = run_engine_bench(work, cfg, log_line, runner) | {"allocator": allocator}
     if args.plot:
         from loadtest.plots import plot_engine_modes
 
@@ -229,6 +255,18 @@ def _bench_engine(args: argparse.Namespace) -> int:
 
     print_result(result, args, format_engine, engine_markdown)
     return 0
+
+
+def _simulated_profile(runner: str) -> Any:
+    """None for ``torch``; the ``StepProfile`` of ``simulated[:a=..,c=..]``; ValueError for anything else."""
+    from service.engine.runners.simulated import parse_profile
+
+    kind, _, spec = runner.partition(":")
+    if runner == "torch":
+        return None
+    if kind != "simulated":
+        raise ValueError(f"torch or simulated[:a=MS,c=MS], not {runner!r}")
+    return parse_profile(spec)
 
 
 def run_bench_decode(args: argparse.Namespace) -> int:

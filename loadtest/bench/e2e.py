@@ -21,11 +21,7 @@ import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -50,16 +46,16 @@ from loadtest.http.hey_client import (
     run_python,
 )
 from loadtest.http.server_metrics import parse_metrics, phase_figures
+from loadtest.http.server_process import ServerProcess
 from loadtest.report import ratio_stats
 from model.bundle import DEFAULT_BUNDLE
 from model.data.synth import write_mp4
 from model.video import DecodeLimits, decode_clip
 from service.decode.pool import DecodePool
 from service.engine.runners.torch_runner import TorchRunner
-from service.startup import listen_socket
 
-TARGET_HTTP_VS_IN_PROCESS = 0.6  # issue 15: HTTP >= 0.6x the in-process engine's saturation throughput
-TARGET_DECODE_VS_BARE = 1.3  # issue 15: decode-pool CPU per clip within 1.3x of PyAV's bare decode
+TARGET_HTTP_VS_IN_PROCESS = 0.6  # HTTP >= 0.6x the in-process saturation: HTTP, uploads and decoding may cost 40%
+TARGET_DECODE_VS_BARE = 1.3  # decode-pool CPU per clip <= 1.3x PyAV's bare decode: what the pool's overhead may add
 BARE_REPEATS = 5  # bare decodes per clip and round; their median is reported
 Log = Callable[[str], None]
 
@@ -86,41 +82,16 @@ class E2EBenchConfig:
 
 
 # ---------------------------------------------------------------------------------------------- the server
-class BenchServer:
-    """A real ``adafocus serve`` subprocess on a free local port, configured by the bench alone."""
+class BenchServer(ServerProcess):
+    """The bench's ``adafocus serve`` (``loadtest.http.server_process``): batch settings, decoder workers, threads
+    and budget level from the bench's config alone; its processes and metrics, as the phases read them."""
 
     def __init__(self, bundle: Path, cfg: E2EBenchConfig, level: str, log_path: Path) -> None:
-        with listen_socket("127.0.0.1", 0) as sock:  # a free port now, released for the server
-            self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ADAFOCUS_")}
-        env.update({
-            "ADAFOCUS_MAX_BATCH": str(cfg.max_batch), "ADAFOCUS_MAX_ACTIVE": str(cfg.max_active),
-            "ADAFOCUS_MIN_GLANCE_BATCH": cfg.min_glance_batch, "ADAFOCUS_DECODE_WORKERS": str(cfg.decode_workers),
-            "ADAFOCUS_TORCH_THREADS": str(cfg.torch_threads), "ADAFOCUS_DEVICE": "cpu", "ADAFOCUS_BUDGET": level,
-        })
-        port = self.url.rsplit(":", 1)[1]
-        cmd = [sys.executable, "-m", "service.cli", "serve", "--host", "127.0.0.1", "--port", port]
-        cmd += ["--bundle", str(bundle)]
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        try:
-            self.process = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        except BaseException:
-            self._log.close()
-            raise
-
-    def wait_ready(self, timeout_s: float = 180.0) -> None:
-        limit = time.monotonic() + timeout_s
-        while time.monotonic() < limit:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the server exited with {self.process.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise TimeoutError(f"the server was not ready after {timeout_s:g} s:\n{self.log_tail()}")
+        settings = {
+            "max_batch": cfg.max_batch, "max_active": cfg.max_active, "min_glance_batch": cfg.min_glance_batch,
+            "decode_workers": cfg.decode_workers, "torch_threads": cfg.torch_threads, "device": "cpu", "budget": level,
+        }
+        super().__init__(bundle, log_path, settings)
 
     def processes(self) -> dict[str, list[int]]:
         """The server's main process, its decoder workers, and its other children (multiprocessing's tracker)."""
@@ -132,20 +103,6 @@ class BenchServer:
         response = httpx.get(f"{self.url}/metrics", timeout=10.0)
         response.raise_for_status()
         return parse_metrics(response.text)
-
-    def log_tail(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")[-3000:]
-
-    def stop(self, timeout_s: float = 60.0) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
 
 
 # ---------------------------------------------------------------------------------------------- phases

@@ -27,16 +27,22 @@ from typing import Any
 
 import torch
 
-from loadtest.bench.workload import Workload
+from model.adafocus import AdaFocusV3
+from model.config import get_config
+from model.macs import cost_report
+from loadtest.bench.workload import Workload, make_clips, quantile_budgets
 from loadtest.report import format_ratio, latency_summary, ratio_stats
 from loadtest.schedule import Bound, poisson_arrivals
+from service.budget.control import BudgetControl
 from service.engine.autobudget import Decision
-from service.engine.config import ENGINE_MODES, EngineConfig, EngineMode
+from service.engine.config import ENGINE_MODES, AdmissionRule, EngineConfig, EngineMode
 from service.engine.engine import Engine
 from service.engine.errors import EngineError
 from service.engine.observer import StatsObserver
+from service.engine.runners.simulated import SimulatedRunner, tiny_layers
 from service.engine.runners.torch_runner import Runner, TorchRunner
 from service.engine.types import EngineRequest, EngineResult
+from service.schemas import BudgetUpdate
 
 
 @dataclass(frozen=True)
@@ -212,6 +218,7 @@ MIN_GLANCE_SUFFIX = "-mg"  # mode label ``continuous-mg4``: continuous mode with
 
 
 AUTO_SUFFIX = "-auto"  # mode label ``continuous-auto``: continuous mode, glance batch from the measured costs
+EAGER_SUFFIX = "-eager"  # ``continuous-eager``: admission "eager" (refill at the next step), not the cost rule
 
 
 def mode_label(mode: EngineMode, min_glance_batch: int | None = 1) -> str:
@@ -220,9 +227,17 @@ def mode_label(mode: EngineMode, min_glance_batch: int | None = 1) -> str:
     return mode if min_glance_batch == 1 else f"{mode}{MIN_GLANCE_SUFFIX}{min_glance_batch}"
 
 
+def admission_rule(label: str) -> AdmissionRule:
+    """The admission rule a mode label names: ``eager`` for ``continuous...-eager``, else the default cost rule."""
+    return "eager" if label.endswith(EAGER_SUFFIX) else "cost"
+
+
 def parse_mode(label: str) -> tuple[EngineMode, int | None]:
     """``continuous`` -> (continuous, 1); ``continuous-mg4`` -> (continuous, 4); ``continuous-auto`` ->
-    (continuous, None: automatic); ValueError for anything else."""
+    (continuous, None: automatic); any of them with ``-eager`` appended: the same, admitted eagerly
+    (``admission_rule``); ValueError for anything else."""
+    if label.startswith("continuous") and label.endswith(EAGER_SUFFIX):
+        label = label.removesuffix(EAGER_SUFFIX)
     if label == f"continuous{AUTO_SUFFIX}":
         return "continuous", None
     name, sep, min_glance = label.partition(MIN_GLANCE_SUFFIX)
@@ -233,19 +248,19 @@ def parse_mode(label: str) -> tuple[EngineMode, int | None]:
             return mode, int(min_glance)
     raise ValueError(
         f"unknown bench mode {label!r}: one of {ENGINE_MODES}, "
-        f"continuous{MIN_GLANCE_SUFFIX}N or continuous{AUTO_SUFFIX}"
+        f"continuous{MIN_GLANCE_SUFFIX}N or continuous{AUTO_SUFFIX}, continuous labels optionally with {EAGER_SUFFIX}"
     )
 
 
-def _engines(work: Workload, cfg: EngineBenchConfig, runner: Runner | None) -> dict[str, tuple[Engine, _Recorder]]:
-    runner = runner or TorchRunner(work.model, cfg.device)  # one model, one runner: the engines run one at a time
+def _engines(work: Workload, cfg: EngineBenchConfig, runner: Runner) -> dict[str, tuple[Engine, _Recorder]]:
     queue = max(cfg.saturation_requests, 4096)
     engines = {}
     for label in cfg.modes:
         mode, min_glance = parse_mode(label)
         recorder = _Recorder()
         config = EngineConfig(
-            mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue, min_glance_batch=min_glance
+            mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue, min_glance_batch=min_glance,
+            admission=admission_rule(label),
         )
         engine = Engine(runner, work.model.config, work.budgets, work.costs, config, recorder)
         engine.start()
@@ -282,7 +297,7 @@ def run_level(
     log: Any,
 ) -> dict[str, Any]:
     for engine, _ in engines.values():
-        engine.set_budget_level(level)
+        BudgetControl(engine.budget).apply(BudgetUpdate(level=level))
     samples: dict[str, list[dict[str, Any]]] = {m: [] for m in engines}
     for engine, recorder in engines.values():  # unmeasured: first calls at new batch sizes are slow (oneDNN set-up)
         saturation_run(engine, recorder, work, min(cfg.saturation_requests, 4 * cfg.max_batch))
@@ -309,7 +324,8 @@ def run_level(
         for mode, reps in at_rate.items():
             median = sorted(reps, key=lambda r: r["latency_s"]["p99"])[len(reps) // 2]  # the median-p99 run
             p99s = [r["latency_s"]["p99"] for r in reps]
-            runs.append(median | {"mode": mode, "offered_rate": rate, "repeats_p99_s": p99s})
+            p50s = [r["latency_s"]["p50"] for r in reps]
+            runs.append(median | {"mode": mode, "offered_rate": rate, "repeats_p99_s": p99s, "repeats_p50_s": p50s})
     return {"budget": level, "runs": runs, "ratios": _ratios(runs, list(engines))}
 
 
@@ -318,6 +334,7 @@ def run_engine_bench(
 ) -> dict[str, Any]:
     """Every mode of ``cfg`` on ``work``, over ``runner`` (default: eager PyTorch on ``cfg.device``)."""
     names = list(cfg.levels) or [lvl.name for lvl in work.budgets.levels]
+    runner = runner or TorchRunner(work.model, cfg.device)  # one model, one runner: the engines run one at a time
     engines = _engines(work, cfg, runner)
     try:
         levels = [run_level(engines, work, cfg, name, log) for name in names]
@@ -329,6 +346,7 @@ def run_engine_bench(
         "source": work.source,
         "clips": work.clip_source,
         "device": device_name(cfg.device),
+        "runner": runner_info(runner),
         "torch_threads": torch.get_num_threads(),
         "engine": {"max_batch": cfg.max_batch, "max_active": cfg.max_active},
         "settings": {
@@ -342,6 +360,36 @@ def run_engine_bench(
     }
 
 
+def runner_info(runner: Runner) -> dict[str, Any]:
+    """The runner's name; for the simulated accelerator its cost curve, their source and the calls that overran."""
+    if not isinstance(runner, SimulatedRunner):
+        return {"name": runner.name, "simulated": False}
+    profile = runner.profile
+    return {
+        "name": runner.name,
+        "simulated": True,
+        "profile": profile.label,
+        "source": profile.source,
+        "overruns": runner.overruns,  # calls whose own compute took longer than the curve's time
+    }
+
+
+def simulated_workload(config: str, clips: int, seed: int) -> Workload:
+    """A named configuration's exit structure (frames, cubes, classes, skips) at the tiny model's layer sizes and
+    random weights, for the simulated runner: its outputs only decide where requests exit (the simulated runner
+    sets the time of every call), so the CPU computes little. Budget levels as ``quantile_budgets`` makes them."""
+    torch.manual_seed(seed)
+    model = AdaFocusV3(tiny_layers(get_config(config))).eval()
+    costs = cost_report(model)
+    frames, labels, clip_source = make_clips(model.config, clips, seed)
+    budgets = quantile_budgets(model, costs, frames)
+    source = (
+        f"config {config!r} at the tiny model's layer sizes ({model.config.num_cubes} cubes), RANDOM weights, for the "
+        "SIMULATED runner; budget levels hand-made from entropy quantiles"
+    )
+    return Workload(model, budgets, costs, frames, labels, source, clip_source)
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
@@ -349,11 +397,22 @@ def device_name(device: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- text
+def runner_line(result: dict[str, Any]) -> str:
+    info = result.get("runner", {})
+    if not info.get("simulated"):
+        return f"runner {info.get('name', '?')}"
+    return (
+        f"runner {info['name']}: SIMULATED accelerator, {info['profile']} ({info['source']}); "
+        f"{info['overruns']} calls overran the curve"
+    )
+
+
 def format_engine(result: dict[str, Any]) -> str:
     lines = [
         f"model {result['model']}: {result['source']}",
         f"clips: {result['clips']}; device {result['device']}; torch threads {result['torch_threads']}; "
         f"allocator {result.get('allocator', 'default')}",
+        runner_line(result),
         f"{'budget':<10s} {'mode':<14s} {'load':>10s} {'videos/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
         f"{'glance b':>8s} {'focus b':>8s} {'GMACs/v':>8s} {'GMACs/s':>8s} {'busy':>5s} {'err':>4s}",
     ]

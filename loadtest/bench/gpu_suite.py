@@ -1,5 +1,4 @@
-"""``python -m loadtest.bench.gpu_suite``: the accelerator benchmark in one command (``scripts/gpu-bench.sh``
-on a GPU host).
+"""``python -m loadtest.bench.gpu_suite``: the accelerator benchmark in one command (scripts/gpu-bench.sh runs it).
 
 Three parts, in one process, on one model with random weights (``paper-mn2-r50`` by default: speed does not depend
 on the weights; its budget levels come from entropy quantiles, ``loadtest.bench.workload.quantile_budgets``):

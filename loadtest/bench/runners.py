@@ -30,17 +30,19 @@ from exporters.onnx_export import export_bundle
 from exporters.onnx_runner import OnnxRunner, OrtOptions
 from exporters.validate import load_clips
 from model.adafocus import AdaFocusV3, FocusState
-from model.budgets import BudgetLevel, BudgetTable
-from model.bundle import Bundle, load_bundle, save_bundle
+from model.bundle import Bundle
 from model.config import get_config
-from model.exits import quantile_thresholds, score_table, spread_exit_model
+from model.exits import quantile_thresholds
 from model.macs import cost_report
+from model.testing import exit_budgets, reference_exits, spread_exit_model, untrained_bundle
+from service.budget.control import BudgetControl
 from service.engine.config import EngineConfig
 from service.engine.engine import Engine, run_offline
 from service.engine.observer import StatsObserver
 from service.engine.runners.selection import ModelSource, load_model_source, probe_inputs
 from service.engine.runners.torch_runner import Runner, TorchRunner
 from service.engine.types import EngineRequest, EngineResult
+from service.schemas import BudgetUpdate
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ def engine_run(
     config = EngineConfig(mode="continuous", max_batch=cfg.max_batch, max_active=2 * cfg.max_batch)
     engine = Engine(runner, bundle.config, bundle.budgets, cost_report(bundle.model), config, observer)
     if cfg.budget is not None:
-        engine.set_budget_level(cfg.budget)
+        BudgetControl(engine.budget).apply(BudgetUpdate(level=cfg.budget))
     engine.warmup()
     observer.steps.clear()
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -157,22 +159,16 @@ def engine_throughput(runners: list[Runner], bundle: Bundle, cfg: BenchConfig) -
 def random_bundle(config_name: str, path: Path, clips: int = 32) -> Bundle:
     """An untrained bundle of a named config whose exits spread like a trained one's (for timing only).
 
-    ``model.exits.spread_exit_model``; threshold sets at the median (``fast``) and the 20% quantile (``mid``) of
+    ``model.testing.spread_exit_model``; threshold sets at the median (``fast``) and the 20% quantile (``mid``) of
     each exit's entropy, and ``full`` (no exit).
     """
     config = get_config(config_name)
     model = spread_exit_model(config, seed=0)
-    frames, _ = load_clips(config, clips, seed=1)
-    with torch.inference_mode():
-        scores = score_table(model(frames).exit_logits, "entropy")  # (N, K + 1)
-    levels = (
-        BudgetLevel("fast", quantile_thresholds(scores, 0.5, "lower"), 0.0, 0.0),
-        BudgetLevel("mid", quantile_thresholds(scores, 0.2, "lower"), 0.0, 0.0),
-        BudgetLevel("full", quantile_thresholds(scores, 0.0), 0.0, 0.0),
-    )
+    frames, _ = load_clips(config, clips, seed=1)  # (N, 3, T, H, W)
+    scores = reference_exits(model, frames).scores  # (N, K + 1)
+    budgets = exit_budgets(quantile_thresholds(scores, 0.5, "lower"), quantile_thresholds(scores, 0.2, "lower"))
     card = f"# untrained {config_name} bundle for runner benchmarks (random weights)\n"
-    save_bundle(path, model, BudgetTable("entropy", levels, "mid"), card)
-    return load_bundle(path)
+    return untrained_bundle(path, model, budgets, card)
 
 
 def run_bench(

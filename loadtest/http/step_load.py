@@ -151,21 +151,10 @@ async def run_step_load(cfg: StepLoadConfig, corpus: Corpus, out: TextIO = sys.s
     )
     async with httpx.AsyncClient(base_url=cfg.url, timeout=timeout, limits=limits) as client:
         await preflight(client, out)
-        capacity, measured = cfg.capacity, None
-        if capacity is None:
-            measured = await run_phase(client, corpus, load, "capacity", None, out)
-            if not measured["completed"]:
-                raise RuntimeError(f"capacity run answered nothing: {measured['errors_by_code']}")
-            capacity = float(measured["throughput"])
-            out.write(f"capacity: {capacity:.2f} videos/s ({measured['completed']} answered)\n")
+        capacity, measured = await _capacity(client, corpus, cfg, load, out)
         arrivals, spans = schedule(cfg.phases, capacity, cfg.seed)
         original = active_budget(await get_budget(client))
-        budget = None
-        if cfg.slo_p99_s is not None and cfg.token is not None:
-            update: dict[str, Any] = {"mode": "auto", "p99_s": cfg.slo_p99_s}
-            if cfg.min_level is not None:
-                update["min_level"] = cfg.min_level
-            budget = await _auth_put(client, cfg.token, update)
+        budget = await _switch_to_auto(client, cfg)
         try:
             samples, started, not_sent = await _play(client, corpus, cfg, load, arrivals)
         finally:
@@ -173,6 +162,47 @@ async def run_step_load(cfg: StepLoadConfig, corpus: Corpus, out: TextIO = sys.s
                 await _auth_put(client, cfg.token, {"mode": "manual"})
                 if original is not None:
                     await put_budget(client, cfg.token, original)
+    played = _Played(samples, started, not_sent, spans)
+    return _result(cfg, capacity, measured is not None, budget is not None, played)
+
+
+async def _capacity(
+    client: httpx.AsyncClient, corpus: Corpus, cfg: StepLoadConfig, load: LoadConfig, out: TextIO
+) -> tuple[float, dict[str, Any] | None]:
+    """The capacity the phases are multiples of (videos/s): the configured one, or measured (with its run)."""
+    if cfg.capacity is not None:
+        return cfg.capacity, None
+    measured = await run_phase(client, corpus, load, "capacity", None, out)
+    if not measured["completed"]:
+        raise RuntimeError(f"capacity run answered nothing: {measured['errors_by_code']}")
+    capacity = float(measured["throughput"])
+    out.write(f"capacity: {capacity:.2f} videos/s ({measured['completed']} answered)\n")
+    return capacity, measured
+
+
+async def _switch_to_auto(client: httpx.AsyncClient, cfg: StepLoadConfig) -> dict[str, Any] | None:
+    """With an objective, the server's budget switched to auto (its answer); else None (nothing switched)."""
+    if cfg.slo_p99_s is None or cfg.token is None:
+        return None
+    update: dict[str, Any] = {"mode": "auto", "p99_s": cfg.slo_p99_s}
+    if cfg.min_level is not None:
+        update["min_level"] = cfg.min_level
+    return await _auth_put(client, cfg.token, update)
+
+
+@dataclass(frozen=True)
+class _Played:
+    samples: list[Sample]
+    started: float  # the event loop's clock at the first intended send
+    not_sent: int  # arrivals dropped at the max_inflight cap
+    spans: list[dict[str, float]]  # the phases, as ``schedule`` returned them
+
+
+def _result(
+    cfg: StepLoadConfig, capacity: float, capacity_measured: bool, auto: bool, played: _Played
+) -> dict[str, Any]:
+    """The run's JSON-ready result: its figures, one row per phase and one per second."""
+    samples, started, not_sent = played.samples, played.started, played.not_sent
     total = sum(s for _, s in cfg.phases)
     end = max([total] + [x.done - started for x in samples if x.done is not None])
     rows = per_second(samples, started, end)
@@ -182,8 +212,8 @@ async def run_step_load(cfg: StepLoadConfig, corpus: Corpus, out: TextIO = sys.s
         "url": cfg.url,
         "profile": [{"factor": f, "seconds": s} for f, s in cfg.phases],
         "capacity_per_s": capacity,
-        "capacity_measured": measured is not None,
-        "budget_mode": "auto" if budget is not None else "manual",
+        "capacity_measured": capacity_measured,
+        "budget_mode": "auto" if auto else "manual",
         "slo_p99_s": cfg.slo_p99_s,
         "offered": len(samples) + not_sent,
         "answered_ok": summary["completed"],
@@ -197,7 +227,7 @@ async def run_step_load(cfg: StepLoadConfig, corpus: Corpus, out: TextIO = sys.s
         "levels_used": summary["budgets"],
         "errors_by_code": summary["errors_by_code"],
         "summary": summary,
-        "phases": [phase_rows(rows, span) for span in spans],
+        "phases": [phase_rows(rows, span) for span in played.spans],
         "per_second": rows,
     }
 

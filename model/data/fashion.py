@@ -26,7 +26,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -140,22 +140,63 @@ class FashionClip(NamedTuple):
     image_index: int  # index of the product image within its split
 
 
+class Mover(NamedTuple):
+    """A sprite moving in a straight line and bouncing off the frame's borders (benchmark pixels and frames)."""
+
+    image: np.ndarray  # (28, 28) grey in [0, 1]: the product, or a scrambled one
+    tint: np.ndarray  # (3,) float32
+    side: int  # pixels at the benchmark's frame size
+    x0: float  # start position and speed on each axis: pixels, pixels per frame
+    vx: float
+    y0: float
+    vy: float
+
+
+class Occluder(NamedTuple):
+    start: int  # first row (or column) of the flat strip, in sprite pixels
+    depth: int  # rows (or columns) it covers
+    grey: float
+    columns: bool  # a vertical strip
+
+
+class Scene(NamedTuple):
+    """Everything random about one clip, apart from how it is drawn: the benchmark draws it at ``cfg.size`` on
+    ``cfg.num_frames`` frames, ``model.data.realistic`` at any resolution and frame rate."""
+
+    label: int
+    image_index: int
+    difficulty: Difficulty
+    field: np.ndarray  # (5, 5, 3) control points of the smooth colour background
+    clutter: tuple[tuple[int, int, int, int, float], ...]  # (x, y, w, h, grey) on the background canvas
+    pan: tuple[float, float, float, float]  # the canvas offset: start x, speed x, start y, speed y
+    noise_picks: np.ndarray  # (T,) int: the noise-bank frame of each frame
+    distractors: tuple[Mover, ...]
+    product: Mover
+    occluders: dict[int, Occluder]  # frame -> the strip hiding part of the product (degraded clips)
+    product_noise: dict[int, int]  # frame -> the noise-bank frame of the product's extra noise (degraded clips)
+
+
 @functools.lru_cache(maxsize=128)
 def _resize_matrix(out_size: int, in_size: int) -> np.ndarray:
     """(out, in) weights of a linear resize with pixel centres aligned (area-like for downscaling)."""
     pos = (np.arange(out_size) + 0.5) * in_size / out_size - 0.5
+    return interpolation_matrix(pos, in_size)
+
+
+def interpolation_matrix(pos: np.ndarray, in_size: int) -> np.ndarray:
+    """(len(pos), in) linear interpolation weights at positions ``pos`` in input pixels (clamped at the borders)."""
     pos = np.clip(pos, 0, in_size - 1)
     lo = np.floor(pos).astype(int)
     hi = np.minimum(lo + 1, in_size - 1)
     frac = (pos - lo).astype(np.float32)
-    m = np.zeros((out_size, in_size), dtype=np.float32)
-    m[np.arange(out_size), lo] += 1 - frac
-    m[np.arange(out_size), hi] += frac
+    m = np.zeros((len(pos), in_size), dtype=np.float32)
+    m[np.arange(len(pos)), lo] += 1 - frac
+    m[np.arange(len(pos)), hi] += frac
     return m
 
 
 @functools.lru_cache(maxsize=256)
-def _blur_matrix(size: int, sigma_tenths: int) -> np.ndarray:
+def blur_matrix(size: int, sigma_tenths: int) -> np.ndarray:
     """(size, size) Gaussian blur along one axis (rows normalised), sigma in tenths of a pixel."""
     sigma = sigma_tenths / 10
     d = np.arange(size)[:, None] - np.arange(size)[None, :]
@@ -169,40 +210,21 @@ def _unit_noise(size: int, count: int = 64) -> np.ndarray:
     return np.random.default_rng(11).standard_normal((count, size, size, 3)).astype(np.float32)
 
 
-def _bounce(start: float, velocity: float, high: float, steps: int) -> np.ndarray:
-    """Positions over ``steps`` frames moving at ``velocity`` and reflecting off [0, high]."""
+def bounce(start: float, velocity: float, high: float, times: np.ndarray) -> np.ndarray:
+    """Positions at ``times`` (frames, fractional allowed) moving at ``velocity`` and reflecting off [0, high]."""
     span = max(high, 1e-6)
-    folded = np.mod(start + velocity * np.arange(steps), 2 * span)
-    return np.where(folded > span, 2 * span - folded, folded)  # (steps,)
+    folded = np.mod(start + velocity * times, 2 * span)
+    return np.where(folded > span, 2 * span - folded, folded)  # (len(times),)
 
 
-def _resize(image: np.ndarray, side: int) -> np.ndarray:
+def resize(image: np.ndarray, side: int) -> np.ndarray:
     m = _resize_matrix(side, image.shape[0])  # (side, 28)
     return m @ image @ m.T  # (side, side)
 
 
-def _background(cfg: FashionConfig, rng: np.random.Generator) -> np.ndarray:
-    """Smooth colour field panning slowly, static grey clutter, base noise: (T, S, S, 3) float32."""
-    S, T = cfg.size, cfg.num_frames
-    pad = S // 2
-    m = _resize_matrix(S + pad, 5)  # (S+pad, 5)
-    field = rng.uniform(0.2, 0.8, (5, 5, 3)).astype(np.float32)
-    big = np.ascontiguousarray((m @ field.transpose(2, 0, 1) @ m.T).transpose(1, 2, 0))  # (S+pad, S+pad, 3)
-    for _ in range(cfg.clutter):
-        w, h = rng.integers(6, 24, 2)
-        x, y = rng.integers(0, S + pad - 24, 2)
-        big[y : y + h, x : x + w] = rng.uniform(0.1, 0.9)
-    ox = _bounce(rng.uniform(0, pad), rng.uniform(-1.0, 1.0), pad, T).astype(int)
-    oy = _bounce(rng.uniform(0, pad), rng.uniform(-1.0, 1.0), pad, T).astype(int)
-    bank = _unit_noise(S)
-    picks = rng.integers(0, len(bank), T)
-    return np.stack([big[oy[t] : oy[t] + S, ox[t] : ox[t] + S] + cfg.noise * bank[picks[t]] for t in range(T)])
-
-
-def _sprite(gray: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sprite(gray: np.ndarray, tint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A tinted product (s, s, 3) and its opacity (s, s) from a grey image in [0, 1]: the silhouette is opaque, so
     clutter never shows through dark garment pixels, and the garment's own shading stays visible."""
-    tint = rng.uniform(0.55, 1.0, 3).astype(np.float32)
     alpha = np.clip((gray - 0.02) * 12.0, 0.0, 1.0)  # (s, s)
     rgb = (0.08 + 0.92 * gray)[..., None] * tint  # (s, s, 3)
     return rgb, alpha
@@ -215,11 +237,11 @@ def _scrambled(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return blocks.reshape(4, 4, 7, 7).transpose(0, 2, 1, 3).reshape(28, 28)
 
 
-def _paste(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, x: int, y: int) -> None:
+def paste(frame: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, x: int, y: int) -> None:
     """Alpha-blend a sprite whose top-left corner is (x, y), clipped to the frame, in place."""
-    S = frame.shape[0]
+    height, width = frame.shape[:2]
     s = alpha.shape[0]
-    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + s, S), min(y + s, S)
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + s, width), min(y + s, height)
     if x1 <= x0 or y1 <= y0:
         return
     a = alpha[y0 - y : y1 - y, x0 - x : x1 - x, None]
@@ -249,63 +271,140 @@ def draw_difficulty(cfg: FashionConfig, rng: np.random.Generator) -> Difficulty:
     )
 
 
-def _occlude(rgb: np.ndarray, alpha: np.ndarray, share: float, rng: np.random.Generator) -> None:
-    """Cover ``share`` of the sprite's box with a flat grey strip from a random side, in place."""
-    s = alpha.shape[0]
-    depth = max(1, round(share * s))
-    start = int(rng.integers(0, s - depth + 1))
-    grey = float(rng.uniform(0.2, 0.8))
-    if rng.integers(0, 2):
-        rgb[:, start : start + depth] = grey
-        alpha[:, start : start + depth] = 1.0
+def _mover(image: np.ndarray, side: int, speed: float, frame: int, rng: np.random.Generator) -> Mover:
+    """Tint, start and speed of a sprite of ``side`` pixels in a ``frame``-pixel square (the draw order is fixed)."""
+    tint = rng.uniform(0.55, 1.0, 3).astype(np.float32)
+    x0, vx = rng.uniform(0, frame - side), rng.uniform(-speed, speed)
+    y0, vy = rng.uniform(0, frame - side), rng.uniform(-speed, speed)
+    return Mover(image, tint, side, float(x0), float(vx), float(y0), float(vy))
+
+
+def _draw_background(cfg: FashionConfig, rng: np.random.Generator) -> tuple[Any, ...]:
+    """(field, clutter, pan, noise picks) of the smooth panning background."""
+    S, pad = cfg.size, cfg.size // 2
+    field = rng.uniform(0.2, 0.8, (5, 5, 3)).astype(np.float32)
+    clutter = []
+    for _ in range(cfg.clutter):
+        w, h = rng.integers(6, 24, 2)
+        x, y = rng.integers(0, S + pad - 24, 2)
+        clutter.append((int(x), int(y), int(w), int(h), float(rng.uniform(0.1, 0.9))))
+    pan_x0, pan_vx = rng.uniform(0, pad), rng.uniform(-1.0, 1.0)
+    pan_y0, pan_vy = rng.uniform(0, pad), rng.uniform(-1.0, 1.0)
+    picks = rng.integers(0, len(_unit_noise(S)), cfg.num_frames)
+    return field, tuple(clutter), (float(pan_x0), float(pan_vx), float(pan_y0), float(pan_vy)), picks
+
+
+def draw_scene(cfg: FashionConfig, split: str, seed: int, index: int, root: str = str(FASHION_DIR)) -> Scene:
+    """Every random choice of clip ``index`` of the stream ``(split, seed)``, in the benchmark's draw order."""
+    images, labels = load_split_images(split, root)
+    rng = np.random.default_rng([SPLITS.index(split), seed, index])
+    image_index = int(rng.integers(0, len(images)))
+    diff = draw_difficulty(cfg, rng)
+    S, s = cfg.size, diff.size
+    field, clutter, pan, picks = _draw_background(cfg, rng)
+    distractors = []
+    for _ in range(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))):
+        other = _scrambled(images[int(rng.integers(0, len(images)))], rng)
+        side = int(rng.integers(max(8, s // 2), s + 1))
+        distractors.append(_mover(other, side, 2.5, S, rng))
+    product = _mover(images[image_index], s, cfg.max_speed, S, rng)
+    occluders, product_noise = {}, {}
+    for t in range(diff.visible_from, diff.visible_from + diff.visible_frames):
+        if diff.occlusion > 0:
+            share = float(np.clip(diff.occlusion + rng.uniform(-0.1, 0.1), 0.05, 0.9))
+            depth = max(1, round(share * s))
+            start, grey = int(rng.integers(0, s - depth + 1)), float(rng.uniform(0.2, 0.8))
+            occluders[t] = Occluder(start, depth, grey, bool(rng.integers(0, 2)))
+        if diff.noise > 0:
+            product_noise[t] = int(rng.integers(0, len(_unit_noise(S))))
+    return Scene(int(labels[image_index]), image_index, diff, field, clutter, pan, picks, tuple(distractors),
+                 product, occluders, product_noise)
+
+
+def product_sprite(scene: Scene, side: int, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """The product at ``side`` pixels, blurred as the difficulty says (sigma scaled by ``scale``): (rgb, alpha)."""
+    gray = resize(scene.product.image, side)  # (side, side)
+    blur = scene.difficulty.blur * scale
+    if scene.difficulty.blur > 0.05:
+        b = blur_matrix(side, round(blur * 10))
+        gray = b @ gray @ b.T
+    return sprite(gray, scene.product.tint)
+
+
+def occlude(rgb: np.ndarray, alpha: np.ndarray, strip: Occluder, scale: float = 1.0) -> None:
+    """Cover the strip (sprite pixels times ``scale``) with flat grey, in place."""
+    lo, hi = round(strip.start * scale), round((strip.start + strip.depth) * scale)
+    if strip.columns:
+        rgb[:, lo:hi], alpha[:, lo:hi] = strip.grey, 1.0
     else:
-        rgb[start : start + depth] = grey
-        alpha[start : start + depth] = 1.0
+        rgb[lo:hi], alpha[lo:hi] = strip.grey, 1.0
+
+
+def _background(cfg: FashionConfig, scene: Scene) -> np.ndarray:
+    """Smooth colour field panning slowly, static grey clutter, base noise: (T, S, S, 3) float32."""
+    S, T = cfg.size, cfg.num_frames
+    pad = S // 2
+    m = _resize_matrix(S + pad, 5)  # (S+pad, 5)
+    big = np.ascontiguousarray((m @ scene.field.transpose(2, 0, 1) @ m.T).transpose(1, 2, 0))  # (S+pad, S+pad, 3)
+    for x, y, w, h, grey in scene.clutter:
+        big[y : y + h, x : x + w] = grey
+    steps = np.arange(T)
+    ox = bounce(scene.pan[0], scene.pan[1], pad, steps).astype(int)
+    oy = bounce(scene.pan[2], scene.pan[3], pad, steps).astype(int)
+    bank = _unit_noise(S)
+    picks = scene.noise_picks
+    return np.stack([big[oy[t] : oy[t] + S, ox[t] : ox[t] + S] + cfg.noise * bank[picks[t]] for t in range(T)])
+
+
+def scene_boxes(cfg: FashionConfig, scene: Scene) -> np.ndarray:
+    """The product's box on each benchmark frame: (T, 4) int64 (x, y, size, visible), as ``model.data.targets``."""
+    T, s, p = cfg.num_frames, scene.difficulty.size, scene.product
+    boxes = np.zeros((T, len(BOX_FIELDS)), dtype=np.int64)
+    boxes[:, 0] = bounce(p.x0, p.vx, cfg.size - s, np.arange(T)).astype(int)
+    boxes[:, 1] = bounce(p.y0, p.vy, cfg.size - s, np.arange(T)).astype(int)
+    boxes[:, 2] = s
+    visible = scene.difficulty.visible_from
+    boxes[visible : visible + scene.difficulty.visible_frames, 3] = 1
+    return boxes
 
 
 def make_clip(cfg: FashionConfig, split: str, seed: int, index: int, root: str = str(FASHION_DIR)) -> FashionClip:
     """Clip ``index`` of the stream ``(split, seed)``: deterministic, independent of every other clip."""
-    images, labels = load_split_images(split, root)
-    rng = np.random.default_rng([SPLITS.index(split), seed, index])
-    image_index = int(rng.integers(0, len(images)))
-    label = int(labels[image_index])
-    diff = draw_difficulty(cfg, rng)
+    scene = draw_scene(cfg, split, seed, index, root)
+    diff = scene.difficulty
     S, T, s = cfg.size, cfg.num_frames, diff.size
-    video = _background(cfg, rng)  # (T, S, S, 3)
-    for _ in range(int(rng.integers(cfg.distractors[0], cfg.distractors[1] + 1))):
-        other = _scrambled(images[int(rng.integers(0, len(images)))], rng)
-        side = int(rng.integers(max(8, s // 2), s + 1))
-        d_rgb, d_alpha = _sprite(_resize(other, side), rng)
-        dx = _bounce(rng.uniform(0, S - side), rng.uniform(-2.5, 2.5), S - side, T).astype(int)
-        dy = _bounce(rng.uniform(0, S - side), rng.uniform(-2.5, 2.5), S - side, T).astype(int)
+    steps = np.arange(T)
+    video = _background(cfg, scene)  # (T, S, S, 3)
+    for mover in scene.distractors:
+        d_rgb, d_alpha = sprite(resize(mover.image, mover.side), mover.tint)
+        dx = bounce(mover.x0, mover.vx, S - mover.side, steps).astype(int)
+        dy = bounce(mover.y0, mover.vy, S - mover.side, steps).astype(int)
         for t in range(T):
-            _paste(video[t], d_rgb, d_alpha, int(dx[t]), int(dy[t]))
-    gray = _resize(images[image_index], s)  # (s, s)
-    if diff.blur > 0.05:
-        b = _blur_matrix(s, round(diff.blur * 10))
-        gray = b @ gray @ b.T
-    rgb, alpha = _sprite(gray, rng)
-    xs = _bounce(rng.uniform(0, S - s), rng.uniform(-cfg.max_speed, cfg.max_speed), S - s, T).astype(int)
-    ys = _bounce(rng.uniform(0, S - s), rng.uniform(-cfg.max_speed, cfg.max_speed), S - s, T).astype(int)
-    boxes = np.zeros((T, len(BOX_FIELDS)), dtype=np.int64)
-    boxes[:, 0], boxes[:, 1], boxes[:, 2] = xs, ys, s
+            paste(video[t], d_rgb, d_alpha, int(dx[t]), int(dy[t]))
+    rgb, alpha = product_sprite(scene, s)
+    boxes = scene_boxes(cfg, scene)
+    xs, ys = boxes[:, 0], boxes[:, 1]
     bank = _unit_noise(S)
     for t in range(diff.visible_from, diff.visible_from + diff.visible_frames):
-        boxes[t, 3] = 1
         f_rgb, f_alpha = rgb, alpha
-        if diff.occlusion > 0:
+        if t in scene.occluders:
             f_rgb, f_alpha = rgb.copy(), alpha.copy()
-            _occlude(f_rgb, f_alpha, float(np.clip(diff.occlusion + rng.uniform(-0.1, 0.1), 0.05, 0.9)), rng)
-        _paste(video[t], f_rgb, f_alpha, int(xs[t]), int(ys[t]))
-        if diff.noise > 0:
+            occlude(f_rgb, f_alpha, scene.occluders[t])
+        paste(video[t], f_rgb, f_alpha, int(xs[t]), int(ys[t]))
+        if t in scene.product_noise:
             x, y = int(xs[t]), int(ys[t])
-            noise = bank[int(rng.integers(0, len(bank))), y : y + s, x : x + s]
-            video[t, y : y + s, x : x + s] += diff.noise * noise
+            video[t, y : y + s, x : x + s] += diff.noise * bank[scene.product_noise[t], y : y + s, x : x + s]
     frames = (np.clip(video, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)  # (T, S, S, 3)
-    return FashionClip(frames, label, boxes, diff, image_index)
+    return FashionClip(frames, scene.label, boxes, diff, scene.image_index)
 
 
 LABELS_HEADER = ("filename", "label", "class_name", *Difficulty._fields, "image_index", "boxes")
+
+
+def label_row(label: int, difficulty: Difficulty, image_index: int, boxes: np.ndarray) -> tuple[object, ...]:
+    """A ``labels.csv`` row after the file name (``LABELS_HEADER``): difficulty rounded, boxes as JSON."""
+    diff = tuple(round(v, 4) if isinstance(v, float) else v for v in difficulty)
+    return (label, FASHION_LABELS[label], *diff, image_index, json.dumps(boxes.tolist(), separators=(",", ":")))
 
 
 def write_dataset(
@@ -316,8 +415,6 @@ def write_dataset(
     def clips() -> Iterator[tuple[np.ndarray, tuple[object, ...]]]:
         for index in range(count):
             clip = make_clip(cfg, split, seed, index, root)
-            diff = tuple(round(v, 4) if isinstance(v, float) else v for v in clip.difficulty)
-            boxes = json.dumps(clip.boxes.tolist(), separators=(",", ":"))
-            yield clip.frames, (clip.label, FASHION_LABELS[clip.label], *diff, clip.image_index, boxes)
+            yield clip.frames, label_row(clip.label, clip.difficulty, clip.image_index, clip.boxes)
 
     return write_clips(out, clips(), LABELS_HEADER, fps)

@@ -1,9 +1,8 @@
 """``adafocus calibrate``: threshold sets for a range of compute budgets, solved on the calibration split.
 
-The solver (``model.evaluation.operating_points``) sweeps MSDNet-style threshold sets on the calibration split
-and keeps only levels
-worth shipping: on the accuracy/cost frontier and above the fixed-count mixing line. The bundle's model card and
-Figure 6 are then drawn from ``adafocus evaluate``'s report on the test split (never used for solving).
+The solver (``model.evaluation.operating_points``) sweeps MSDNet-style threshold sets on the calibration split and keeps
+only levels worth shipping: on the accuracy/cost frontier and above the fixed-count mixing line. The bundle's model card
+and Figure 6 are then drawn from ``adafocus evaluate``'s report on the test split (never used for solving).
 """
 
 from __future__ import annotations

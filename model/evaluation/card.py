@@ -94,32 +94,39 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.1f}"
 
 
-def results_section(report: dict[str, Any], calib_desc: str, plot_name: str) -> str:
-    exits = "\n".join(
-        f"| {e['k']} | {e['gmacs'] * 1e3:.1f} | {_pct(e['accuracy'])} | {_pct(e['accuracy_random_centres'])} |"
-        for e in report["exits"]
+def _hit_rate_part(h: dict[str, list[float]]) -> str:
+    """The hit-rate table of the results section (clips with ground-truth boxes only)."""
+    rows = "\n".join(
+        f"| {k + 1} | {_pct(h['per_cube'][k])} | {_pct(h['any_of_first_k'][k])} | "
+        f"{_pct(h['random_per_cube'][k])} | {_pct(h['random_any_of_first_k'][k])} |"
+        for k in range(len(h["per_cube"]))
     )
-    hit_part = ""
-    if report["hit_rate"] is not None:
-        h = report["hit_rate"]
-        rows = "\n".join(
-            f"| {k + 1} | {_pct(h['per_cube'][k])} | {_pct(h['any_of_first_k'][k])} | "
-            f"{_pct(h['random_per_cube'][k])} | {_pct(h['random_any_of_first_k'][k])} |"
-            for k in range(len(h["per_cube"]))
-        )
-        hit_part = (
-            "\nHit rate: share of cubes that, in their frame, see the visible product and cover at least half of its "
-            "box (or half the cube, for products larger than a cube).\n\n"
-            "| cube | learned: this cube (%) | learned: any of cubes 1..k (%) | random: this cube (%) "
-            "| random: any of 1..k (%) |\n|---|---|---|---|---|\n" + rows + "\n"
-        )
-    levels = "\n".join(
+    return (
+        "\nHit rate: share of cubes that, in their frame, see the visible product and cover at least half of its "
+        "box (or half the cube, for products larger than a cube).\n\n"
+        "| cube | learned: this cube (%) | learned: any of cubes 1..k (%) | random: this cube (%) "
+        "| random: any of 1..k (%) |\n|---|---|---|---|---|\n" + rows + "\n"
+    )
+
+
+def _level_row(lv: dict[str, Any]) -> str:
+    """One budget level's row of the results section's levels table."""
+    return (
         f"| `{lv['name']}` | {', '.join(repr(t) for t in lv['thresholds'])} | {lv['calibration_gmacs'] * 1e3:.2f} | "
         f"{_pct(lv['calibration_accuracy'])} | {lv['gmacs'] * 1e3:.2f} | {_pct(lv['accuracy'])} | "
         f"{_pct(lv['fixed_mix_accuracy'])} | {_pct(lv['random_exit_accuracy'])} | "
         f"{', '.join(f'{p:.2f}' for p in lv['exit_shares'])} |"
-        for lv in report["levels"]
     )
+
+
+def results_section(report: dict[str, Any], calib_desc: str, plot_name: str) -> str:
+    """The card's ``## Results`` section: exits, hit rates, budget levels against both baselines, targets."""
+    exits = "\n".join(
+        f"| {e['k']} | {e['gmacs'] * 1e3:.1f} | {_pct(e['accuracy'])} | {_pct(e['accuracy_random_centres'])} |"
+        for e in report["exits"]
+    )
+    hit_part = "" if report["hit_rate"] is None else _hit_rate_part(report["hit_rate"])
+    levels = "\n".join(_level_row(lv) for lv in report["levels"])
     t = targets_summary(report)
     at99 = t["cost_share_at_99pct_of_k"]
     at99_text = "not reached" if at99 is None else f"{at99 * 100:.0f}% of the K-cube cost ({1 / at99:.2f}x fewer GMACs)"

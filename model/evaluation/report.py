@@ -51,8 +51,44 @@ def report_from_records(
     description: str,
     curve: Sequence[Operating] = (),
 ) -> dict[str, Any]:
+    """The report (see the module docstring) from exits recorded at the policy's and at random centres."""
     acc, acc_random = exit_accuracy(record), exit_accuracy(random_record)
     line = mixing_line(list(zip(exit_gmacs, acc.tolist(), strict=True)))
+    levels = level_rows(record, budgets, exit_gmacs, line)
+    frames = distinct_frames(record)
+    curve_ops = [simulate(record, p.thresholds, budgets.criterion, exit_gmacs) for p in curve]
+    return {
+        "data": description,
+        "clips": len(record.labels),
+        "criterion": budgets.criterion,
+        "exits": [
+            {"k": k, "gmacs": g, "accuracy": float(acc[k]), "accuracy_random_centres": float(acc_random[k])}
+            for k, g in enumerate(exit_gmacs)
+        ],
+        "levels": levels,
+        "fixed_mix_accuracy_at": {lvl["name"]: lvl["fixed_mix_accuracy"] for lvl in levels},
+        "random_exit_accuracy_at": {lvl["name"]: lvl["random_exit_accuracy"] for lvl in levels},
+        "distinct_cube_frames_mean": float(frames.mean()),
+        "clips_with_cubes_on_2_or_more_frames": float((frames >= 2).mean()),
+        "hit_rate": hit_rate_section(record, random_record, cube_shape) if record.has_targets else None,
+        "curve": [
+            {
+                "gmacs": op.gmacs,
+                "accuracy": op.accuracy,
+                "exit_shares": list(op.proportions),
+                "fixed_mix_accuracy": mixing_accuracy(line, op.gmacs),
+                "random_exit_accuracy": random_exit_accuracy(record, op.proportions, seed=1000 + i),
+            }
+            for i, op in enumerate(curve_ops)
+        ],
+    }
+
+
+def level_rows(
+    record: ExitRecord, budgets: BudgetTable, exit_gmacs: list[float], line: list[tuple[float, float]]
+) -> list[dict[str, Any]]:
+    """Each of the bundle's threshold sets applied to ``record``, beside its calibration figures and both
+    baselines at the same cost (the fixed-count mixing ``line``, random exits with the same shares)."""
     levels = []
     for i, level in enumerate(budgets.levels):
         op = simulate(record, level.thresholds, budgets.criterion, exit_gmacs)
@@ -69,41 +105,21 @@ def report_from_records(
                 "random_exit_accuracy": random_exit_accuracy(record, op.proportions, seed=i),
             }
         )
-    frames = distinct_frames(record)
-    report: dict[str, Any] = {
-        "data": description,
-        "clips": len(record.labels),
-        "criterion": budgets.criterion,
-        "exits": [
-            {"k": k, "gmacs": g, "accuracy": float(acc[k]), "accuracy_random_centres": float(acc_random[k])}
-            for k, g in enumerate(exit_gmacs)
-        ],
-        "levels": levels,
-        "fixed_mix_accuracy_at": {lvl["name"]: lvl["fixed_mix_accuracy"] for lvl in levels},
-        "random_exit_accuracy_at": {lvl["name"]: lvl["random_exit_accuracy"] for lvl in levels},
-        "distinct_cube_frames_mean": float(frames.mean()),
-        "clips_with_cubes_on_2_or_more_frames": float((frames >= 2).mean()),
-        "hit_rate": None,
-        "curve": [
-            {
-                "gmacs": op.gmacs,
-                "accuracy": op.accuracy,
-                "exit_shares": list(op.proportions),
-                "fixed_mix_accuracy": mixing_accuracy(line, op.gmacs),
-                "random_exit_accuracy": random_exit_accuracy(record, op.proportions, seed=1000 + i),
-            }
-            for i, op in enumerate(simulate(record, p.thresholds, budgets.criterion, exit_gmacs) for p in curve)
-        ],
+    return levels
+
+
+def hit_rate_section(
+    record: ExitRecord, random_record: ExitRecord, cube_shape: tuple[int, int, int]
+) -> dict[str, list[float]]:
+    """How often the cubes see the object (clips with ground-truth boxes), per cube and any of the first k, at
+    the policy's and at random centres."""
+    (per, any_k), (rper, rany_k) = hit_rates(record, cube_shape), hit_rates(random_record, cube_shape)
+    return {
+        "per_cube": per.tolist(),
+        "any_of_first_k": any_k.tolist(),
+        "random_per_cube": rper.tolist(),
+        "random_any_of_first_k": rany_k.tolist(),
     }
-    if record.has_targets:
-        (per, any_k), (rper, rany_k) = hit_rates(record, cube_shape), hit_rates(random_record, cube_shape)
-        report["hit_rate"] = {
-            "per_cube": per.tolist(),
-            "any_of_first_k": any_k.tolist(),
-            "random_per_cube": rper.tolist(),
-            "random_any_of_first_k": rany_k.tolist(),
-        }
-    return report
 
 
 def cheapest_within(curve: list[dict[str, Any]], accuracy: float) -> dict[str, Any] | None:

@@ -41,7 +41,8 @@ from tqdm import tqdm
 
 from model.adafocus import AdaFocusV3
 from model.data.datasets import batch_plan, build_dataset, iterate
-from model.training.objectives import PAPER_STAGES, STAGE_MODULES, STEP_FNS, TrainConfig
+from model.training.config import TrainConfig
+from model.training.objectives import PAPER_STAGES, STAGE_MODULES, STEP_FNS
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def _run_stage(
 def training_section(cfg: TrainConfig, state: TrainState, command: str, cost_line: str) -> str:
     """The model card's training part: data, stages actually run, wall-clock, reproduce command."""
     data = (
-        f"`{cfg.data.source}` benchmark (`model/{cfg.data.source}.py`), {cfg.data.split} stream seed "
+        f"`{cfg.data.source}` benchmark (`model/data/{cfg.data.source}.py`), {cfg.data.split} stream seed "
         f"{cfg.data.seed}, {cfg.data.count} clips generated on the fly; {cfg.data.benchmark}"
         if cfg.data.is_generated
         else f"class folders under `{cfg.data.source}`"

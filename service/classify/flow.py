@@ -1,31 +1,44 @@
-"""One /classify request, in order: upload -> decode (worker process) -> engine -> answer.
+"""One /classify request, in order: upload -> form fields -> decode (worker process) -> engine -> answer.
 
-Each stage is bounded by the request deadline; a client that disconnects while its video is decoded or queued
-stops the work (``ClientGone``: its engine request is cancelled). The route (service/http/routes.py) records the
-outcome; errors are mapped by service/http/errors.py.
+``ClassifyFlow`` owns the request from its first byte to its answer: the deadline, the decode job, the engine
+request, its progress events, the answer (with ``explain``, ``frames`` and the replica's name) and, once the first
+progress event arrives, the stream of events that ends with the answer. Each stage is bounded by the request
+deadline; a client that disconnects while its video is decoded or queued stops the work (``ClientGone``: its
+engine request is cancelled). The route (service/http/routes.py) counts the request in flight and records its
+outcome; errors are mapped by service/http/errors.py, the stream's wire format is service/http/sse.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from service.classify.explain import frame_images, steps_from_progress
-from service.classify.progress import EventSink
-from service.classify.upload import BadUpload, parse_bool, read_upload
-from service.decode.pool import DecodeJob
+from service.classify.progress import RequestProgress, wants_stream
+from service.classify.upload import BadUpload, Upload, parse_bool, read_upload
+from service.decode.pool import Decoded, DecodeJob
 from service.engine.errors import DeadlineExceeded
 from service.engine.types import EngineRequest, EngineResult, Progress
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
 from service.schemas import ClassifyResponse, Cube, Timings, TopK
 
+T = TypeVar("T")
+
 # The engine enforces the deadline itself; the HTTP wait allows this much more so the engine's answer wins.
 DEADLINE_GRACE_S = 0.25
+
+# A streamed answer: the progress events as the engine makes them, then the answer; the request's error, if it
+# fails after the first event, raises from the iteration.
+ProgressStream = AsyncGenerator[Progress | ClassifyResponse, None]
 
 
 class ClientGone(Exception):
@@ -34,6 +47,151 @@ class ClientGone(Exception):
 
 class ServiceDraining(Exception):
     """The server is draining (SIGTERM) and admits no new requests."""
+
+
+@dataclass(frozen=True)
+class ClassifyForm:
+    """The form fields besides ``video``, validated before any decoding."""
+
+    budget: str | None  # a level name for this request only; None: the active budget
+    explain: bool  # the prediction after each exit (``steps``) and the cubes in the answer
+    frames: bool  # the frames the model saw in the answer
+    stream: bool  # Server-Sent Events (the form field ``stream``, or ``Accept: text/event-stream``)
+    deadline: float  # on the service clock: the sooner of the server's, the header's and the field's
+
+
+class ClassifyFlow:
+    """One /classify request from upload to answer (``answer``); make it before the request counts as in flight."""
+
+    def __init__(self, state: ServiceState, request: Request, started: float) -> None:
+        self.state, self.request, self.started = state, request, started
+        # read before the route counts this request in flight: a request the drain waits for is never refused later
+        self._draining = state.draining
+        self._accepts_stream = wants_stream(request.headers.get("accept"))
+        self._progress = RequestProgress(asyncio.get_running_loop())
+        self._engine_future: Future[EngineResult] | None = None  # to cancel when a streaming client leaves
+
+    async def answer(self) -> ClassifyResponse | ProgressStream:
+        """The answer, or, once the first progress event arrives before it, the stream of events that ends with
+        it. An error before the first event raises here (the route answers it as ordinary JSON); shutdown's
+        ``abort_inflight`` ends the request either way (``ShutdownAborted``)."""
+        if self._draining:
+            raise ServiceDraining("the server is draining and admits no new requests")
+        work = asyncio.ensure_future(self.state.until_aborted(self._classify()))
+        first = asyncio.ensure_future(self._progress.arrived.wait())
+        try:
+            await asyncio.wait({work, first}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            work.cancel()
+            raise
+        finally:
+            first.cancel()
+        if work.done() and not self._progress.pending:
+            return work.result()  # no event yet (not streamed, or it failed first): an ordinary answer
+        return self._stream(work)
+
+    async def _stream(self, work: asyncio.Future[ClassifyResponse]) -> ProgressStream:
+        """The relayed progress events as they come, then ``work``'s answer (its error raises). Closing it early
+        (the client left) cancels the work and frees the engine slot at the next step."""
+        try:
+            while self._progress.pending or not work.done():
+                event = asyncio.ensure_future(self._progress.next())
+                waiting: set[asyncio.Future[Any]] = {event, work}
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if event.done():
+                    yield event.result()
+                else:
+                    event.cancel()
+            yield work.result()
+        finally:
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await work  # its own clean-up (the upload spool) runs first
+            if self._engine_future is not None and self.state.engine is not None:
+                self.state.engine.cancel(self._engine_future)  # no-op once answered
+
+    async def _classify(self) -> ClassifyResponse:
+        """Upload -> form fields -> decode (worker process) -> engine -> answer, each bounded by the deadline."""
+        assert self.state.pool is not None and self.state.metrics is not None and self.state.bundle is not None
+        cfg = self.state.bundle.config
+        deadline = request_deadline(self.state, self.started, self.request.headers.get("x-deadline-ms"))
+        upload = await self._read_upload(deadline)
+        disconnect = asyncio.ensure_future(wait_disconnect(self.request))
+        try:
+            with upload.spool:
+                form = self._form(upload.fields, deadline)
+                job = DecodeJob(upload.spool.source(), cfg.num_frames, cfg.frame_size)
+                decoded: Decoded = await within_deadline(
+                    self.state, asyncio.wrap_future(self.state.pool.submit(job)), disconnect, form.deadline
+                )
+            self.state.metrics.on_decode(decoded.seconds)
+            result = await self._infer(form, decoded, disconnect)
+        finally:
+            disconnect.cancel()
+        return await self._answer(form, decoded, result)
+
+    async def _read_upload(self, deadline: float) -> Upload:
+        """The multipart body, streamed into its spool; a slow upload counts against the deadline too."""
+        s, headers = self.state.settings, self.request.headers
+        try:
+            async with asyncio.timeout(max(0.0, deadline - self.state.clock())):
+                return await read_upload(
+                    headers.get("content-type"), headers.get("content-length"), self.request.stream(),
+                    s.max_upload_bytes, s.spool_bytes, s.max_form_fields,
+                )
+        except ClientDisconnect:
+            raise ClientGone() from None
+        except TimeoutError:
+            raise DeadlineExceeded(f"the upload did not finish within {s.request_timeout_s:g} s") from None
+
+    def _form(self, fields: Mapping[str, str], deadline: float) -> ClassifyForm:
+        """The form fields, validated in this order (the first bad one answers 422); an unknown budget level is
+        refused before any decoding."""
+        budget = fields.get("budget") or None
+        explain = parse_bool(fields.get("explain", ""), "explain")
+        frames = parse_bool(fields.get("frames", ""), "frames")
+        stream = parse_bool(fields.get("stream", ""), "stream") or self._accepts_stream
+        if "deadline_ms" in fields:
+            deadline = min(deadline, request_deadline(self.state, self.started, fields["deadline_ms"]))
+        if budget is not None:
+            assert self.state.bundle is not None
+            self.state.bundle.budgets.get(budget)  # the engine's levels: BudgetError (422) for an unknown one
+        return ClassifyForm(budget, explain, frames, stream, deadline)
+
+    async def _infer(self, form: ClassifyForm, decoded: Decoded, disconnect: asyncio.Future[None]) -> EngineResult:
+        """The engine's result; its progress events kept for ``explain`` and relayed for a stream."""
+        engine = self.state.engine
+        assert engine is not None
+        request = EngineRequest(
+            decoded.frames,
+            budget=form.budget,
+            deadline=form.deadline,
+            explain=form.explain,
+            on_progress=self._progress.listener(keep=form.explain, relay=form.stream),
+            client_id=current_request_id() or "-",
+        )
+        self._engine_future = future = engine.submit(request)
+        try:
+            result: EngineResult = await within_deadline(
+                self.state, asyncio.wrap_future(future), disconnect, form.deadline
+            )
+        except (ClientGone, DeadlineExceeded):
+            engine.cancel(future)
+            raise
+        return result
+
+    async def _answer(self, form: ClassifyForm, decoded: Decoded, result: EngineResult) -> ClassifyResponse:
+        """The response body: the result, with ``steps`` under the thresholds the engine bound for this request
+        (``result.thresholds``: a budget swapped meanwhile does not change them) and the frames when asked."""
+        assert self.state.bundle is not None
+        body = answer(self.state, result, decoded.seconds, self.state.clock() - self.started)
+        if form.explain:
+            labels = self.state.bundle.config.class_names
+            body.steps = steps_from_progress(self._progress.kept, result.exit_step, labels, result.thresholds)
+        if form.frames:
+            body.frames = await asyncio.to_thread(frame_images, decoded.frames)
+        return body
 
 
 def request_deadline(state: ServiceState, started: float, deadline_ms: str | None) -> float:
@@ -51,85 +209,14 @@ def request_deadline(state: ServiceState, started: float, deadline_ms: str | Non
     return started + timeout
 
 
-async def classify(
-    state: ServiceState, request: Request, started: float, sink: EventSink | None = None
-) -> ClassifyResponse:
-    """Upload -> decode (worker process) -> engine -> answer; each stage bounded by the request deadline. With a
-    ``sink`` that wants a stream (Accept header, or the form field ``stream``), progress events go to it."""
-    assert state.engine is not None and state.pool is not None and state.bundle is not None
-    s, cfg = state.settings, state.bundle.config
-    deadline = request_deadline(state, started, request.headers.get("x-deadline-ms"))
-    try:
-        async with asyncio.timeout(max(0.0, deadline - state.clock())):  # a slow upload counts too
-            upload = await read_upload(
-                request.headers.get("content-type"), request.headers.get("content-length"), request.stream(),
-                s.max_upload_bytes, s.spool_bytes, s.max_form_fields,
-            )
-    except ClientDisconnect:
-        raise ClientGone() from None
-    except TimeoutError:
-        raise DeadlineExceeded(f"the upload did not finish within {s.request_timeout_s:g} s") from None
-    disconnect = asyncio.ensure_future(wait_disconnect(request))
-    try:
-        with upload.spool:
-            budget = upload.fields.get("budget") or None
-            explain = parse_bool(upload.fields.get("explain", ""), "explain")
-            want_frames = parse_bool(upload.fields.get("frames", ""), "frames")
-            if sink is not None and parse_bool(upload.fields.get("stream", ""), "stream"):
-                sink.wanted = True
-            if "deadline_ms" in upload.fields:
-                deadline = min(deadline, request_deadline(state, started, upload.fields["deadline_ms"]))
-            if budget is not None:
-                state.engine.budget_state().levels.get(budget)  # unknown level: 422 before any decoding
-            job = DecodeJob(upload.spool.source(), cfg.num_frames, cfg.frame_size)
-            decoded = await _wait(state, asyncio.wrap_future(state.pool.submit(job)), disconnect, deadline)
-        assert state.metrics is not None
-        state.metrics.on_decode(decoded.seconds)
-        progress: list[Progress] = []  # the engine's per-step predictions, for ``explain`` (appended on its thread)
-        stream_to = sink.push if sink is not None and sink.wanted else None
-
-        def on_progress(event: Progress) -> None:
-            if explain:
-                progress.append(event)
-            if stream_to is not None:
-                stream_to(event)
-
-        engine_request = EngineRequest(
-            decoded.frames,
-            budget=budget,
-            deadline=deadline,
-            explain=explain,
-            on_progress=on_progress if explain or stream_to is not None else None,
-        )
-        future = state.engine.submit(engine_request)
-        if sink is not None:
-            sink.future = future
-        try:
-            result: EngineResult = await _wait(state, asyncio.wrap_future(future), disconnect, deadline)
-        except (ClientGone, DeadlineExceeded):
-            state.engine.cancel(future)
-            raise
-    finally:
-        disconnect.cancel()
-    body = answer(state, result, decoded.seconds, state.clock() - started)
-    if explain:
-        budget_now = state.engine.budget_state()
-        thresholds: tuple[float, ...] | None = None
-        if result.budget != "custom":
-            thresholds = budget_now.levels.get(result.budget).thresholds
-        elif budget_now.version == result.budget_version:
-            thresholds = budget_now.thresholds
-        body.steps = steps_from_progress(progress, result.exit_step, state.bundle.config.class_names, thresholds)
-    if want_frames:
-        body.frames = await asyncio.to_thread(frame_images, decoded.frames)
-    return body
-
-
-async def _wait(
-    state: ServiceState, work: asyncio.Future[Any], disconnect: asyncio.Future[None], deadline: float
-) -> Any:
+async def within_deadline(
+    state: ServiceState, work: asyncio.Future[T], disconnect: asyncio.Future[None], deadline: float
+) -> T:
+    """``work``'s result, unless the client disconnects first (``ClientGone``) or the deadline plus
+    ``DEADLINE_GRACE_S`` passes (``DeadlineExceeded``): then ``work`` is cancelled."""
     timeout = max(0.0, deadline + DEADLINE_GRACE_S - state.clock())
-    done, _ = await asyncio.wait({work, disconnect}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    waiting: set[asyncio.Future[Any]] = {work, disconnect}
+    done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     if work in done:
         return work.result()
     work.cancel()
@@ -139,7 +226,7 @@ async def _wait(
 
 
 def answer(state: ServiceState, result: EngineResult, decode_s: float, total_s: float) -> ClassifyResponse:
-    """The response body of an engine result."""
+    """The response body of an engine result, named by this replica."""
     assert state.bundle is not None
     names = state.bundle.config.class_names
     cubes = None
@@ -159,6 +246,7 @@ def answer(state: ServiceState, result: EngineResult, decode_s: float, total_s: 
         budget_version=result.budget_version,
         timings=Timings(queue=result.queue_seconds, decode=decode_s, compute=result.compute_seconds, total=total_s),
         cubes=cubes,
+        replica=state.replica,
     )
 
 

@@ -1,16 +1,13 @@
-"""Anytime predictions of one /classify request: the engine's progress events, carried from its runner thread to
-the event loop (``EventSink``), and their Server-Sent Events form (``sse``). The streamed response itself is in
-service/http/sse.py."""
+"""The anytime predictions of one /classify request: the engine's progress events, kept for ``explain`` and carried
+from its runner thread to the event loop for a stream. Only the request's flow (service/classify/flow.py) holds
+one; the stream's wire format is in service/http/sse.py."""
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Sequence
-from concurrent.futures import Future
-from typing import Any
+from collections.abc import Callable
 
-from service.engine.types import EngineResult, Progress
+from service.engine.types import Progress
 
 STREAM_MEDIA_TYPE = "text/event-stream"
 
@@ -20,41 +17,39 @@ def wants_stream(accept: str | None) -> bool:
     return any(part.split(";")[0].strip().lower() == STREAM_MEDIA_TYPE for part in (accept or "").split(","))
 
 
-class EventSink:
-    """Progress events of one request, pushed from the engine thread, read on the event loop."""
+class RequestProgress:
+    """Progress events of one request: ``listener`` is the engine request's ``on_progress`` (the runner thread
+    calls it); the rest runs on the event loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, wanted: bool) -> None:
-        self.loop = loop
-        self.wanted = wanted  # Accept: text/event-stream, or the form field stream=true (set by the pipeline)
-        self.queue: asyncio.Queue[Progress] = asyncio.Queue()
-        self.started = asyncio.Event()  # the first event arrived: the answer is a stream from now on
-        self.future: Future[EngineResult] | None = None  # the engine request, to cancel when the client leaves
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.kept: list[Progress] = []  # for ``explain``: read once the engine answered
+        self.arrived = asyncio.Event()  # the first relayed event arrived: the answer is a stream from now on
+        self._loop = loop
+        self._queue: asyncio.Queue[Progress] = asyncio.Queue()
 
-    def push(self, event: Progress) -> None:
-        """Called on the engine's runner thread."""
-        self.loop.call_soon_threadsafe(self._put, event)
+    def listener(self, keep: bool, relay: bool) -> Callable[[Progress], None] | None:
+        """The ``on_progress`` callback that keeps events (``explain``) and relays them (a stream); None for
+        neither, so the engine builds no events."""
+        if not (keep or relay):
+            return None
+
+        def on_progress(event: Progress) -> None:  # on the engine's runner thread
+            if keep:
+                self.kept.append(event)
+            if relay:
+                self._loop.call_soon_threadsafe(self._put, event)
+
+        return on_progress
 
     def _put(self, event: Progress) -> None:
-        self.queue.put_nowait(event)
-        self.started.set()
+        self._queue.put_nowait(event)
+        self.arrived.set()
 
+    @property
+    def pending(self) -> bool:
+        """A relayed event waits to be read."""
+        return not self._queue.empty()
 
-def progress_body(event: Progress, labels: Sequence[str]) -> dict[str, Any]:
-    cube = event.cube
-    return {
-        "exit": event.exit_index,
-        "class_id": event.class_id,
-        "label": labels[event.class_id],
-        "confidence": event.confidence,
-        "entropy": event.score,
-        "cube": None
-        if cube is None
-        else {"t": cube.t, "y": cube.y, "x": cube.x, "size": cube.size, "frames": cube.frames},
-        "gmacs": event.gmacs,
-        "final": event.final,
-    }
-
-
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    """One Server-Sent Event: its name and one line of JSON."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    async def next(self) -> Progress:
+        """The next relayed event (waits for it)."""
+        return await self._queue.get()

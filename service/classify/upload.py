@@ -56,7 +56,7 @@ class UploadSpool:
     temporary file's path.
     """
 
-    def __init__(self, max_bytes: int, spool_bytes: int = 8 * 1024 * 1024, directory: str | None = None) -> None:
+    def __init__(self, max_bytes: int, spool_bytes: int, directory: str | None = None) -> None:
         self.max_bytes, self.spool_bytes, self.directory = max_bytes, spool_bytes, directory
         self.size = 0
         self.other = 0  # bytes of the form's other fields: they count towards ``max_bytes`` too
@@ -109,7 +109,6 @@ class UploadSpool:
 
 MAX_FIELD_BYTES = 1024  # non-file form fields (budget, explain)
 MULTIPART_OVERHEAD = 64 * 1024  # headers and boundaries on top of the file, for the Content-Length check
-DEFAULT_MAX_FIELDS = 8
 
 
 @dataclass
@@ -122,7 +121,7 @@ class Upload:
 class _MultipartSink:
     """python-multipart callbacks: the ``video`` part goes to the spool, other parts to small capped buffers."""
 
-    def __init__(self, spool: UploadSpool, max_fields: int = DEFAULT_MAX_FIELDS) -> None:
+    def __init__(self, spool: UploadSpool, max_fields: int) -> None:
         self.spool = spool
         self.max_fields = max_fields
         self.parts = 0  # non-file parts seen
@@ -194,7 +193,7 @@ async def read_upload(
     chunks: Any,
     max_bytes: int,
     spool_bytes: int,
-    max_fields: int = DEFAULT_MAX_FIELDS,
+    max_fields: int,
 ) -> Upload:
     """Stream a multipart/form-data body (``chunks``: an async iterator of bytes) into an ``UploadSpool``.
 

@@ -7,13 +7,12 @@ dies (any signal) or overruns its time limit, only the job it held fails (``Deco
 ``spawn``: the server process holds torch threads, which a fork would copy in an unusable state.
 
 Uploads go in and frames come back through shared memory, not the pipe: each worker slot has one block
-(``service.decode.shared_memory.FrameBlock``), created and unlinked by the pool's process only, that holds the
-upload (when it is in
-memory) and that the worker writes its clip into; the supervisor copies the clip out before the slot takes its next
-job. A crashed, killed or timed-out worker therefore leaves nothing behind (its replacement reuses the slot's
-block), a cancelled request holds no block, and ``shutdown`` unlinks them all. A block that cannot be made or
-mapped is the server's problem, never the upload's: the job goes through the pipe (``no_block``), and no worker
-is restarted for it.
+(``service.decode.shared_memory.FrameBlock``), created and unlinked by the pool's process only, that holds the upload
+(when it is in memory) and that the worker writes its clip into; the supervisor copies the clip out before the slot
+takes its next job. A crashed, killed or timed-out worker therefore leaves nothing behind (its replacement reuses the
+slot's block), a cancelled request holds no block, and ``shutdown`` unlinks them all. A block that cannot be made or
+mapped is the server's problem, never the upload's: the job goes through the pipe (``no_block``), and no worker is
+restarted for it.
 """
 
 from __future__ import annotations

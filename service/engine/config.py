@@ -1,7 +1,8 @@
 """The engine's one configuration type, validated once; no torch, no numpy (the scheduler imports it).
 
 ``service.settings.Settings`` builds it from the environment by keyword (``Settings.engine_config``) and reports
-its validation errors as settings errors; the engine and the scheduler take it as is.
+its validation errors as settings errors; the engine and the scheduler take it as is. Its field defaults are the
+server's defaults too: the settings read them from here (``service.settings.ENGINE``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ Stage = Literal["glance", "focus"]
 # the PyTorch runner's compute dtype (service.engine.runners.torch_runner.TorchOptions)
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+# continuous mode's admission rule (service.engine.admission): "cost" holds waiting requests while admitting them
+# would cost the requests in flight more than it gains them (expected finish times from the measured step costs);
+# "eager" admits as soon as the slot rule below allows
+AdmissionRule = Literal["cost", "eager"]
+ADMISSION_RULES: tuple[AdmissionRule, ...] = ("cost", "eager")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -25,6 +31,7 @@ class EngineConfig:
     max_batch: int = 32  # max samples per model call, per stage (glance batch and focus batch)
     max_active: int = 64  # cap on admitted requests holding frames on the device (memory cap)
     max_queue: int = 256  # bounded admission queue; submit() beyond it raises QueueFull
+    admission: AdmissionRule = "cost"  # continuous mode, on top of the slot rule below; ignored by drain and single
     # continuous mode: waiting requests are admitted (their glance runs) only when at least
     # min(min_glance_batch, number waiting) slots are free, OR when no request is active (the engine never idles
     # with work waiting); 1 = refill at the very next step. None = automatic: the knee of the measured glance cost
@@ -41,6 +48,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.mode not in ENGINE_MODES:
             raise ValueError(f"unknown engine mode {self.mode!r}; choose one of {ENGINE_MODES}")
+        if self.admission not in ADMISSION_RULES:
+            raise ValueError(f"unknown admission rule {self.admission!r}; choose one of {ADMISSION_RULES}")
         for name in ("max_batch", "max_active", "max_queue", "max_glance_wait_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -57,6 +66,11 @@ class EngineConfig:
     def batch_cap(self) -> int:
         """Samples per model call, per stage, in this mode."""
         return 1 if self.mode == "single" else self.max_batch
+
+    @property
+    def uses_costs(self) -> bool:
+        """Whether ``plan`` reads the measured step costs (the engine then measures them at warm-up and online)."""
+        return self.mode == "continuous" and (self.admission == "cost" or self.min_glance_batch is None)
 
     @property
     def active_cap(self) -> int:

@@ -1,18 +1,19 @@
-"""The serving engine thread: admission, cancellation, budgets and the loop that drives the scheduler step by step.
+"""The serving engine thread: admission, cancellation and the loop that drives the scheduler step by step.
 
 Each step, under the lock: expire deadlines, ``plan()``, snapshot the active budget. Outside the lock: the step's
 tensor work (``service.engine.step``: one glance batch, one focus batch, the exit decisions). Under the lock
 again: ``apply()``; requests that left are answered at once and their slots refill at the next step. The engine's
 own bookkeeping (one entry per unfinished request) is asserted equal to the scheduler's after every transition.
 
-Budgets: a swap replaces the active ``BudgetState`` (new version: the caller's, else the old one + 1) under the
-lock. The runner thread snapshots it once per step and binds it to the requests whose glance runs in that step, so
-a swap applies atomically at a step boundary, a request that is already in flight finishes under the version it
-started with, and every result reports the version whose thresholds decided its exit.
+Budgets: ``budget`` (``service.engine.active_budget.ActiveBudget``) holds the active ``BudgetState``; operators
+change it through ``service.budget.control.BudgetControl``, under this engine's lock. The runner thread snapshots it
+once per step and binds it to the requests whose glance runs in that step, so a swap applies atomically at a step
+boundary, a request that is already in flight finishes under the version it started with, and every result reports
+the version whose thresholds decided its exit.
 
-Automatic budget (``set_budget_auto``): at every step boundary, before ``plan()``, the controller of
+Automatic budget (``mode: auto``): at every step boundary, before ``plan()``, the controller of
 ``service.engine.autobudget`` gets the arrivals (every submit, refused ones too), the backlog, the measured step costs
-and the cubes answered videos ran, and may pick another level; that swap is an ordinary one (new version), so
+and the cubes answered videos ran, and may pick another level (``ActiveBudget.steer_locked``: a new version), so
 answers report the level and version that decided them. While it is pinned at its floor, submits beyond the queue the
 floor serves within the objective are refused (QueueFull). A manual swap turns it off.
 
@@ -23,6 +24,9 @@ prediction after every step that computed something for them (anytime prediction
 
 Failures: a model call that raises is retried one sample at a time (in the step), so only the samples that fail
 on their own get the error on their future; the runner thread never dies of a step.
+
+Log lines about one request carry its client-facing ID (``EngineRequest.client_id``, the ``X-Request-ID``) as their
+``request_id``, like every other line of that request; the integer key stays the engine's own ("engine key").
 """
 
 from __future__ import annotations
@@ -37,10 +41,10 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
-from model.budgets import BudgetTable, validate_thresholds
+from model.budgets import BudgetTable
 from model.config import AdaFocusConfig
 from model.macs import CostReport
-from service.engine.autobudget import AutoBudget, AutoBudgetConfig
+from service.engine.active_budget import ActiveBudget
 from service.engine.batch_costs import StepCostTable
 from service.engine.config import EngineConfig
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
@@ -49,11 +53,9 @@ from service.engine.runners.torch_runner import Runner
 from service.engine.scheduler import Finished, RequestOutput, RequestStatus, Scheduler, StepPlan
 from service.engine.step import Entry, StepExecutor
 from service.engine.step_timing import Pilot
-from service.engine.types import BudgetState, EngineRequest, EngineResult, Progress
+from service.engine.types import EngineRequest, EngineResult, Progress
 
 log = logging.getLogger(__name__)
-
-CUSTOM_BUDGET = "custom"
 
 
 class Engine:
@@ -74,8 +76,6 @@ class Engine:
         self.observer: EngineObserver = observer or NullObserver()
         self.clock = clock
         self.num_exits = model_config.num_cubes + 1
-        for level in budgets.levels:
-            validate_thresholds(list(level.thresholds), self.num_exits)
         self.video_shape = (model_config.num_frames, model_config.frame_size, model_config.frame_size)
         self._cost_table = StepCostTable(config.batch_cap)
         self._step_executor = StepExecutor(runner, model_config, costs, self.observer, clock, self._cost_table)
@@ -87,13 +87,12 @@ class Engine:
         self._by_future: dict[Future[EngineResult], int] = {}
         self._jobs: deque[tuple[Callable[[], None], Future[None]]] = deque()
         self._ids = itertools.count()
-        default = budgets.get(budgets.default)
-        self._budget = BudgetState(default.name, default.thresholds, 1, budgets.criterion, budgets, None, 1)
         self._draining = False
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self._pilot = Pilot(config, self._cost_table, costs.glance_gmacs, costs.focus_step_gmacs)
-        self.observer.on_budget(default.name, 1)
+        # step timing and the automatic budget's inputs (public for monitoring: ``video_costs``, ``step_seconds``)
+        self.pilot = Pilot(config, self._cost_table, costs.glance_gmacs, costs.focus_step_gmacs)
+        self.budget = ActiveBudget(budgets, self.num_exits, self.pilot, self._lock, self.observer, clock)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -137,7 +136,7 @@ class Engine:
         """Run glance and focus on dummy data at the batch sizes the engine uses (on the runner thread)."""
         cap = self.config.batch_cap
         sizes = sorted({1, cap})
-        if self.config.min_glance_batch is None:  # automatic glance batch: measure the cost curve
+        if self.config.uses_costs:  # the admission rule reads the cost curve: measure it
             sizes = sorted({*(2**i for i in range(cap.bit_length()) if 2**i <= cap), cap})
         self.call_on_runner(lambda: self._step_executor.warmup(sizes))
 
@@ -191,65 +190,10 @@ class Engine:
         if _resolve(entry.future, error=RequestCancelled("the request was cancelled")) or future.cancelled():
             self.observer.on_reject("cancelled")
 
-    # ------------------------------------------------------------------------------------------ budgets
-    def budget_state(self) -> BudgetState:
-        return self._budget
-
-    # ``version``: the new state's (a fleet-wide or persisted setting's, service/budget/store.py); None = active + 1
-    def set_budget_level(self, name: str, version: int | None = None) -> BudgetState:
-        level = self._budget.levels.get(name)
-        return self._swap(level.name, level.thresholds, version=version)
-
-    def set_budget_auto(self, config: AutoBudgetConfig, version: int | None = None) -> BudgetState:
-        """Let the automatic budget choose the level from the next step on (starting from the active level)."""
-        levels = self._budget.levels
-        if config.min_level is not None:
-            levels.get(config.min_level)  # BudgetError for an unknown floor
-        with self._lock:
-            auto = self._pilot.enable(config, levels.levels, self._budget.name, self.clock())
-            state = self._swap_locked(auto.level, levels.get(auto.level).thresholds, config, version, setting=True)
-        self.observer.on_budget(state.name, state.version)
-        return state
-
-    @property
-    def auto_budget(self) -> AutoBudget | None:
-        """The automatic budget's controller while it is on (read its ``last`` decision for monitoring)."""
-        return self._pilot.auto
-
-    def set_budget_gmacs(self, gmacs: float, version: int | None = None) -> BudgetState:
-        """Switch to the most accurate level expected to spend at most ``gmacs`` per video."""
-        level = self._budget.levels.best_within(float(gmacs))
-        return self._swap(level.name, level.thresholds, version=version)
-
-    def set_budget_thresholds(self, thresholds: list[float], version: int | None = None) -> BudgetState:
-        """Explicit thresholds eta_0..eta_K (validated: count, finite, non-negative); named "custom"."""
-        return self._swap(CUSTOM_BUDGET, validate_thresholds(thresholds, self.num_exits), version=version)
-
-    def _swap(self, name: str, thresholds: tuple[float, ...], version: int | None) -> BudgetState:
-        with self._lock:
-            state = self._swap_locked(name, thresholds, None, version, setting=True)
-            self._pilot.disable()
-        self.observer.on_budget(state.name, state.version)
-        return state
-
-    def _swap_locked(
-        self, name: str, thresholds: tuple[float, ...], auto: AutoBudgetConfig | None, version: int | None,
-        setting: bool,
-    ) -> BudgetState:
-        """``setting``: an operator's change (its version becomes the setting version); False: the automatic
-        budget's own level change, under the setting that turned it on."""
-        old = self._budget
-        new = old.version + 1 if version is None else max(old.version + 1, version)  # never back (auto bumps it)
-        given = new if version is None else version
-        self._budget = BudgetState(
-            name, thresholds, new, old.criterion, old.levels, auto, given if setting else old.setting_version
-        )
-        return self._budget
-
     # ------------------------------------------------------------------------------------------ submit path
     def _submit(self, request: EngineRequest, block: bool, timeout: float | None) -> Future[EngineResult]:
         self._check_frames(request.frames)
-        level = None if request.budget is None else self._budget.levels.get(request.budget)
+        level = None if request.budget is None else self.budget.levels.get(request.budget)
         future: Future[EngineResult] = Future()
         limit = None if timeout is None else self.clock() + timeout
         with self._lock:
@@ -266,7 +210,7 @@ class Engine:
             now = self.clock()
             rid = next(self._ids)
             try:
-                self._pilot.on_arrival(now, self._scheduler.num_waiting)
+                self.pilot.on_arrival(now, self._scheduler.num_waiting)
                 self._scheduler.add(rid, request.deadline)
             except QueueFull:
                 self.observer.on_reject("queue_full")
@@ -324,12 +268,11 @@ class Engine:
     def _step(self) -> None:
         start = self.clock()
         with self._lock:
-            expired = self._scheduler.expire(start, self._pilot.deadline_margin)
+            expired = self._scheduler.expire(start, self.pilot.deadline_margin)
             late = list(zip(expired, self._pop(expired), strict=True))
-            steer = self._steer_locked(start)
-            auto_glance = self.config.min_glance_batch is None
-            plan = self._scheduler.plan(self._cost_table.snapshot() if auto_glance else None)
-            snapshot = self._budget
+            steer = self.budget.steer_locked(start, self._scheduler.num_waiting)
+            plan = self._scheduler.plan(self._cost_table.snapshot() if self.config.uses_costs else None)
+            snapshot = self.budget.current()
             glance = [self._entries[rid] for rid in plan.glance]
             focus = [(self._entries[rid], self._scheduler.exit_index(rid)) for rid in plan.focus]
         if steer is not None:
@@ -340,18 +283,7 @@ class Engine:
         outputs = self._step_executor.run(glance, focus, snapshot)
         self._finish_step(plan, outputs, [*glance, *(e for e, _ in focus)])
         with self._lock:
-            self._pilot.on_step(self.clock() - start, self._step_executor.model_seconds)
-
-    def _steer_locked(self, now: float) -> BudgetState | None:
-        """The automatic budget's decision for this step; the new state if it swapped the level."""
-        decision = self._pilot.decide(now, self._scheduler.num_waiting)
-        if decision is None:
-            return None
-        self.observer.on_auto_budget(decision)
-        if decision.level == self._budget.name:
-            return None
-        level = self._budget.levels.get(decision.level)
-        return self._swap_locked(level.name, level.thresholds, self._budget.auto, None, setting=False)
+            self.pilot.on_step(self.clock() - start, self._step_executor.model_seconds)
 
     def _finish_step(self, plan: StepPlan, outputs: dict[int, RequestOutput], planned: list[Entry]) -> None:
         with self._lock:
@@ -375,7 +307,7 @@ class Engine:
             assert entry.request.on_progress is not None
             entry.request.on_progress(event)
         except Exception:
-            log.exception("the progress callback of request %d failed", entry.request_id)
+            log.exception("the progress callback failed (engine key %d)", entry.request_id, extra=_about(entry))
 
     def _answer(self, done: list[tuple[Finished, Entry]]) -> None:
         """Resolve the futures of requests that left: a result, or the error of a failed step."""
@@ -389,11 +321,15 @@ class Engine:
             try:
                 result = self._step_executor.result(entry, fin, now)
             except Exception as exc:
-                log.exception("building the result of request %d failed", entry.request_id)
+                log.exception("building the result failed (engine key %d)", entry.request_id, extra=_about(entry))
                 self._fail([entry], EngineError(f"could not build the result: {exc!r}"), "error")
                 continue
             with self._lock:
-                self._pilot.on_result(result.budget, result.cubes_used)
+                self.pilot.on_result(result.budget, result.cubes_used)
+            log.debug(
+                "answered at exit %d (%s) under budget %s version %d (engine key %d)", result.exit_step,
+                result.exit_reason, result.budget, result.budget_version, entry.request_id, extra=_about(entry),
+            )
             if _resolve(entry.future, result=result) and entry.request.observed:
                 self.observer.on_result(result)
 
@@ -417,6 +353,12 @@ class Engine:
         for entry in entries:
             if _resolve(entry.future, error=error):
                 self.observer.on_reject(reason)
+
+
+def _about(entry: Entry) -> dict[str, str]:
+    """The ``extra`` of a log line about one request: its client-facing ID (``X-Request-ID``) as the line's
+    ``request_id``, as every other log line of that request has it (the engine thread has no request context)."""
+    return {"request_id": entry.request.client_id}
 
 
 def _resolve(

@@ -1,5 +1,6 @@
-"""Domain errors of the engine. The HTTP layer maps them: QueueFull / EngineDraining -> 503,
-DeadlineExceeded -> 504, ``model.budgets.BudgetError`` -> 400/422."""
+"""Domain errors of the engine. The HTTP layer's error table (service/http/errors.py) maps them: QueueFull /
+EngineDraining -> 503, DeadlineExceeded -> 504, RequestCancelled -> 499, ``model.budgets.BudgetError`` (an unknown
+level, bad thresholds) -> 422; any other EngineError (a failed model step) -> 500."""
 
 from __future__ import annotations
 

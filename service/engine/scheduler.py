@@ -7,11 +7,13 @@ counter is its exit index (-1 before the glance, then 0..K), and requests at dif
 focus batch because f_L's weights are shared by every step.
 
 Modes (same code, different admission rule):
-- ``continuous``: a slot freed by an exit is refilled by a waiting request at the very next step (with
-  ``min_glance_batch`` > 1: once that many slots are free, or fewer if fewer wait, or at once when nothing is active;
-  ``min_glance_batch=None``: that batch is the knee of the glance cost per video in the ``StepCosts`` passed to
-  ``plan`` (see ``service.engine.batch_costs``), and the oldest waiting request waits at most
-  ``max_glance_wait_steps``);
+- ``continuous``: a slot freed by an exit may be refilled by a waiting request at the very next step. With
+  ``admission="cost"`` (the default) and the measured ``StepCosts`` passed to ``plan``, the waiting requests are held
+  while admitting them would cost the requests in flight more than it gains them (expected finish times:
+  ``service.engine.admission``); a hold ends at the latest when the requests in flight have left. The slot rule
+  comes first: with ``min_glance_batch`` > 1, admit only once that many slots are free, or fewer if fewer wait, or
+  at once when nothing is active; ``min_glance_batch=None``: that batch is the knee of the glance cost per video
+  (``service.engine.batch_costs``), and the oldest waiting request waits at most ``max_glance_wait_steps`` for it;
 - ``drain``: admit a batch only when nothing is active, then run it until every sample has left (batched exit);
 - ``single``: one request at a time end to end (batch size 1).
 
@@ -26,6 +28,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from service.engine.admission import ARRIVAL_WEIGHT, Admission, ExitHazards, admit_now
 from service.engine.batch_costs import StepCosts, knee_batch
 from service.engine.config import EngineConfig
 from service.engine.errors import QueueFull
@@ -94,7 +97,14 @@ class Scheduler:
     running: dict[int, SchedRequest] = field(default_factory=dict)  # insertion order = admission order
     requests: dict[int, SchedRequest] = field(default_factory=dict)  # every unfinished request
     in_flight: StepPlan | None = None  # planned, not yet applied (or abandoned)
+    hazards: ExitHazards = field(init=False)  # exit decisions seen so far (the cost rule's expected lives)
+    arrivals_per_step: float = 0.0  # moving average of requests added between two plans
+    last_admission: Admission | None = None  # the cost rule's last decision, for tests and monitoring
     _arrivals: int = 0
+    _added: int = 0  # requests added since the last plan
+
+    def __post_init__(self) -> None:
+        self.hazards = ExitHazards(self.num_cubes)
 
     # ------------------------------------------------------------------------------------------ queries
     @property
@@ -126,6 +136,7 @@ class Scheduler:
             raise QueueFull(f"admission queue is full ({self.config.max_queue} waiting)")
         self.requests[request_id] = SchedRequest(request_id, self._arrivals, deadline, queued_step=self.step)
         self._arrivals += 1
+        self._added += 1
         self.waiting.append(request_id)
         # NOTE(engine): O(1) here (called per submit, from request threads); the full O(n) check runs per step
         assert len(self.waiting) + len(self.running) == len(self.requests), "request sets out of sync"
@@ -134,6 +145,8 @@ class Scheduler:
         """Admit waiting requests (glance) and pick active ones for their next cube (focus). ``costs`` (measured
         by the engine) set the glance batch when ``min_glance_batch`` is automatic."""
         assert self.in_flight is None, "plan() called twice without apply()"
+        self.arrivals_per_step += ARRIVAL_WEIGHT * (self._added - self.arrivals_per_step)
+        self._added = 0
         cap = self.config.batch_cap
         # requests already active before this step, least recently scheduled first (round-robin past ``cap``)
         ready = sorted(self.running.values(), key=lambda r: (r.last_step, r.arrival))
@@ -178,6 +191,7 @@ class Scheduler:
                 assert req.exit_index < out.exit_index <= K, f"exit index must advance within 0..{K}: {out}, {req}"
                 req.exit_index = out.exit_index
                 req.cubes_run += out.cubes_run
+                self.hazards.record(out.exit_index, out.exited)
                 assert req.cubes_run <= req.exit_index, f"more cubes than exits: {req}"
                 if out.exited:
                     finished.append(self._finish(req, RequestStatus.FINISHED_CONFIDENT))
@@ -249,7 +263,17 @@ class Scheduler:
             return admissible  # the oldest has waited long enough
         if admissible < min(self.glance_batch(costs), len(self.waiting)):
             return 0  # wait for a larger, cheaper-per-video glance batch while the active requests progress
+        if self.config.admission == "cost" and costs is not None:
+            return admissible if self._admission_pays(costs, admissible) else 0
         return admissible
+
+    def _admission_pays(self, costs: StepCosts, n: int) -> bool:
+        """The cost rule for admitting ``n`` now (``service.engine.admission``); recorded in ``last_admission``."""
+        in_flight = [r.exit_index for r in self.running.values()]
+        behind = len(self.waiting) - n
+        cap = self.config.batch_cap
+        self.last_admission = admit_now(costs, cap, self.hazards, in_flight, n, behind, self.arrivals_per_step)
+        return self.last_admission.admit
 
     def _finish(self, req: SchedRequest, status: RequestStatus) -> Finished:
         assert status.is_finished and not req.status.is_finished, f"{req} cannot become {status.name}"

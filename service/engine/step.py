@@ -245,6 +245,7 @@ class StepExecutor:
             queue_seconds=entry.glance_start - entry.submitted,
             compute_seconds=now - entry.glance_start,
             cubes=cubes,
+            thresholds=entry.budget.thresholds,
         )
 
     def progress(self, entry: Entry, out: RequestOutput, final: bool) -> Progress:

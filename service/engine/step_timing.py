@@ -1,6 +1,7 @@
 """The engine's step timing and its automatic budget: what the engine measures about its own steps (wall time, the
-share spent outside model calls) and the controller it feeds with it. No torch, no threads: the engine calls every
-method under its lock.
+share spent outside model calls) and the controller it feeds with it. No torch, no threads: the engine and its
+``ActiveBudget`` (service/engine/active_budget.py: turning the controller on and off, its decision each step) call
+every method under the engine's lock.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """Public data types of the serving engine: a request, a result and the budget state (the configuration is in
 ``service.engine.config``).
 
-These names are the contract the HTTP layer, the ONNX runner and the benchmarks code against
-(``/work/helpers/engine-api.md``); keep them stable.
+These names are the contract the HTTP layer, the ONNX runner and the benchmarks code against; keep them stable.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ class EngineRequest:
     # called on the engine's runner thread after the glance and after every step that ran a cube for it (anytime
     # predictions); must be cheap and thread-safe; whatever it raises is logged and ignored
     on_progress: Callable[[Progress], None] | None = None
+    client_id: str = "-"  # the client-facing X-Request-ID (log lines); "-" outside HTTP
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,9 @@ class EngineResult:
     queue_seconds: float  # submit -> glance batch start
     compute_seconds: float  # glance start -> answer
     cubes: list[CubeBox] | None  # when explain
+    # eta_0 .. eta_K the request ran under, bound at its glance (a swap meanwhile does not change them); () only
+    # in results built by hand
+    thresholds: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class BudgetState:
 
     name: str  # level name, or "custom" for explicit thresholds
     thresholds: tuple[float, ...]  # eta_0 .. eta_K
-    version: int  # bumped by every swap, starting at 1 (or the version a swap was given)
+    version: int  # a new one on every swap, starting at 1 (``service.engine.active_budget.next_version``)
     criterion: Criterion
     levels: BudgetTable
     auto: AutoBudgetConfig | None = None  # set: the automatic budget chose this level (and will change it)

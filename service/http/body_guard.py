@@ -24,10 +24,12 @@ from service.settings import Settings
 
 @dataclass(frozen=True)
 class BodyLimits:
-    max_json_bytes: int = 16 * 1024  # bodies of every route not in ``streamed``
-    read_timeout_s: float = 10.0  # a small body must arrive within this
-    linger_s: float = 10.0  # at most this long discarding an unread body after the answer
-    retry_after_s: int = 1
+    """The guard's limits; their defaults are the settings' (``of``), written there only."""
+
+    max_json_bytes: int  # bodies of every route not in ``streamed``
+    read_timeout_s: float  # a small body must arrive within this
+    linger_s: float  # at most this long discarding an unread body after the answer
+    retry_after_s: int
     streamed: frozenset[str] = frozenset({"/classify"})  # routes that stream their body under their own limits
 
     @classmethod

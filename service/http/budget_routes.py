@@ -1,5 +1,5 @@
 """The budget routes: ``GET /budget`` (the active threshold set and every level) and ``PUT /budget`` (operator token,
-JSON body), thin wrappers over the service's budget store."""
+JSON body), thin wrappers over the service's budget control (``service.budget.control``) and store."""
 
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ def budget_body(
 @router.get("/budget", response_model=BudgetResponse)
 def get_budget(state: StateDep) -> BudgetResponse:
     """The active threshold set and every available level; `replicas`: each fleet replica's version."""
-    assert state.engine is not None
-    budget = state.engine.budget_state()
+    assert state.control is not None
+    budget = state.control.current()
     # a fleet whose broadcast failed (no replica answered) lists this replica alone
     replicas = (state.peers.budgets() if state.peers is not None else []) or [state.own_budget()]
     return budget_body(budget, budget.levels.default, state.replica, replicas)

@@ -27,7 +27,7 @@ from service.http.errors import error_response, to_api_error
 from service.http.guard_errors import MalformedHttp, ReadTimeout, TooManyConnections
 
 
-def raw_error(exc: Exception, retry_after_s: int = 1) -> bytes:
+def raw_error(exc: Exception, retry_after_s: int) -> bytes:
     """A whole HTTP/1.1 answer for ``exc`` (the error table's status, code and headers), closing the connection."""
     error = to_api_error(exc, retry_after_s)
     body = json.dumps({"code": error.code, "message": error.message}).encode()
@@ -60,10 +60,11 @@ def guarded_protocol(header_timeout_s: float, max_connections: int, limits: Body
 
 
 class _GuardedH11Protocol(H11Protocol):
-    header_timeout_s: float = 10.0
-    max_connections: int = 1000
-    retry_after_s: int = 1
-    refuse_app: Any = None
+    # set by ``guarded_protocol`` on the class it returns, from the settings (no defaults of their own)
+    header_timeout_s: float
+    max_connections: int
+    retry_after_s: int
+    refuse_app: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

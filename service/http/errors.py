@@ -147,7 +147,7 @@ def rule_for(exc: BaseException) -> ErrorRule:
     return INTERNAL
 
 
-def to_api_error(exc: BaseException, retry_after_s: int = 1) -> ApiError:
+def to_api_error(exc: BaseException, retry_after_s: int) -> ApiError:
     """Map a domain exception to its answer."""
     if isinstance(exc, ApiError):
         return exc
@@ -176,7 +176,7 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": ErrorBody, "description": "; or ".join(texts[status])} for status in statuses}
 
 
-def install_handlers(app: FastAPI, retry_after_s: int = 1) -> None:
+def install_handlers(app: FastAPI, retry_after_s: int) -> None:
     """Register the JSON error handlers for every table entry, validation and routing errors, and bugs."""
 
     async def domain(_: Request, exc: Exception) -> JSONResponse:

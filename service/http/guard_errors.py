@@ -1,8 +1,7 @@
 """Limits on what one client may hold: the domain errors of the body and connection guards (no HTTP here).
 
-service/http/body_guard.py (bodies of requests) and service/http/connection_guard.py (sockets) raise or answer
-them; the error table
-in service/http/errors.py gives each its status and code.
+service/http/body_guard.py (bodies of requests) and service/http/connection_guard.py (sockets) raise or answer them; the
+error table in service/http/errors.py gives each its status and code.
 """
 
 from __future__ import annotations

@@ -134,7 +134,7 @@ def model_metadata(state: StateDep, name: NameDep) -> ModelMetadata:
     """The served model: labels, input geometry, cubes, cost per exit, budget levels, hash, backend, device."""
     assert state.bundle is not None and state.engine is not None
     cfg, runner = state.bundle.config, state.engine.runner
-    budget = state.engine.budget_state()
+    budget = state.engine.budget.current()
     return ModelMetadata(
         name=name,
         versions=[state.bundle.sha256[:12]],

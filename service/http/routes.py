@@ -1,21 +1,17 @@
 """HTTP routes (the budget's are in service/http/budget_routes.py): thin wrappers over ``ServiceState``
-(service/lifecycle.py) and the /classify flow
-(service/classify/flow.py); errors are mapped by the table in service/http/errors.py."""
+(service/lifecycle.py) and the /classify flow (service/classify/flow.py); errors are mapped by the table in
+service/http/errors.py."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import Awaitable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
 
-from service.classify import flow as pipeline
-from service.classify.flow import ClientGone, ServiceDraining
-from service.classify.progress import EventSink, wants_stream
-from service.http import sse as stream
+from service.classify.flow import ClassifyFlow, ClientGone
+from service.http import sse
 from service.http.auth import check_operator
 from service.http.errors import error_response, error_responses, rule_for, to_api_error
 from service.lifecycle import ServiceState
@@ -97,27 +93,22 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
     """Classify one uploaded video (multipart field `video`); with `Accept: text/event-stream` or `stream=true`,
     stream the prediction after the glance and after each cube, then the answer (Server-Sent Events)."""
     started = state.clock()
-    # checked here, before the request counts as in flight: a request the drain waits for never gets refused later
-    draining = state.draining
+    flow = ClassifyFlow(state, request, started)  # before the request counts in flight: it reads ``draining``
     state.inflight += 1
     log.debug("/classify: %d request(s) in flight", state.inflight)  # the drain test waits for these
     status = 500
-    sink = EventSink(asyncio.get_running_loop(), wants_stream(request.headers.get("accept")))
     streaming = False
 
-    def stream_ended(final: int) -> None:
+    def ended(final: int) -> None:
         state.inflight -= 1
         if state.metrics is not None:
             state.metrics.on_request(final, state.clock() - started)
 
     try:
-        if draining:
-            raise ServiceDraining("the server is draining and admits no new requests")
-        answer = await stream.respond(
-            state, state.until_aborted(named(state, pipeline.classify(state, request, started, sink))), sink,
-            stream_ended,
-        )
-        streaming = isinstance(answer, Response)
+        answer = await flow.answer()
+        if not isinstance(answer, ClassifyResponse):
+            streaming = True  # a stream records its outcome when it ends
+            return sse.respond(state, answer, ended)
         status = 200
         return answer
     except Exception as exc:
@@ -132,15 +123,8 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
             raise
         return error_response(error)
     finally:
-        if not streaming:  # a stream records its outcome when it ends
-            stream_ended(status)
-
-
-async def named(state: ServiceState, work: Awaitable[ClassifyResponse]) -> ClassifyResponse:
-    """``work``'s answer with the replica that gave it (streamed or not)."""
-    answer = await work
-    answer.replica = state.replica
-    return answer
+        if not streaming:
+            ended(status)
 
 
 @router.get("/healthz", response_model=Health)

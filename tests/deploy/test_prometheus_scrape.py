@@ -19,10 +19,8 @@ import pytest
 import torch
 
 from model.adafocus import AdaFocusV3
-from model.budgets import BudgetLevel, BudgetTable
-from model.bundle import save_bundle
 from model.config import get_config
-from model.macs import cost_report
+from model.testing import fixed_budgets, untrained_bundle
 from model.video import encode_video
 from tests.deploy.conftest import DEPLOY, require_tool
 from tests.deploy.procs import Prometheus, free_port, http_get, prometheus, running, wait_for
@@ -33,16 +31,11 @@ TOKEN = "deploy-test-operator-token-42"
 
 
 def tiny_bundle(path: Path) -> Path:
-    """Random tiny model with two levels: `all` never exits early, `glance` always exits after the glance."""
+    """Random tiny model with the fixed levels of model.testing: `high` never exits early, `low` always exits after
+    the glance."""
     torch.manual_seed(0)
     model = AdaFocusV3(get_config("tiny")).eval()
-    costs = cost_report(model)
-    exits = model.config.num_cubes + 1
-    levels = (
-        BudgetLevel("glance", (1e3,) * exits, costs.exit_gmacs[0], 0.2),
-        BudgetLevel("all", (0.0,) * exits, costs.exit_gmacs[-1], 0.4),
-    )
-    return save_bundle(path, model, BudgetTable("entropy", levels, default="all"), "# tiny deploy-test bundle\n")
+    return untrained_bundle(path, model, fixed_budgets(model), "# tiny deploy-test bundle\n").path
 
 
 def tiny_video(path: Path) -> bytes:
@@ -96,16 +89,16 @@ def traffic(server: str, prom: Prometheus, tmp_path_factory: pytest.TempPathFact
             response = client.post("/classify", files={"video": ("clip.mp4", video, "video/mp4")})
             assert response.status_code == 200, response.text
             answers.append(response.json())
-        bad = client.put("/budget", json={"level": "glance"}, headers={"Authorization": "Bearer wrong-token"})
+        bad = client.put("/budget", json={"level": "low"}, headers={"Authorization": "Bearer wrong-token"})
         assert bad.status_code == 403
-        switched = client.put("/budget", json={"level": "glance"}, headers={"Authorization": f"Bearer {TOKEN}"})
+        switched = client.put("/budget", json={"level": "low"}, headers={"Authorization": f"Bearer {TOKEN}"})
         assert switched.status_code == 200, switched.text
-        assert switched.json()["name"] == "glance"
+        assert switched.json()["name"] == "low"
     return Traffic(answers, float(before[0]["value"][1]))
 
 
 def test_prometheus_reads_the_request_counter_back(prom: Prometheus, traffic: Traffic):
-    assert [a["budget"] for a in traffic.answers] == ["all"] * REQUESTS
+    assert [a["budget"] for a in traffic.answers] == ["high"] * REQUESTS
     samples = wait_for(
         lambda: prom.query(f'sum(adafocus_requests_total{{status="200"}}) == {REQUESTS}') or None,
         30,
@@ -124,9 +117,9 @@ def test_prometheus_sees_exit_steps_and_the_budget_switch(prom: Prometheus, traf
     wait_for(lambda: prom.query(f"adafocus_exit_step_count == {videos}") or None, 30, "exit steps", prom.proc)
     assert float(prom.query('adafocus_exit_step_bucket{le="2.0"}')[0]["value"][1]) == 0
     assert float(prom.query('adafocus_exit_step_bucket{le="3.0"}')[0]["value"][1]) == videos
-    budget = wait_for(lambda: prom.query('adafocus_budget_info{budget="glance"} == 1') or None, 30, "budget switch")
+    budget = wait_for(lambda: prom.query('adafocus_budget_info{budget="low"} == 1') or None, 30, "budget switch")
     assert len(budget) == 1
-    assert prom.query('adafocus_budget_info{budget="all"}') == []
+    assert prom.query('adafocus_budget_info{budget="high"}') == []
 
 
 def test_alert_rules_load_in_a_real_prometheus(prom: Prometheus):

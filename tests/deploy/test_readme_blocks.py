@@ -9,7 +9,6 @@ accuracy (retrained at will) are not. `make test` is skipped: it is what runs th
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shlex
@@ -20,10 +19,9 @@ import pytest
 import torch
 
 from model.adafocus import AdaFocusV3
-from model.budgets import BudgetLevel, BudgetTable
-from model.bundle import save_bundle
+from model.budgets import BudgetTable
 from model.config import AdaFocusConfig
-from model.macs import cost_report
+from model.testing import fixed_budgets, untrained_bundle
 from tests.service.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,14 +42,7 @@ def shipped_architecture_bundle(path: Path) -> Path:
     data = json.loads((ROOT / "model" / "bundles" / "default" / "config.json").read_text())
     torch.manual_seed(0)
     model = AdaFocusV3(AdaFocusConfig.from_dict(data["model"])).eval()
-    costs, exits = cost_report(model), model.config.num_cubes + 1
-    never = math.log(model.config.num_classes) + 1.0  # entropy never exceeds ln(classes): always exit
-    levels = (
-        BudgetLevel("low", (never,) * exits, costs.exit_gmacs[0], 0.3),
-        BudgetLevel("mid", (0.0,) + (never,) * (exits - 1), costs.exit_gmacs[1], 0.5),
-        BudgetLevel("high", (0.0,) * exits, costs.exit_gmacs[-1], 0.7),
-    )
-    return save_bundle(path, model, BudgetTable("entropy", levels, "high"), "# random bundle for the README test\n")
+    return untrained_bundle(path, model, fixed_budgets(model), "# random bundle for the README test\n").path
 
 
 def script(bundle: Path, port: int) -> str:

@@ -56,7 +56,7 @@ def test_onnx_runner_matches_torch_runner_with_mixed_steps(
     model, c = bundle.model, bundle.config
     ref = TorchRunner(model)
     onnx_runner = bound_runner if bound else onnx_runner
-    assert onnx_runner._focus.bound is bound
+    assert onnx_runner.io_binding is bound
     gen = torch.Generator().manual_seed(batch)
     frames_small = torch.rand(batch, 3, c.num_frames, c.glance_size, c.glance_size, generator=gen) * 255
     want, got = ref.glance(frames_small), onnx_runner.glance(frames_small)
@@ -78,8 +78,8 @@ def test_onnx_runner_matches_torch_runner_with_mixed_steps(
 def test_sessions_have_spinning_off_and_pinned_threads(onnx_runner: OnnxRunner) -> None:
     assert onnx_runner.device == torch.device("cpu")
     assert onnx_runner.providers == [CPU_PROVIDER]
-    for graph in (onnx_runner._glance, onnx_runner._focus):
-        so = graph.session.get_session_options()
+    for session in onnx_runner.sessions.values():
+        so = session.get_session_options()
         assert so.intra_op_num_threads == 1
         assert so.inter_op_num_threads == 1
         assert so.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -4,30 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from exporters.validate import load_clips
-from model.budgets import BudgetLevel, BudgetTable
-from model.bundle import Bundle, load_bundle, save_bundle
+from model.bundle import Bundle
 from model.config import get_config
-from model.exits import score_table, spread_exit_model, spread_thresholds
+from model.testing import reference_exits, spread_budgets, spread_exit_model, untrained_bundle
 
 NUM_CLIPS = 12
 
 
 def make_tiny_bundle(path: Path) -> Bundle:
-    """Tiny config with covered-cube skipping; random weights scaled so predictions, exit scores and cube
-    positions spread out (an untrained head gives near-ties everywhere)."""
+    """Tiny config with covered-cube skipping, a spread-exit model, thresholds spread over ``NUM_CLIPS`` clips
+    (``load_clips`` seed 0)."""
     config = get_config("tiny").replace(skip_covered_frames=True)
     model = spread_exit_model(config, seed=0)
-    clips, _ = load_clips(config, NUM_CLIPS, seed=0)
-    with torch.no_grad():
-        logits = model(clips).exit_logits  # (N, K + 1, classes)
-    scores = score_table(logits, "entropy")  # (N, K + 1)
-    levels = (
-        BudgetLevel("fast", spread_thresholds(scores, 3), 0.001, 0.5),
-        BudgetLevel("mid", spread_thresholds(scores, 1), 0.002, 0.6),
-        BudgetLevel("full", (0.0,) * (config.num_cubes + 1), 0.003, 0.7),
-    )
-    save_bundle(path, model, BudgetTable("entropy", levels, "mid"), "# tiny test bundle\n")
-    return load_bundle(path)
+    clips, _ = load_clips(config, NUM_CLIPS, seed=0)  # (N, 3, T, H, W)
+    return untrained_bundle(path, model, spread_budgets(reference_exits(model, clips).scores), "# tiny test bundle\n")

@@ -1,4 +1,4 @@
-"""The fleet on a local Ray cluster: one port, two replicas, one budget (issue 16's done-when test)."""
+"""The fleet on a local Ray cluster, end to end: one port, two replicas, one budget."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE
-from service.budget.store import BudgetSetting
+from service.budget.control import BudgetSetting
 from service.schemas import BudgetUpdate
 from tests.fleet.conftest import AUTH, Fleet, ray, replica_budgets
 from tests.service.conftest import wait_until

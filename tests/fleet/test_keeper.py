@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from fleet.keeper import BudgetKeeper
-from service.budget.store import BadBudgetFile, BudgetFileReadOnly, BudgetSetting, wall_ms
+from service.budget.control import BudgetSetting, wall_ms
+from service.budget.store import BadBudgetFile, BudgetFileReadOnly
 from service.schemas import BudgetUpdate
 
 

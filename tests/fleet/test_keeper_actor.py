@@ -12,7 +12,7 @@ import pytest
 from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE
 from fleet.keeper import BudgetKeeper
 from fleet.replica import FleetBudget
-from service.budget.store import BudgetSetting
+from service.budget.control import BudgetControl, BudgetSetting
 from service.engine.engine import Engine
 from service.engine.types import BudgetState
 from service.schemas import BudgetUpdate
@@ -65,9 +65,9 @@ def engine() -> Iterator[Engine]:
 def test_a_keeper_setting_the_bundle_lacks_falls_back_to_the_start_up_setting(ray_cluster: int, engine: Engine) -> None:
     keeper = ray.remote(BudgetKeeper).remote(BudgetUpdate(level="nope"), None)  # an older bundle's level
     applied: list[BudgetState] = []
-    store = FleetBudget(keeper, BudgetUpdate(mode="manual"), 3600, 0.5, push=lambda _: None)
+    store = FleetBudget(keeper, BudgetUpdate(mode="manual"), 3600, push=lambda _: None)
     try:
-        state = store.start(engine, applied.append)
+        state = store.start(BudgetControl(engine.budget, 0.5, applied.append))
     finally:
         store.stop()
     assert (state.name, applied) == ("fast", [state])  # the bundle's default: ready, not a start-up error

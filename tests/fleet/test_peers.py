@@ -13,7 +13,7 @@ from ray.serve.exceptions import DeploymentUnavailableError
 
 from fleet.replica import RayPeers
 from service.app import create_app
-from service.budget.store import BudgetSetting
+from service.budget.control import BudgetSetting
 from service.schemas import BudgetUpdate, ReplicaBudget
 from tests.fleet.conftest import fleet_settings
 from tests.service.conftest import make_bundle

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
 from loadtest.encode import EncodeSpec, encode_spec, moving_frames
+from loadtest.http.server_process import free_port
 
 TOKEN = "s3cret"
 LEVELS = {"low": (0.1, 1), "high": (0.3, 3)}  # name -> (GMACs/video, exit step) the fake answers with
@@ -109,16 +109,10 @@ class FakeServer:
     behaviour: Behaviour
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def fake_server() -> Iterator[FakeServer]:
     behaviour = Behaviour()
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(create_fake_app(behaviour), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

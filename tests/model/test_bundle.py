@@ -4,20 +4,14 @@ import pytest
 import torch
 
 from model.adafocus import AdaFocusV3
-from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import BundleError, load_bundle, save_bundle
 from model.config import get_config
+from model.testing import fixed_budgets, spread_exit_model
 
 
 def make_bundle(tmp_path: Path) -> tuple[Path, AdaFocusV3]:
-    torch.manual_seed(0)
-    model = AdaFocusV3(get_config("tiny")).eval()
-    budgets = BudgetTable(
-        criterion="entropy",
-        levels=(BudgetLevel("max", (0.0, 0.0, 0.0, 0.0), 0.0005, 0.9),),
-        default="max",
-    )
-    return save_bundle(tmp_path / "b", model, budgets, "# card\n"), model
+    model = spread_exit_model(get_config("tiny"))
+    return save_bundle(tmp_path / "b", model, fixed_budgets(model), "# card\n"), model
 
 
 def test_bundle_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
@@ -26,7 +20,8 @@ def test_bundle_round_trip_gives_identical_outputs(tmp_path: Path) -> None:
     video = torch.randint(0, 256, (2, 3, 4, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         assert torch.equal(bundle.model(video).exit_logits, model(video).exit_logits)
-    assert bundle.budgets.get("max").thresholds == (0.0, 0.0, 0.0, 0.0)
+    assert bundle.budgets == fixed_budgets(model)
+    assert bundle.budgets.get("high").thresholds == (0.0, 0.0, 0.0, 0.0)
     assert len(bundle.sha256) == 64
 
 

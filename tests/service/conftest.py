@@ -3,28 +3,20 @@ TestClient, lifespan included) and, for what needs a real socket or signals, a r
 
 from __future__ import annotations
 
-import math
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
-import torch
 
-from model.adafocus import AdaFocusV3
-from model.budgets import BudgetLevel, BudgetTable
-from model.bundle import save_bundle
+from loadtest.http.server_process import ServerProcess
+from loadtest.http.server_process import free_port as free_port  # tests import it from here too
 from model.config import get_config
-from model.macs import cost_report
+from model.testing import fixed_budgets, spread_exit_model, untrained_bundle
 from service.app import create_app
 from service.lifecycle import ServiceState
 from service.settings import Settings
@@ -37,73 +29,19 @@ OPERATOR_TOKEN = "test-operator-token-0123456789"
 
 
 def make_bundle(path: Path, config_name: str = "tiny") -> Path:
-    """A randomly initialised bundle with three levels: `low` always exits after the glance, `high` never
-    exits early (all K cubes), `mid` in between."""
-    torch.manual_seed(0)
-    model = AdaFocusV3(get_config(config_name)).eval()
-    costs = cost_report(model)
-    exits = model.config.num_cubes + 1
-    ln_c = math.log(model.config.num_classes)
-    levels = (
-        BudgetLevel("low", (ln_c + 1.0,) * exits, costs.exit_gmacs[0], 0.3),
-        BudgetLevel("mid", (0.0,) + (ln_c + 1.0,) * (exits - 1), costs.exit_gmacs[1], 0.5),
-        BudgetLevel("high", (0.0,) * exits, costs.exit_gmacs[-1], 0.7),
-    )
-    budgets = BudgetTable(criterion="entropy", levels=levels, default="high")
-    return save_bundle(path, model, budgets, f"# random {config_name} bundle for tests\n")
+    """An untrained bundle (``model.testing``) with three levels: `low` always exits after the glance, `high`
+    never exits early (all K cubes), `mid` after one cube."""
+    model = spread_exit_model(get_config(config_name))
+    return untrained_bundle(path, model, fixed_budgets(model), f"# random {config_name} bundle for tests\n").path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Server:
-    """A real `adafocus serve` subprocess on a free local port."""
+class Server(ServerProcess):
+    """A real `adafocus serve` subprocess on a free local port (``loadtest.http.server_process``) with the settings
+    of a test server: two decoder workers, one torch thread, the CPU; ``env`` adds or overrides settings."""
 
     def __init__(self, bundle: Path, log_path: Path, new_session: bool = False, **env: Any) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("ADAFOCUS_")}
-        environ.update({"ADAFOCUS_DECODE_WORKERS": "2", "ADAFOCUS_TORCH_THREADS": "1", "ADAFOCUS_DEVICE": "cpu"})
-        environ.update({f"ADAFOCUS_{k.upper()}": str(v) for k, v in env.items()})
-        entry = Path(sys.executable).parent / "adafocus"  # the installed console script, as a user runs it
-        cmd = [str(entry), "serve", "--host", "127.0.0.1", "--port", str(self.port), "--bundle", str(bundle)]
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(  # new_session: its own process group, as a terminal's foreground job
-            cmd, stdout=self._log, stderr=subprocess.STDOUT, env=environ, start_new_session=new_session
-        )
-
-    def wait_ready(self, timeout: float = 90.0) -> None:
-        limit = time.monotonic() + timeout
-        while time.monotonic() < limit:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise TimeoutError(f"server not ready after {timeout} s:\n{self.log()}")
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return int(self.process.returncode)
+        settings = {"decode_workers": 2, "torch_threads": 1, "device": "cpu", **env}
+        super().__init__(bundle, log_path, settings, new_session)
 
 
 def ramp(frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:

@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from model.video import encode_video
-from service.classify import flow as pipeline
+from service.classify.flow import DEADLINE_GRACE_S, within_deadline
 from service.engine.engine import Engine
 from service.engine.errors import DeadlineExceeded
 from tests.service.conftest import (
@@ -232,7 +232,7 @@ def test_the_http_side_gives_up_at_the_deadline_when_the_engine_does_not_answer(
         loop = asyncio.get_running_loop()
         work, disconnect = loop.create_future(), loop.create_future()
         with pytest.raises(DeadlineExceeded, match="no answer within the request timeout of 30 s"):
-            await pipeline._wait(state, work, disconnect, state.clock() - pipeline.DEADLINE_GRACE_S - 1.0)
+            await within_deadline(state, work, disconnect, state.clock() - DEADLINE_GRACE_S - 1.0)
         return work
 
     assert asyncio.run(wait_past_deadline()).cancelled()  # the work it waited for is given up

@@ -114,6 +114,18 @@ def test_every_log_line_of_a_request_carries_its_id(app: TestClient, clip: Path,
     assert all(r["duration_ms"] >= 0 and r["level"] == "INFO" and r["ts"].endswith("+00:00") for r in access)
 
 
+def test_the_engines_log_lines_about_a_request_carry_its_id(
+    app: TestClient, clip: Path, log_lines: io.StringIO
+) -> None:
+    """The engine thread runs outside the request's context; its lines about the request carry the client's ID."""
+    body = classify(app, clip, headers={"X-Request-ID": "engine-trace-1"})
+    records = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    engine = [r for r in records if r["logger"] == "service.engine.engine"]
+    assert [(r["request_id"], r["level"]) for r in engine] == [("engine-trace-1", "DEBUG")]  # one line, not INFO
+    answered = f"answered at exit {body['exit_step']} ({body['exit_reason']}) under budget {body['budget']} "
+    assert engine[0]["message"].startswith(answered + f"version {body['budget_version']} (engine key ")
+
+
 def test_the_operator_token_is_never_logged(app: TestClient, log_lines: io.StringIO) -> None:
     auth = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
     assert app.put("/budget?token=x", json={"level": "high"}, headers=auth).status_code == 200

@@ -28,7 +28,7 @@ from exporters.onnx_export import export_to_cache
 from exporters.onnx_runner import OnnxRunner, OrtOptions
 from model.adafocus import AdaFocusV3, FocusState
 from model.bundle import Bundle, load_bundle
-from service.engine.config import BACKENDS, Backend
+from service.engine.config import BACKENDS, Backend, EngineConfig
 from service.engine.runners.cuda_graphs import GraphedRunner
 from service.engine.runners.torch_runner import Runner, TorchOptions, TorchRunner
 
@@ -63,7 +63,7 @@ def create_runner(
     cache_dir: str | Path | None = None,
     ort_options: OrtOptions | None = None,
     torch_options: TorchOptions = TorchOptions(),
-    max_batch: int = 32,
+    max_batch: int = EngineConfig().max_batch,  # the largest batch a CUDA-graph bucket must hold
 ) -> Runner:
     """Build the runner the engine will drive for the whole life of the process.
 

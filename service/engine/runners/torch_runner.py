@@ -33,9 +33,8 @@ class TorchOptions:
 
     precision: ``bf16`` runs every stage under ``torch.autocast`` (weights stay float32; outputs are cast back).
     channels_last: the frame encoders' weights in NHWC, so cuDNN picks its NHWC kernels (faster on tensor cores).
-    cuda_graphs: each stage is captured once per batch bucket at start-up (``service.engine.runners.cuda_graphs``)
-    and replayed;
-    a batch runs in the smallest bucket that holds it. CUDA only.
+    cuda_graphs: each stage is captured once per batch bucket at start-up (``service.engine.runners.cuda_graphs``) and
+    replayed; a batch runs in the smallest bucket that holds it. CUDA only.
     """
 
     precision: Precision = "fp32"

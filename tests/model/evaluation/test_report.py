@@ -7,7 +7,7 @@ from model.budgets import BudgetLevel, BudgetTable
 from model.bundle import save_bundle
 from model.config import get_config
 from model.evaluation.report import targets_summary
-from model.exits import spread_exit_model
+from model.testing import spread_exit_model
 from service.cli import main
 from tests.model.data.test_fashion import needs_data
 

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -5,11 +6,22 @@ import torch
 
 from model.adafocus import AdaFocusV3
 from model.config import get_config
-from model.data.datasets import DataSpec, build_dataset, iterate
+from model.data.datasets import PRESETS, DataSpec, build_dataset, iterate
 from model.data.synth import SynthConfig
 from model.data.targets import cube_hits
-from model.training.objectives import STEP_FNS, TrainConfig, centred_centres, policy_rewards, sample_cells
-from model.training.train import TrainState, load_checkpoint, lr_factor, make_optimizer, save_checkpoint, train
+from model.training.config import TrainConfig
+from model.training.objectives import STEP_FNS, centred_centres, policy_rewards, sample_cells
+from model.training.train import (
+    TrainState,
+    load_checkpoint,
+    lr_factor,
+    make_optimizer,
+    save_checkpoint,
+    train,
+    training_section,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
 
 # clips shaped like the tiny config's input: 4 frames of 32x32, 5 classes
 SMALL = SynthConfig(num_frames=4, size=32, num_classes=5, target_size=8, visible_frames=1, distractor_sizes=(3, 6))
@@ -147,3 +159,12 @@ def test_marginal_reward_credits_what_a_cube_adds_to_the_earlier_ones() -> None:
     marginal = policy_rewards(exit_logits, local_aux, y, "marginal", 0.0)
     gain = torch.log(torch.tensor(2.0)) - torch.log1p(torch.exp(torch.tensor(-4.0)))  # CE(unsure) - CE(sure)
     assert marginal[0].tolist() == pytest.approx([gain.item(), 0.0], abs=1e-6)
+
+
+@pytest.mark.parametrize("source", ["synth", "fashion"])
+def test_training_section_names_the_benchmark_module_that_exists(source: str) -> None:
+    benchmark = SMALL if source == "synth" else PRESETS["fashion:tiny"]
+    cfg = TrainConfig(model=get_config("tiny"), data=DataSpec(source, 0, 64, benchmark), stages=(("random", 1),))
+    text = training_section(cfg, TrainState(1, 0), "adafocus train ...", "exit 0: 1.0 MMACs")
+    assert re.findall(r"`([\w/]+\.py)`", text) == [f"model/data/{source}.py"]
+    assert (ROOT / "model" / "data" / f"{source}.py").is_file()

@@ -15,18 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from model.budgets import BudgetError
 from service.budget import store as budgetstore
-from service.budget.store import (
-    BadBudgetFile,
-    BudgetFileReadOnly,
-    BudgetSetting,
-    FileBudget,
-    LocalBudget,
-    next_version,
-    parse_setting,
-    pinned_update,
-    wall_ms,
-)
-from service.engine.autobudget import AutoBudgetConfig
+from service.budget.control import BudgetControl, BudgetSetting, wall_ms
+from service.budget.store import BadBudgetFile, BudgetFileReadOnly, FileBudget, LocalBudget, parse_setting
+from service.engine.active_budget import next_version
 from service.engine.engine import Engine
 from service.engine.types import BudgetState
 from service.schemas import BudgetUpdate
@@ -65,9 +56,9 @@ def configmap(root: Path, content: dict[str, object], generation: int) -> Path:
 def start_after_a_restart(world: World, path: Path, initial: BudgetUpdate) -> BudgetState:
     """The budget a new server (a new engine and store on ``path``) starts with."""
     engine, _ = make_engine(world)
-    store = FileBudget(path, initial, 3600, 0.5)
+    store = FileBudget(path, initial, 3600)
     try:
-        return store.start(engine, lambda _: None)
+        return store.start(BudgetControl(engine.budget, 0.5))
     finally:
         store.stop()
         engine.shutdown(drain=False)
@@ -92,7 +83,7 @@ def test_a_bad_file_is_refused(text: str) -> None:
 def test_local_budget_starts_at_its_level_with_a_wall_clock_version(engine: Engine) -> None:
     applied: list[BudgetState] = []
     before = wall_ms()
-    state = LocalBudget(BudgetUpdate(level="mid"), 0.5).start(engine, applied.append)
+    state = LocalBudget(BudgetUpdate(level="mid")).start(BudgetControl(engine.budget, 0.5, applied.append))
     assert (state.name, state.setting_version == state.version) == ("mid", True)
     assert before <= state.version <= wall_ms()  # a restart starts later, so higher: never 1 again
     assert applied == [state]
@@ -100,23 +91,23 @@ def test_local_budget_starts_at_its_level_with_a_wall_clock_version(engine: Engi
 
 def test_local_budget_refuses_an_unknown_start_level(engine: Engine) -> None:
     with pytest.raises(BudgetError):
-        LocalBudget(BudgetUpdate(level="nope"), 0.5).start(engine, lambda _: None)
+        LocalBudget(BudgetUpdate(level="nope")).start(BudgetControl(engine.budget, 0.5))
 
 
 def test_the_file_is_read_at_start_up_then_followed_through_symlink_swaps(engine: Engine, tmp_path: Path) -> None:
     path = configmap(tmp_path, {"level": "mid", "version": 10}, 1)
-    store = FileBudget(path, BudgetUpdate(level="full"), poll_s=3600, default_p99_s=0.5)  # polled by hand here
+    store = FileBudget(path, BudgetUpdate(level="full"), poll_s=3600)  # polled by hand here
     try:
-        state = store.start(engine, lambda _: None)
+        state = store.start(BudgetControl(engine.budget, 0.5))
         assert (state.name, state.version) == ("mid", 10)  # the file wins over the start-up level
         assert store.check() is None  # nothing changed
         configmap(tmp_path, {"level": "full", "version": 11}, 2)
         state = store.check()  # type: ignore[assignment]
-        assert (state.name, state.version, engine.budget_state().name) == ("full", 11, "full")
+        assert (state.name, state.version, engine.budget.current().name) == ("full", 11, "full")
         configmap(tmp_path, {"level": "fast", "version": 9}, 3)  # older than what runs: ignored
-        assert store.check() is None and engine.budget_state().version == 11
+        assert store.check() is None and engine.budget.current().version == 11
         configmap(tmp_path, {"level": "nope", "version": 12}, 4)  # invalid: logged, the budget stays
-        assert store.check() is None and engine.budget_state().name == "full"
+        assert store.check() is None and engine.budget.current().name == "full"
         configmap(tmp_path, {"mode": "auto", "p99_s": 0.25, "version": 13}, 5)
         state = store.check()  # type: ignore[assignment]
         assert (state.version, state.setting_version, state.auto is not None) == (13, 13, True)
@@ -127,15 +118,15 @@ def test_the_file_is_read_at_start_up_then_followed_through_symlink_swaps(engine
 def test_a_bad_file_stops_the_start_up(engine: Engine, tmp_path: Path) -> None:
     (tmp_path / "budget.json").write_text('{"level": "nope"}')
     with pytest.raises(BudgetError):
-        FileBudget(tmp_path / "budget.json", BudgetUpdate(mode="manual"), 3600, 0.5).start(engine, lambda _: None)
+        FileBudget(tmp_path / "budget.json", BudgetUpdate(mode="manual"), 3600).start(BudgetControl(engine.budget, 0.5))
 
 
 def test_put_writes_the_file_atomically_and_a_restart_keeps_it(world: World, tmp_path: Path) -> None:
     path = tmp_path / "budget.json"  # no file yet: the start-up level, until a PUT writes one
     first, _ = make_engine(world)
-    store = FileBudget(path, BudgetUpdate(level="mid"), 3600, 0.5)
+    store = FileBudget(path, BudgetUpdate(level="mid"), 3600)
     try:
-        start = store.start(first, lambda _: None)
+        start = store.start(BudgetControl(first.budget, 0.5))
         put = store.put(BudgetUpdate(level="full"))
         assert put.version > start.version and put.name == "full"
         assert json.loads(path.read_text()) == {"level": "full", "version": put.version}
@@ -152,13 +143,13 @@ def test_put_where_the_file_cannot_be_written_is_refused_and_changes_nothing(eng
     folder = tmp_path / "config"
     folder.mkdir()
     path = configmap(folder, {"level": "mid", "version": 10}, 1)
-    store = FileBudget(path, BudgetUpdate(mode="manual"), 3600, 0.5)
+    store = FileBudget(path, BudgetUpdate(mode="manual"), 3600)
     try:
-        store.start(engine, lambda _: None)
+        store.start(BudgetControl(engine.budget, 0.5))
         shutil.rmtree(folder)  # as good as read-only, for root too (a ConfigMap volume refuses writes: EROFS)
         with pytest.raises(BudgetFileReadOnly):
             store.put(BudgetUpdate(level="full"))
-        assert (engine.budget_state().name, engine.budget_state().version) == ("mid", 10)
+        assert (engine.budget.current().name, engine.budget.current().version) == ("mid", 10)
     finally:
         store.stop()
 
@@ -166,9 +157,9 @@ def test_put_where_the_file_cannot_be_written_is_refused_and_changes_nothing(eng
 def test_a_bare_manual_put_is_written_as_the_level_it_keeps(world: World, tmp_path: Path) -> None:
     path = tmp_path / "budget.json"
     first, _ = make_engine(world)
-    store = FileBudget(path, BudgetUpdate(level="mid"), 3600, 0.5)
+    store = FileBudget(path, BudgetUpdate(level="mid"), 3600)
     try:
-        store.start(first, lambda _: None)
+        store.start(BudgetControl(first.budget, 0.5))
         store.put(BudgetUpdate(mode="auto", p99_s=5.0))  # starts from the active level, "mid"
         put = store.put(BudgetUpdate(mode="manual"))
         assert (put.name, put.auto) == ("mid", None)
@@ -180,23 +171,14 @@ def test_a_bare_manual_put_is_written_as_the_level_it_keeps(world: World, tmp_pa
     assert (state.name, state.setting_version) == ("mid", put.setting_version)  # the level, not the default
 
 
-def test_a_bare_manual_update_pins_the_active_level_or_its_thresholds(engine: Engine) -> None:
-    engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=5.0))
-    assert pinned_update(engine.budget_state(), BudgetUpdate(mode="manual")) == BudgetUpdate(level="fast")
-    assert pinned_update(engine.budget_state(), BudgetUpdate(level="mid")) == BudgetUpdate(level="mid")
-    thresholds = [0.5] * engine.num_exits
-    custom = engine.set_budget_thresholds(thresholds)
-    assert pinned_update(custom, BudgetUpdate(mode="manual")) == BudgetUpdate(thresholds=thresholds)
-
-
 def test_a_put_whose_write_fails_leaves_the_engine_and_the_file_as_they_were(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "budget.json"
     path.write_text('{"level": "mid", "version": 10}')
-    store = FileBudget(path, BudgetUpdate(mode="manual"), 3600, 0.5)
+    store = FileBudget(path, BudgetUpdate(mode="manual"), 3600)
     try:
-        before = store.start(engine, lambda _: None)
+        before = store.start(BudgetControl(engine.budget, 0.5))
 
         def disk_full(path: Path, text: str) -> None:
             raise OSError(28, "No space left on device")
@@ -204,7 +186,7 @@ def test_a_put_whose_write_fails_leaves_the_engine_and_the_file_as_they_were(
         monkeypatch.setattr(budgetstore, "write_atomically", disk_full)
         with pytest.raises(OSError, match="No space left"):
             store.put(BudgetUpdate(level="full"))
-        assert engine.budget_state() is before  # not applied: a restart would have reverted it
+        assert engine.budget.current() is before  # not applied: a restart would have reverted it
         assert path.read_text() == '{"level": "mid", "version": 10}'
     finally:
         store.stop()
@@ -214,7 +196,7 @@ def test_concurrent_puts_leave_the_file_and_the_engine_agreeing(
     engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "budget.json"
-    store = FileBudget(path, BudgetUpdate(level="mid"), 3600, 0.5)
+    store = FileBudget(path, BudgetUpdate(level="mid"), 3600)
     write = budgetstore.write_atomically
     second_wrote = threading.Event()
     writers: list[str] = []
@@ -230,14 +212,14 @@ def test_concurrent_puts_leave_the_file_and_the_engine_agreeing(
 
     monkeypatch.setattr(budgetstore, "write_atomically", slow_first_write)
     try:
-        store.start(engine, lambda _: None)
+        store.start(BudgetControl(engine.budget, 0.5))
         threads = [threading.Thread(target=store.put, args=(BudgetUpdate(level=level),), name=level)
                    for level in ("fast", "full")]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join(timeout=30)
-        state = engine.budget_state()
+        state = engine.budget.current()
         assert sorted(writers) == ["fast", "full"]
         assert json.loads(path.read_text()) == {"level": state.name, "version": state.setting_version}
         assert state.name == writers[-1]  # the last write is what the engine runs

@@ -85,7 +85,9 @@ def test_put_budget_mode_auto_and_back_to_manual(tiny_bundle: Path) -> None:
         body = r.json()
         assert (body["mode"], body["slo_p99_s"], body["min_level"], body["name"]) == ("auto", 0.8, "mid", "high")
         engine = service_state(client).engine
-        assert engine is not None and engine.auto_budget is not None and engine.auto_budget.names == ("mid", "high")
+        assert engine is not None
+        auto = engine.budget.auto_controller
+        assert auto is not None and auto.names == ("mid", "high")
         assert client.get("/budget").json()["mode"] == "auto"
         bad = client.put("/budget", json={"mode": "auto", "min_level": "nope"}, headers=auth)
         assert bad.status_code == 422 and bad.json()["code"] == "invalid_budget"
@@ -95,7 +97,7 @@ def test_put_budget_mode_auto_and_back_to_manual(tiny_bundle: Path) -> None:
         assert (r.json()["slo_p99_s"], r.json()["min_level"]) == (0.25, None)
         r = client.put("/budget", json={"mode": "manual"}, headers=auth)
         assert (r.json()["mode"], r.json()["name"], r.json()["slo_p99_s"]) == ("manual", "high", None)
-        assert engine.auto_budget is None
+        assert engine.budget.auto_controller is None
         r = client.put("/budget", json={"level": "low"}, headers=auth)
         assert (r.json()["mode"], r.json()["name"]) == ("manual", "low")
 

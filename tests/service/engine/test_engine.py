@@ -1,4 +1,5 @@
-"""The engine with the tiny model on CPU: batch-composition independence, budgets, backpressure, shutdown."""
+"""The engine with the tiny model on CPU: batch-composition independence, budget swaps at step boundaries,
+backpressure, shutdown."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import torch
 from model.adafocus import FocusState
 from model.budgets import BudgetError
 from model.exits import GlanceResult
+from service.budget.control import BudgetControl
 from service.engine.engine import run_offline
 from service.engine.errors import DeadlineExceeded, EngineDraining, EngineError, QueueFull, RequestCancelled
 from service.engine.runners.torch_runner import TorchRunner
 from service.engine.types import EngineRequest, EngineResult
+from service.schemas import BudgetUpdate
 from tests.service.engine.tiny import NUM_CLIPS, World, check, deadline_scenario, make_engine, requests
 
 
@@ -105,14 +108,15 @@ def test_budget_swaps_are_atomic_under_concurrent_submits(world: World) -> None:
     for t in threads:
         t.start()
     custom = world.budgets.get("mid").thresholds
+    control = BudgetControl(engine.budget)
     swaps = [
-        lambda: engine.set_budget_level("full"),
-        lambda: engine.set_budget_thresholds(list(custom)),
-        lambda: engine.set_budget_gmacs(0.00035),  # best within: "fast"
-        lambda: engine.set_budget_level("mid"),
+        BudgetUpdate(level="full"),
+        BudgetUpdate(thresholds=list(custom)),
+        BudgetUpdate(gmacs=0.00035),  # best within: "fast"
+        BudgetUpdate(level="mid"),
     ]
     for n in range(12):
-        state = swaps[n % len(swaps)]()
+        state = control.apply(swaps[n % len(swaps)])
         versions[state.version] = state.thresholds
         with grew:  # at most 3 requests were in flight at the swap: 6 more results include newer versions
             target = len(results) + 6
@@ -130,37 +134,13 @@ def test_budget_swaps_are_atomic_under_concurrent_submits(world: World) -> None:
     assert obs.budgets[0] == ("fast", 1) and obs.budgets[-1] == ("mid", 13)
 
 
-def test_budget_api_validation(world: World) -> None:
+def test_submit_refuses_an_unknown_level_and_bad_frames(world: World) -> None:
     engine, _ = make_engine(world)
-    assert engine.budget_state().name == "fast" and engine.budget_state().version == 1
-    assert engine.set_budget_gmacs(0.00045).name == "mid"
-    assert engine.set_budget_gmacs(1.0).name == "full"
-    state = engine.set_budget_thresholds([0.5, 0.5, 0.5, 0.0])
-    assert (state.name, state.thresholds, state.version) == ("custom", (0.5, 0.5, 0.5, 0.0), 4)
-    with pytest.raises(BudgetError, match="no level fits"):
-        engine.set_budget_gmacs(0.0001)
-    with pytest.raises(BudgetError, match="expected 4 thresholds"):
-        engine.set_budget_thresholds([0.1, 0.2])
-    with pytest.raises(BudgetError, match="finite and non-negative"):
-        engine.set_budget_thresholds([0.1, float("nan"), -1.0, 0.0])
-    with pytest.raises(BudgetError, match="unknown budget level"):
-        engine.set_budget_level("turbo")
     with pytest.raises(BudgetError, match="unknown budget level"):
         engine.submit(EngineRequest(frames=world.clips[0], budget="turbo"))
     with pytest.raises(ValueError, match="uint8 array of shape"):
         engine.submit(EngineRequest(frames=world.clips[0][:2]))
-    assert engine.budget_state().version == 4  # failed swaps change nothing
-
-
-def test_a_given_version_below_the_engines_never_takes_the_version_back(world: World) -> None:
-    engine, _ = make_engine(world)
-    engine.set_budget_level("mid")
-    assert engine.set_budget_level("full").version == 3  # as the automatic budget's own level changes count up
-    state = engine.set_budget_level("fast", version=2)  # e.g. a budget file with "version": 2
-    assert (state.name, state.version, state.setting_version) == ("fast", 4, 2)
-    state = engine.set_budget_level("mid", version=40)
-    assert (state.version, state.setting_version) == (40, 40)  # a higher one is taken as given
-    engine.shutdown(drain=False)
+    assert engine.queue_depth == 0 and engine.budget.current().version == 1
 
 
 def test_queue_full_and_start_later(world: World) -> None:

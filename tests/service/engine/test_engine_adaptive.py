@@ -3,12 +3,16 @@ second: answers at the deadline, anytime progress events, and the automatic budg
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
+from service.budget.control import BudgetControl
 from service.engine.autobudget import AutoBudgetConfig
 from service.engine.errors import DeadlineExceeded, QueueFull
 from service.engine.runners.torch_runner import TorchRunner
 from service.engine.types import EngineRequest, Progress
+from service.schemas import BudgetUpdate
 from tests.service.engine.tiny import FakeClock, TickingRunner, World, check, deadline_scenario, make_engine, requests
 
 
@@ -42,7 +46,7 @@ def test_a_request_near_its_deadline_is_answered_with_its_prediction_so_far(worl
 
 def test_progress_events_after_the_glance_and_every_cube(world: World) -> None:
     engine, _ = make_engine(world, max_batch=4, max_active=4)
-    engine.set_budget_level("mid")
+    BudgetControl(engine.budget).apply(BudgetUpdate(level="mid"))
     events: dict[int, list[Progress]] = {i: [] for i in range(len(world.clips))}
     reqs = [
         EngineRequest(frames=clip, explain=True, on_progress=events[i].append) for i, clip in enumerate(world.clips)
@@ -71,16 +75,23 @@ def test_progress_events_after_the_glance_and_every_cube(world: World) -> None:
         )
 
 
-def test_a_failing_progress_callback_does_not_break_the_request(world: World) -> None:
+def test_a_failing_progress_callback_does_not_break_the_request(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
     def boom(_: Progress) -> None:
         raise RuntimeError("client side bug")
 
     engine, _ = make_engine(world, max_batch=2, max_active=2)
-    future = engine.submit(EngineRequest(frames=world.clips[0], on_progress=boom))
-    engine.start()
-    result = future.result(timeout=30)
-    engine.shutdown()
+    future = engine.submit(EngineRequest(frames=world.clips[0], on_progress=boom, client_id="client-7"))
+    with caplog.at_level(logging.ERROR, logger="service.engine.engine"):
+        engine.start()
+        result = future.result(timeout=30)
+        engine.shutdown()
     check(world, [result], world.budgets.get("fast").thresholds)  # clip 0's usual answer
+    message = f"the progress callback failed (engine key {result.request_id})"
+    failed = [r for r in caplog.records if r.getMessage() == message]
+    assert len(failed) == 1 + result.cubes_used  # one per event: after the glance and after every cube
+    assert {getattr(r, "request_id", None) for r in failed} == {"client-7"}  # the client's X-Request-ID
 
 
 def test_auto_budget_steps_down_at_a_step_boundary_and_manual_turns_it_off(world: World) -> None:
@@ -88,11 +99,12 @@ def test_auto_budget_steps_down_at_a_step_boundary_and_manual_turns_it_off(world
     runner = TickingRunner(TorchRunner(world.model), clock)
     engine, obs = make_engine(world, runner=runner, clock=clock, max_batch=4, max_active=4)
     engine.warmup()  # cost table: 1 s per call at batch 1 and 4 -> 0.25 s per video per glance and per cube
-    state = engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=1.0))
+    control = BudgetControl(engine.budget)
+    state = control.apply(BudgetUpdate(mode="auto", p99_s=1.0))
     assert (state.name, state.version, state.auto) == ("fast", 2, AutoBudgetConfig(slo_p99_s=1.0))
     # "fast" is the default: the auto budget starts there; make it start at the top instead
-    engine.set_budget_level("full")
-    state = engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=1.0))
+    control.apply(BudgetUpdate(level="full"))
+    state = control.apply(BudgetUpdate(mode="auto", p99_s=1.0))
     assert (state.name, state.version) == ("full", 4)
     futures = [engine.submit(r) for r in requests(world)]  # 12 waiting: demand >= 12 / 1 s >> 4 videos/s
     engine.start()
@@ -103,8 +115,8 @@ def test_auto_budget_steps_down_at_a_step_boundary_and_manual_turns_it_off(world
     assert first.queue_limit == 3  # 4 videos/s x 1 s x 0.85: the floor (glance-only prior) serves 3 in time
     assert {(r.budget, r.budget_version) for r in results[:4]} == {("fast", 5)}  # every answer names its level
     check(world, results[:4], world.budgets.get("fast").thresholds)
-    manual = engine.set_budget_level("mid")
-    assert manual.auto is None and engine.auto_budget is None
+    manual = control.apply(BudgetUpdate(level="mid"))
+    assert manual.auto is None and engine.budget.auto_controller is None
     engine.shutdown()
 
 
@@ -113,13 +125,13 @@ def test_pinned_at_the_floor_refuses_beyond_the_queue_it_serves_in_time(world: W
     runner = TickingRunner(TorchRunner(world.model), clock)
     engine, obs = make_engine(world, runner=runner, clock=clock, max_batch=4, max_active=4)
     engine.warmup()
-    engine.set_budget_auto(AutoBudgetConfig(slo_p99_s=1.0, min_level="mid"))
-    auto = engine.auto_budget
+    BudgetControl(engine.budget).apply(BudgetUpdate(mode="auto", p99_s=1.0, min_level="mid"))
+    auto = engine.budget.auto_controller
     assert auto is not None and auto.names == ("mid", "full")
     auto.on_result("mid", 0)  # measured: "mid" answers after the glance -> 1 / 0.25 s = 4 videos/s
     for _ in range(20):
         auto.on_arrival(clock.now)  # 20 arrivals in the window: 10/s, far above what "mid" serves
-    decision = auto.decide(clock.now, 0, engine._pilot.video_costs())
+    decision = auto.decide(clock.now, 0, engine.pilot.video_costs())
     assert decision.pinned and decision.level == "mid" and decision.queue_limit == 3
     accepted = [engine.submit(r) for r in requests(world)[:3]]
     with pytest.raises(QueueFull, match="cannot keep up: 3 requests already wait"):

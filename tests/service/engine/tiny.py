@@ -11,15 +11,18 @@ import pytest
 import torch
 
 from model.adafocus import AdaFocusV3, FocusState
-from model.budgets import BudgetLevel, BudgetTable
+from model.budgets import BudgetTable
 from model.config import AdaFocusConfig, get_config
-from model.exits import GlanceResult, first_exit, score_table, spread_exit_model, spread_thresholds
+from model.exits import GlanceResult, first_exit
 from model.macs import CostReport, cost_report
+from model.testing import reference_exits, spread_budgets, spread_exit_model
+from service.budget.control import BudgetControl
 from service.engine.config import EngineConfig
 from service.engine.engine import Engine
 from service.engine.observer import StatsObserver
 from service.engine.runners.torch_runner import Runner, TorchRunner
 from service.engine.types import EngineRequest, EngineResult
+from service.schemas import BudgetUpdate
 
 NUM_CLIPS = 12
 GAP = 1e-5  # no exit score may sit closer than this to a threshold: float noise must not flip an exit
@@ -50,31 +53,22 @@ def build_world() -> World:
     g = torch.Generator().manual_seed(1)
     shape = (NUM_CLIPS, cfg.num_frames, cfg.frame_size, cfg.frame_size, 3)
     clips = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
-    with torch.no_grad():
-        out = model(clips.permute(0, 4, 1, 2, 3))  # eval forward: integer crops and skips, as at inference
-    logits = out.exit_logits  # (N, K + 1, classes)
-    scores = score_table(logits, "entropy")  # (N, K + 1)
-    probs = logits.softmax(-1)
-    fast = spread_thresholds(scores, per_exit=3)
-    mid = spread_thresholds(scores, per_exit=1)
-    full = (0.0,) * (cfg.num_cubes + 1)
-    for eta in (fast, mid):
-        assert float((scores[:, :-1] - torch.tensor(eta[:-1])).abs().min()) > GAP
-    levels = (
-        BudgetLevel("fast", fast, 0.0003, 0.5),
-        BudgetLevel("mid", mid, 0.0004, 0.6),
-        BudgetLevel("full", full, 0.0006, 0.7),
-    )
+    ref = reference_exits(model, clips.permute(0, 4, 1, 2, 3))  # eval forward: integer crops and skips
+    probs = ref.logits.softmax(-1)  # (N, K + 1, classes)
+    budgets = spread_budgets(ref.scores, default="fast")
+    for name in ("fast", "mid"):
+        eta = budgets.get(name).thresholds
+        assert float((ref.scores[:, :-1] - torch.tensor(eta[:-1])).abs().min()) > GAP
     return World(
         config=cfg,
         model=model,
         costs=cost_report(model),
         clips=clips.numpy(),
-        scores=scores,
+        scores=ref.scores,
         labels=probs.argmax(-1),
         probs=probs.max(-1).values,
-        skip=model.skip_mask(out.centres),
-        budgets=BudgetTable("entropy", levels, default="fast"),
+        skip=model.skip_mask(ref.centres),
+        budgets=budgets,
     )
 
 
@@ -144,7 +138,7 @@ def deadline_scenario(world: World, deadline_answers: bool) -> DeadlineScenario:
     engine, obs = make_engine(
         world, runner=runner, clock=clock, max_batch=1, max_active=2, deadline_answers=deadline_answers
     )
-    engine.set_budget_level("full")  # every clip runs all K cubes
+    BudgetControl(engine.budget).apply(BudgetUpdate(level="full"))  # every clip runs all K cubes
     late = engine.submit(EngineRequest(frames=world.clips[0], deadline=clock.now - 1))
     near = engine.submit(EngineRequest(frames=world.clips[1], deadline=clock.now + 2.5))
     free = engine.submit(EngineRequest(frames=world.clips[2]))
