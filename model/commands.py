@@ -38,6 +38,11 @@ def register(sub: Any) -> None:
     synth.add_argument("--count", type=int, default=32, help="number of clips")
     synth.add_argument("--seed", type=int, default=2, help="stream seed (synth: train 0, calibration 1, test 2)")
     synth.add_argument("--fps", type=int, default=8)
+    synth.add_argument(
+        "--realistic", default=None, metavar="PRESET[,PRESET...]",
+        help="the fashion scenes as realistic uploads instead (sizes, frame rates, codecs, GOPs of "
+        "model/data/realistic.py; `all` for every preset): <out>/<preset>/clip_*.<ext> plus labels.csv each",
+    )
     synth.set_defaults(handler=run_synth)
 
     train = sub.add_parser("train", help="train a model (staged recipe) and write a bundle")
@@ -181,11 +186,32 @@ def run_synth(args: argparse.Namespace) -> int:
 
     name = preset_name(args.data, args.preset)
     cfg = PRESETS[name]
+    if args.realistic:
+        return _write_realistic(args, cfg)
     if isinstance(cfg, fashion.FashionConfig):
         labels = fashion.write_dataset(Path(args.out), cfg, args.count, args.split, args.seed, fps=args.fps)
     else:
         labels = synth.write_dataset(Path(args.out), cfg, args.count, args.seed, fps=args.fps)
     sys.stdout.write(f"wrote {args.count} `{name}` clips and {labels}\n")
+    return 0
+
+
+def _write_realistic(args: argparse.Namespace, cfg: Any) -> int:
+    from pathlib import Path
+
+    from model.data import realistic
+    from model.data.fashion import FashionConfig
+
+    if not isinstance(cfg, FashionConfig):
+        sys.stderr.write("--realistic renders the fashion benchmark's scenes: use --data fashion\n")
+        return 2
+    try:
+        presets = realistic.parse_presets(args.realistic)
+    except ValueError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    labels = realistic.write_realistic(Path(args.out), presets, args.count, args.seed, args.split, cfg)
+    sys.stdout.write(f"wrote {args.count} clips per preset: {', '.join(str(p) for p in labels)}\n")
     return 0
 
 

@@ -27,10 +27,17 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
+
+if TYPE_CHECKING:
+    from av.video.stream import VideoStream
+
+    Packet = av.Packet[VideoStream]
+    SkipFrame = Literal["DEFAULT", "NONREF"]
 
 from model.video_encode import encode_video
 from model.video_io import (
@@ -138,19 +145,20 @@ def _decode_runs(
     demuxing on) and keep the targets' frames in ``picked``; returns the frames decoded."""
     scaler = VideoReformatter()  # one scaler context for the clip: a new one per frame cost ~0.3 ms at 112 px
     ctx = stream.codec_context
-    packets: Iterator[tuple[int, av.Packet]] | None = None
+    packets: Iterator[tuple[int, Packet]] | None = None
     decoded = 0
+    at = {t: plan.index.at(t) for t in set(plan.targets)}  # target pts -> decode position
+    skip: SkipFrame = "NONREF" if plan.skip_nonref else "DEFAULT"
     for run in plan.runs:
         if seeks and run.seek:
             try:
-                container.seek(plan.index.pts[run.start], backward=True, any_frame=False, stream=stream)  # type: ignore[union-attr,arg-type]
+                container.seek(int(plan.index.pts[run.start]), backward=True, any_frame=False, stream=stream)
             except av.FFmpegError:
                 raise SeekMiss() from None
             packets = _positions(container, stream, plan, None)
         elif packets is None:  # a fresh demuxer: position 0 is the stream's first packet
             packets = _positions(container, stream, plan, 0)
-        pending = sorted({t for t in plan.targets if run.start <= plan.position[t] <= run.end})
-        skip = "NONREF" if plan.skip_nonref else "DEFAULT"
+        pending = sorted(t for t, pos in at.items() if run.start <= pos <= run.end)
         for frame in _feed(ctx, packets, run, set(pending), skip, started, limits):
             decoded += 1
             check_frame(frame, started, limits)
@@ -164,7 +172,7 @@ def _decode_runs(
 
 def _positions(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, plan: ClipPlan, first: int | None
-) -> Iterator[tuple[int, av.Packet]]:
+) -> Iterator[tuple[int, Packet]]:
     """The stream's packets with their decode positions; ``first=None``: just after a seek, the first packet's
     timestamp tells its position (``SeekMiss`` when the index does not know it)."""
     position = first
@@ -172,19 +180,19 @@ def _positions(
         if packet.size == 0:  # end-of-stream marker, not a frame (the index pass skipped it too)
             continue
         if position is None:
-            if packet.pts is None or packet.pts not in plan.position:
+            position = None if packet.pts is None else plan.index.position(packet.pts)
+            if position is None:
                 raise SeekMiss()
-            position = plan.position[packet.pts]
         yield position, packet
         position += 1
 
 
 def _feed(
     ctx: av.video.codeccontext.VideoCodecContext,
-    packets: Iterator[tuple[int, av.Packet]],
+    packets: Iterator[tuple[int, Packet]],
     run: Run,
     targets: set[int],
-    skip: str,
+    skip: SkipFrame,
     started: float,
     limits: DecodeLimits,
 ) -> Iterator[av.VideoFrame]:

@@ -14,15 +14,15 @@
 
 from __future__ import annotations
 
-import bisect
-import itertools
+import array
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
 import av
+import numpy as np
 
 from model.video_io import DecodeError, DecodeLimits, Sampling, check_time, seekable
 
@@ -39,15 +39,37 @@ NAL_SCAN_BYTES = 4096  # Annex B packets: where the first slice header is looked
 ReferenceParser = Callable[[memoryview], "bool | None"]
 
 
-@dataclass(frozen=True)
-class StreamIndex:
-    """Per packet of the video stream, in decode order."""
+MISSING_PTS = np.iinfo(np.int64).min  # a packet without a timestamp
 
-    pts: list[int | None]
-    keyframe: list[bool]
-    reference: list[bool | None]  # another frame may refer to it (None: the bitstream does not say here)
-    shown: dict[int, int]  # pts -> the packet's own display duration, where the container states one
+
+@dataclass(frozen=True, eq=False)
+class StreamIndex:
+    """Per packet of the video stream, in decode order, a few bytes each (a 10-minute video: ~0.5 MB)."""
+
+    pts: np.ndarray  # (N,) int64, MISSING_PTS where a packet has none
+    keyframe: np.ndarray  # (N,) bool
+    reference: np.ndarray  # (N,) int8: 1 another frame may refer to it, 0 none does, -1 the bitstream does not say
+    last_duration: int  # the display duration the container states for the last frame (0: none)
     time_base: Fraction
+    keys: np.ndarray  # (N,) int64: the timestamps sorted (presentation order)
+    order: np.ndarray  # (N,) int64: the decode position of each of ``keys``
+
+    def __len__(self) -> int:
+        return len(self.pts)
+
+    @property
+    def timed(self) -> bool:
+        return bool(len(self.pts)) and not bool((self.pts == MISSING_PTS).any())
+
+    def position(self, pts: int) -> int | None:
+        """The decode position of the (last) packet with timestamp ``pts``; None when no packet has it."""
+        at = int(np.searchsorted(self.keys, pts, side="right")) - 1
+        return int(self.order[at]) if at >= 0 and int(self.keys[at]) == pts else None
+
+    def at(self, pts: int) -> int:
+        found = self.position(pts)
+        assert found is not None, f"no packet has pts {pts}"
+        return found
 
 
 @dataclass(frozen=True)
@@ -69,11 +91,10 @@ class ClipPlan:
     frames_in_stream: int
     duration_s: float
     decode_cost: int  # frames the decoder is expected to decode
+    index: StreamIndex
     sampling: Sampling = "exact"
     runs: tuple[Run, ...] = ()
     max_offset_s: float = 0.0  # fast: the largest time offset of a taken frame from its exact target
-    index: StreamIndex | None = None
-    position: dict[int, int] = field(default_factory=dict)  # pts -> decode position (timed streams)
     skip_nonref: bool = False  # the decoder may skip the non-reference frames that are not targets
 
 
@@ -84,25 +105,30 @@ def index_stream(
     """Demux every packet of ``stream`` (no decoding); ``too_long`` past ``limits.max_frames`` packets."""
     started = time.monotonic() if started is None else started
     parse = _reference_parser(stream)
-    pts: list[int | None] = []
-    keyframe: list[bool] = []
-    reference: list[bool | None] = []
-    shown: dict[int, int] = {}
+    pts, keyframe, reference = array.array("q"), bytearray(), array.array("b")
+    last_pts, last_duration = MISSING_PTS, 0
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
             continue
-        pts.append(packet.pts)
+        stamp = MISSING_PTS if packet.pts is None else int(packet.pts)
+        pts.append(stamp)
         keyframe.append(packet.is_keyframe)
-        reference.append(True if packet.is_keyframe else parse(memoryview(packet)))  # type: ignore[arg-type]
-        if packet.pts is not None and packet.duration:
-            shown[packet.pts] = int(packet.duration)
+        found = True if packet.is_keyframe else parse(memoryview(packet))
+        reference.append(-1 if found is None else int(found))
+        if stamp > last_pts or (stamp == last_pts and packet.duration):
+            last_pts, last_duration = stamp, int(packet.duration or 0)
         if len(pts) > limits.max_frames:
             raise DecodeError("too_long", f"more than {limits.max_frames} frames in the video stream")
         if len(pts) % 512 == 0:
             check_time(started, limits)
     if not pts:
         raise DecodeError("zero_frames", "the video stream holds no frames")
-    return StreamIndex(pts, keyframe, reference, shown, stream.time_base or Fraction(1, 1))
+    stamps = np.frombuffer(pts, dtype=np.int64)
+    order = np.argsort(stamps, kind="stable")
+    return StreamIndex(
+        stamps, np.frombuffer(bytes(keyframe), dtype=bool), np.frombuffer(reference, dtype=np.int8), last_duration,
+        stream.time_base or Fraction(1, 1), stamps[order], order,
+    )
 
 
 def plan_clip(
@@ -111,35 +137,31 @@ def plan_clip(
 ) -> ClipPlan:
     """Index pass (demux only) + target selection + runs (or, for ``legacy``, the old seek-or-scan choice)."""
     index = index_stream(container, stream, limits, started)
-    pts = index.pts
+    count = len(index)
     # AVI has no presentation timestamps (FFmpeg guesses them, out of order with B-frames): count frames instead
-    timed = all(p is not None for p in pts) and container.format.name not in UNTIMED_FORMATS
-    if not timed:  # frame ordinals in decode order, one sequential pass of the old decoder
+    if not index.timed or container.format.name in UNTIMED_FORMATS:  # frame ordinals: the old decoder's scan
         rate = stream.average_rate or stream.guessed_rate
-        duration = len(pts) / float(rate) if rate else 0.0
+        duration = count / float(rate) if rate else 0.0
         _check_duration(duration, limits)
-        targets = tuple(min(len(pts) - 1, int((i + 0.5) * len(pts) / num_frames)) for i in range(num_frames))
-        return ClipPlan(targets, False, "scan", len(pts), duration, max(targets) + 1, "exact", index=index)
-    keys = sorted(p for p in pts if p is not None)  # presentation order
-    step = _frame_step(keys)
-    span = keys[-1] - keys[0] + step
-    duration = float((keys[-1] - keys[0] + _last_frame_span(keys[-1], index.shown, step, index.time_base))
-                     * index.time_base)  # exact: a 600.0 s video is not 600.0000000001 s long
+        targets = tuple(min(count - 1, int((i + 0.5) * count / num_frames)) for i in range(num_frames))
+        return ClipPlan(targets, False, "scan", count, duration, max(targets) + 1, index, "exact")
+    first, last = int(index.keys[0]), int(index.keys[-1])
+    step = _frame_step(index.keys)
+    span = last - first + step
+    # exact arithmetic: a 600.0 s video is not 600.0000000001 s long
+    duration = float((last - first + _last_frame_span(index.last_duration, step, index.time_base)) * index.time_base)
     _check_duration(duration, limits)
-    wanted = [keys[0] + (i + 0.5) * span / num_frames - step / 2 for i in range(num_frames)]
-    targets = tuple(_first_at_or_after(keys, w) for w in wanted)
-    position = {int(p): i for i, p in enumerate(pts)}  # type: ignore[arg-type]
+    wanted = [first + (i + 0.5) * span / num_frames - step / 2 for i in range(num_frames)]
+    targets = tuple(_first_at_or_after(index.keys, w) for w in wanted)
     if limits.sampling == "legacy":
-        return _legacy_plan(index, keys, targets, position, duration, limits, seekable(container))
+        return _legacy_plan(index, targets, duration, limits, seekable(container))
     offset = 0.0
     if limits.sampling == "fast":
-        targets, offset = _fast_targets(index, keys, targets, position, limits.tolerance_s)
-    runs, cost = _runs(index, targets, position, limits, seekable(container))
+        targets, offset = _fast_targets(index, targets, limits.tolerance_s)
+    runs, cost = _runs(index, targets, limits, seekable(container))
     method: Literal["seek", "scan"] = "seek" if any(r.seek for r in runs[1:]) else "scan"
     skip = stream.codec_context.name in SKIP_NONREF_CODECS
-    return ClipPlan(
-        targets, True, method, len(pts), duration, cost, limits.sampling, runs, offset, index, position, skip
-    )
+    return ClipPlan(targets, True, method, count, duration, cost, index, limits.sampling, runs, offset, skip)
 
 
 def _check_duration(duration: float, limits: DecodeLimits) -> None:
@@ -147,36 +169,33 @@ def _check_duration(duration: float, limits: DecodeLimits) -> None:
         raise DecodeError("too_long", f"the video lasts {duration:.1f} s; the limit is {limits.max_duration_s:.1f} s")
 
 
-def _start_of(index: StreamIndex, prev_key: list[int], pos: int, pts: int) -> int:
+def _start_of(index: StreamIndex, prev_key: np.ndarray, pos: int, pts: int) -> int:
     """The keyframe a decode of the frame at ``pos`` (timestamp ``pts``) starts from: the last one before it in
     decode order that is not shown after it (an open GOP's leading frames refer to the GOP before)."""
-    start = prev_key[pos]
-    while start > 0 and (index.pts[start] or 0) > pts:
-        start = prev_key[start - 1]
+    start = int(prev_key[pos])
+    while start > 0 and int(index.pts[start]) > pts:
+        start = int(prev_key[start - 1])
     return max(start, 0)
 
 
-def _keyframes_before(index: StreamIndex) -> list[int]:
-    """Per decode position, the position of the last keyframe at or before it (-1: none)."""
-    out, current = [], -1
-    for i, is_key in enumerate(index.keyframe):
-        current = i if is_key else current
-        out.append(current)
-    return out
+def _keyframes_before(index: StreamIndex) -> np.ndarray:
+    """(N,) per decode position, the position of the last keyframe at or before it (-1: none)."""
+    return np.maximum.accumulate(np.where(index.keyframe, np.arange(len(index)), -1))
 
 
-def _needs(index: StreamIndex) -> list[int]:
-    """Prefix sums of the frames a decoder fed every packet decodes even when skipping non-references:
+def _needs(index: StreamIndex) -> np.ndarray:
+    """(N + 1,) prefix sums of the frames a decoder fed every packet decodes even when it skips non-references:
     ``needs[j] - needs[i]`` counts positions i .. j-1."""
-    return [0, *itertools.accumulate(int(r is not False) for r in index.reference)]
+    return np.concatenate([[0], np.cumsum(index.reference != 0)])
 
 
 def _runs(
-    index: StreamIndex, targets: tuple[int, ...], position: dict[int, int], limits: DecodeLimits, can_seek: bool
+    index: StreamIndex, targets: tuple[int, ...], limits: DecodeLimits, can_seek: bool
 ) -> tuple[tuple[Run, ...], int]:
     """Merged packet ranges from each target's keyframe to the target, and the frames they decode."""
     prev_key = _keyframes_before(index)
-    ranges = sorted({(_start_of(index, prev_key, position[t], t), position[t]) for t in targets})
+    wanted = {index.at(t) for t in targets}
+    ranges = sorted({(_start_of(index, prev_key, index.at(t), t), index.at(t)) for t in targets})
     merged: list[list[int]] = []
     for start, end in ranges:
         if merged and start <= merged[-1][1] + 1:
@@ -184,26 +203,20 @@ def _runs(
         else:
             merged.append([start, end])
     needs = _needs(index)
-    wanted = {position[t] for t in targets}
-    runs, cost, last = [], 0, -1
+    runs: list[Run] = []
+    cost, last = 0, -1
     for start, end in merged:
         gap = start - last - 1
         far = limits.method == "seek" or (limits.method == "auto" and gap > SEEK_COST_PACKETS)
         seek = can_seek and (not runs or far)  # the index pass left the demuxer at the end: the first run seeks
         runs.append(Run(start, end, seek))
-        cost += needs[end + 1] - needs[start] + sum(1 for p in wanted if start <= p <= end and not needs_at(index, p))
+        skipped_targets = sum(1 for p in wanted if start <= p <= end and index.reference[p] == 0)
+        cost += int(needs[end + 1] - needs[start]) + skipped_targets
         last = end
     return tuple(runs), cost
 
 
-def needs_at(index: StreamIndex, pos: int) -> bool:
-    """A decoder that skips non-reference frames still decodes the one at ``pos``."""
-    return index.reference[pos] is not False
-
-
-def _fast_targets(
-    index: StreamIndex, keys: list[int], targets: tuple[int, ...], position: dict[int, int], tolerance_s: float
-) -> tuple[tuple[int, ...], float]:
+def _fast_targets(index: StreamIndex, targets: tuple[int, ...], tolerance_s: float) -> tuple[tuple[int, ...], float]:
     """Per target, the cheapest frame within ``tolerance_s`` that is a keyframe or a reference frame (nearest
     first among equals), or the target itself where none is; and the largest offset taken, in seconds."""
     prev_key = _keyframes_before(index)
@@ -211,31 +224,29 @@ def _fast_targets(
     reach = tolerance_s / float(index.time_base)
     chosen, offset = [], 0.0
     for target in targets:
-        best, best_cost = target, None
-        lo, hi = bisect.bisect_left(keys, target - reach), bisect.bisect_right(keys, target + reach)
-        for candidate in keys[lo:hi]:
-            pos = position[candidate]
+        best, best_rank = target, (1 << 62, 0)
+        lo = int(np.searchsorted(index.keys, target - reach, side="left"))
+        hi = int(np.searchsorted(index.keys, target + reach, side="right"))
+        for candidate, pos in zip(index.keys[lo:hi].tolist(), index.order[lo:hi].tolist(), strict=True):
             if index.keyframe[pos]:
                 cost = 1
-            elif index.reference[pos] is True:
-                start = _start_of(index, prev_key, pos, candidate)
-                cost = needs[pos + 1] - needs[start]
+            elif index.reference[pos] == 1:
+                cost = int(needs[pos + 1] - needs[_start_of(index, prev_key, pos, candidate)])
             else:
                 continue
             rank = (cost, abs(candidate - target))
-            if best_cost is None or rank < best_cost:
-                best, best_cost = candidate, rank
+            if rank < best_rank:
+                best, best_rank = candidate, rank
         chosen.append(best)
         offset = max(offset, float(abs(best - target) * index.time_base))
     return tuple(chosen), offset
 
 
 def _legacy_plan(
-    index: StreamIndex, keys: list[int], targets: tuple[int, ...], position: dict[int, int], duration: float,
-    limits: DecodeLimits, can_seek: bool,
+    index: StreamIndex, targets: tuple[int, ...], duration: float, limits: DecodeLimits, can_seek: bool
 ) -> ClipPlan:
     """The old decoder's plan: one seek per target GOP, or one scan decoding every frame up to the last target."""
-    scan_cost, seek_cost = _legacy_costs(targets, position, index.keyframe)
+    scan_cost, seek_cost = _legacy_costs(index, targets)
     if not can_seek or limits.method == "scan":
         method: Literal["seek", "scan"] = "scan"
     elif limits.method == "seek":
@@ -243,21 +254,17 @@ def _legacy_plan(
     else:
         method = "seek" if seek_cost < scan_cost else "scan"
     cost = seek_cost if method == "seek" else scan_cost
-    return ClipPlan(targets, True, method, len(index.pts), duration, cost, "legacy", index=index, position=position)
+    return ClipPlan(targets, True, method, len(index), duration, cost, index, "legacy")
 
 
-def _legacy_costs(targets: tuple[int, ...], position: dict[int, int], keyframe: list[bool]) -> tuple[int, int]:
+def _legacy_costs(index: StreamIndex, targets: tuple[int, ...]) -> tuple[int, int]:
     """The old estimate of frames to decode: (one scan up to the last target, one seek per target GOP)."""
-    last_key: list[int] = []
-    current = 0
-    for i, is_key in enumerate(keyframe):
-        current = i if is_key else current
-        last_key.append(current)
-    scan = max(position[t] for t in targets) + 1
+    last_key = np.maximum(_keyframes_before(index), 0)
+    scan = max(index.at(t) for t in targets) + 1
     seek, reached = 0, -1
     for target in sorted(set(targets)):
-        pos = position[target]
-        start = last_key[pos]
+        pos = index.at(target)
+        start = int(last_key[pos])
         if start <= reached < pos:  # same GOP, ahead of where the decoder already is: keep decoding
             seek += pos - reached
         else:
@@ -266,26 +273,24 @@ def _legacy_costs(targets: tuple[int, ...], position: dict[int, int], keyframe: 
     return scan, seek
 
 
-def _last_frame_span(last: int, shown: dict[int, int], step: int, time_base: Fraction) -> int:
+def _last_frame_span(stated: int, step: int, time_base: Fraction) -> int:
     """How long the last frame stays on screen, in pts units: its packet's duration when the container gives one,
     else the typical frame gap but at most one second (two frames far apart do not make the clip twice as long)."""
-    stated = shown.get(last, 0)
     if 0 < stated <= step:
         return stated
     return min(step, max(1, int(1 / float(time_base))))
 
 
-def _frame_step(keys: list[int]) -> int:
+def _frame_step(keys: np.ndarray) -> int:
     """The typical pts difference between consecutive frames (median), at least 1."""
-    if len(keys) < 2:
-        return 1
-    diffs = sorted(b - a for a, b in itertools.pairwise(keys) if b > a)
-    return max(1, diffs[len(diffs) // 2]) if diffs else 1
+    diffs = np.diff(keys)
+    diffs = np.sort(diffs[diffs > 0])
+    return max(1, int(diffs[len(diffs) // 2])) if len(diffs) else 1
 
 
-def _first_at_or_after(keys: list[int], value: float) -> int:
+def _first_at_or_after(keys: np.ndarray, value: float) -> int:
     """The first key >= value (keys sorted); the last key when none is."""
-    return keys[min(bisect.bisect_left(keys, value), len(keys) - 1)]
+    return int(keys[min(int(np.searchsorted(keys, value, side="left")), len(keys) - 1)])
 
 
 def _reference_parser(stream: av.video.stream.VideoStream) -> ReferenceParser:

@@ -15,7 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.video import DecodeLimits
-from service.engine.config import Backend, EngineConfig, EngineMode, Precision
+from service.engine.config import AdmissionRule, Backend, EngineConfig, EngineMode, Precision
 from service.logs import LogFormat
 from service.schemas import BudgetUpdate
 
@@ -53,6 +53,11 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(
         default=ENGINE.max_queue, ge=1, description="admission queue length; beyond it requests get 503"
+    )
+    admission: AdmissionRule = Field(
+        default=ENGINE.admission,
+        description="continuous mode: cost = hold waiting requests while admitting them costs the requests in flight "
+        "more than it gains them (the measured step costs); eager = admit as soon as a slot is free",
     )
     min_glance_batch: int | Literal["auto"] = Field(
         default="auto" if ENGINE.min_glance_batch is None else ENGINE.min_glance_batch,
@@ -96,6 +101,14 @@ class Settings(BaseSettings):
     max_decode_s: float = Field(default=20.0, gt=0, description="wall-time limit of one decode (the worker is killed)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="decoder worker processes")
     decode_queue: int = Field(default=64, ge=1, description="uploads waiting for or in a decoder; beyond it 503")
+    decode_sampling: Literal["exact", "fast"] = Field(
+        default="exact", description="`exact`: the frames at the T target times, decoding only them and the "
+        "reference frames they need; `fast`: per target the cheapest frame within ADAFOCUS_DECODE_TOLERANCE_S (a "
+        "keyframe, else a reference frame), exact where none is near"
+    )
+    decode_tolerance_s: float = Field(
+        default=0.5, ge=0, le=10, description="fast sampling: the largest time offset a frame may take from its target"
+    )
     max_form_fields: int = Field(
         default=8, ge=1, le=1000, description="non-file fields of a /classify form (each at most 1 KiB; their bytes "
         "count in ADAFOCUS_MAX_UPLOAD_BYTES); beyond it 413"
@@ -188,6 +201,8 @@ class Settings(BaseSettings):
             max_pixels_per_frame=self.max_pixels_per_frame,
             max_duration_s=self.max_duration_s,
             max_decode_s=self.max_decode_s,
+            sampling=self.decode_sampling,
+            tolerance_s=self.decode_tolerance_s,
         )
 
     def engine_config(self) -> EngineConfig:
@@ -196,6 +211,7 @@ class Settings(BaseSettings):
             max_batch=self.max_batch,
             max_active=self.max_active,
             max_queue=self.max_queue,
+            admission=self.admission,
             min_glance_batch=None if self.min_glance_batch == "auto" else self.min_glance_batch,
             max_glance_wait_steps=self.max_glance_wait_steps,
             deadline_answers=self.deadline_answers,

@@ -87,6 +87,16 @@ def register(sub: Any) -> None:
     dec.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     dec.add_argument("--markdown", action="store_true", help="print a markdown table (docs/benchmarks.md)")
     dec.add_argument("--quick", action="store_true", help="a smoke run of under a minute")
+    dec.add_argument(
+        "--corpus", default="synthetic", choices=("synthetic", "realistic"),
+        help="realistic: the old decoder, exact and fast side by side on the realistic upload presets "
+        "(model/data/realistic.py), CPU ms and frames decoded per clip, in-process",
+    )
+    dec.add_argument("--presets", default="all", help="realistic: `all` or a comma list of preset names")
+    dec.add_argument("--corpus-dir", default=None, help="realistic: reuse (and complete) the corpus in this folder")
+    dec.add_argument("--clips", type=int, default=1, help="realistic: scenes per preset (default 1)")
+    dec.add_argument("--repeats", type=int, default=5, help="realistic: interleaved repeats (default 5)")
+    dec.add_argument("--tolerance-s", type=float, default=0.5, help="realistic: fast sampling's tolerance")
     dec.set_defaults(handler=run_bench_decode)
     _register_e2e(kinds)
 
@@ -195,17 +205,11 @@ def run_bench_engine(args: argparse.Namespace) -> int:
 
 
 def _bench_engine(args: argparse.Namespace) -> int:
-    from loadtest.bench.engine import (
-        EngineBenchConfig,
-        format_engine,
-        mode_label,
-        parse_mode,
-        run_engine_bench,
-        simulated_workload,
-    )
+    from loadtest.bench.engine import EngineBenchConfig, format_engine, mode_label, parse_mode, run_engine_bench
+    from loadtest.bench.simulated import simulated_workload
+    from loadtest.bench.workload import load_workload, steady_allocator
     from service.engine.runners.simulated import SimulatedRunner
     from service.engine.runners.torch_runner import TorchRunner
-    from loadtest.bench.workload import load_workload, steady_allocator
 
     modes = tuple(dict.fromkeys([*args.modes, *(mode_label("continuous", n) for n in args.min_glance_batch)]))
     try:
@@ -225,13 +229,9 @@ def _bench_engine(args: argparse.Namespace) -> int:
     else:
         work = load_workload(args.bundle, args.config, args.clips, args.seed, args.device)
     runner = None if profile is None else SimulatedRunner(TorchRunner(work.model, args.device), profile)
-    levels = tuple(args.levels)
-    if args.quick and not levels:
-        names = [lvl.name for lvl in work.budgets.levels]  # cheapest and most expensive
-        levels = tuple(dict.fromkeys([names[0], names[-1]]))
     cfg = EngineBenchConfig(
         modes=modes,
-        levels=levels,
+        levels=_bench_levels(args, [lvl.name for lvl in work.budgets.levels]),
         saturation_requests=32 if args.quick else args.requests,
         repeats=max(3, args.repeats) if args.quick else args.repeats,  # a smoke run still interleaves 3 repeats
         rates=tuple(args.rates),
@@ -251,10 +251,18 @@ def _bench_engine(args: argparse.Namespace) -> int:
 
         made = plot_engine_modes(result, Path(args.plot), title=f"engine modes, model {result['model']}")
         result["plot"] = str(made) if made else None
+    from loadtest.bench.engine import repeats_markdown
     from loadtest.markdown import engine_markdown
 
-    print_result(result, args, format_engine, engine_markdown)
+    print_result(result, args, format_engine, lambda r: f"{engine_markdown(r)}\n\n{repeats_markdown(r)}")
     return 0
+
+
+def _bench_levels(args: argparse.Namespace, names: list[str]) -> tuple[str, ...]:
+    """The levels asked for; with --quick and none asked, the cheapest and the most expensive."""
+    if args.quick and not args.levels:
+        return tuple(dict.fromkeys([names[0], names[-1]]))
+    return tuple(args.levels)
 
 
 def _simulated_profile(runner: str) -> Any:
@@ -269,11 +277,28 @@ def _simulated_profile(runner: str) -> Any:
     return parse_profile(spec)
 
 
+def _run_bench_realistic(args: argparse.Namespace) -> int:
+    from loadtest.bench.decode import RealisticBenchConfig, format_realistic, realistic_markdown, run_realistic_bench
+    from model.data.realistic import parse_presets
+
+    presets = parse_presets(args.presets)
+    if args.quick:  # 2 s at 240p, two repeats, no RSS processes
+        presets = tuple(p.shortened(seconds=2.0, height=240) for p in presets)
+    corpus = Path(args.corpus_dir) if args.corpus_dir else None
+    repeats = 2 if args.quick else args.repeats
+    cfg = RealisticBenchConfig(presets, args.clips, repeats, args.num_frames, args.size, args.tolerance_s, corpus,
+                               rss=not args.quick)
+    print_result(run_realistic_bench(cfg), args, format_realistic, realistic_markdown)
+    return 0
+
+
 def run_bench_decode(args: argparse.Namespace) -> int:
     import os
 
     from loadtest.bench.decode import DecodeBenchConfig, format_decode, run_decode_bench
 
+    if args.corpus == "realistic":
+        return _run_bench_realistic(args)
     workers = args.max_workers or os.cpu_count() or 1
     if args.quick:
         cfg = DecodeBenchConfig(2.0, args.fps, 320, 180, args.num_frames, args.size, min(workers, 2), 3)

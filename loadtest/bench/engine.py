@@ -27,10 +27,8 @@ from typing import Any
 
 import torch
 
-from model.adafocus import AdaFocusV3
-from model.config import get_config
-from model.macs import cost_report
-from loadtest.bench.workload import Workload, make_clips, quantile_budgets
+from loadtest.bench.simulated import runner_info, runner_line
+from loadtest.bench.workload import Workload
 from loadtest.report import format_ratio, latency_summary, ratio_stats
 from loadtest.schedule import Bound, poisson_arrivals
 from service.budget.control import BudgetControl
@@ -39,7 +37,6 @@ from service.engine.config import ENGINE_MODES, AdmissionRule, EngineConfig, Eng
 from service.engine.engine import Engine
 from service.engine.errors import EngineError
 from service.engine.observer import StatsObserver
-from service.engine.runners.simulated import SimulatedRunner, tiny_layers
 from service.engine.runners.torch_runner import Runner, TorchRunner
 from service.engine.types import EngineRequest, EngineResult
 from service.schemas import BudgetUpdate
@@ -259,7 +256,11 @@ def _engines(work: Workload, cfg: EngineBenchConfig, runner: Runner) -> dict[str
         mode, min_glance = parse_mode(label)
         recorder = _Recorder()
         config = EngineConfig(
-            mode=mode, max_batch=cfg.max_batch, max_active=cfg.max_active, max_queue=queue, min_glance_batch=min_glance,
+            mode=mode,
+            max_batch=cfg.max_batch,
+            max_active=cfg.max_active,
+            max_queue=queue,
+            min_glance_batch=min_glance,
             admission=admission_rule(label),
         )
         engine = Engine(runner, work.model.config, work.budgets, work.costs, config, recorder)
@@ -360,36 +361,6 @@ def run_engine_bench(
     }
 
 
-def runner_info(runner: Runner) -> dict[str, Any]:
-    """The runner's name; for the simulated accelerator its cost curve, their source and the calls that overran."""
-    if not isinstance(runner, SimulatedRunner):
-        return {"name": runner.name, "simulated": False}
-    profile = runner.profile
-    return {
-        "name": runner.name,
-        "simulated": True,
-        "profile": profile.label,
-        "source": profile.source,
-        "overruns": runner.overruns,  # calls whose own compute took longer than the curve's time
-    }
-
-
-def simulated_workload(config: str, clips: int, seed: int) -> Workload:
-    """A named configuration's exit structure (frames, cubes, classes, skips) at the tiny model's layer sizes and
-    random weights, for the simulated runner: its outputs only decide where requests exit (the simulated runner
-    sets the time of every call), so the CPU computes little. Budget levels as ``quantile_budgets`` makes them."""
-    torch.manual_seed(seed)
-    model = AdaFocusV3(tiny_layers(get_config(config))).eval()
-    costs = cost_report(model)
-    frames, labels, clip_source = make_clips(model.config, clips, seed)
-    budgets = quantile_budgets(model, costs, frames)
-    source = (
-        f"config {config!r} at the tiny model's layer sizes ({model.config.num_cubes} cubes), RANDOM weights, for the "
-        "SIMULATED runner; budget levels hand-made from entropy quantiles"
-    )
-    return Workload(model, budgets, costs, frames, labels, source, clip_source)
-
-
 def device_name(device: str) -> str:
     if device.startswith("cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(torch.device(device))
@@ -397,22 +368,12 @@ def device_name(device: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- text
-def runner_line(result: dict[str, Any]) -> str:
-    info = result.get("runner", {})
-    if not info.get("simulated"):
-        return f"runner {info.get('name', '?')}"
-    return (
-        f"runner {info['name']}: SIMULATED accelerator, {info['profile']} ({info['source']}); "
-        f"{info['overruns']} calls overran the curve"
-    )
-
-
 def format_engine(result: dict[str, Any]) -> str:
     lines = [
         f"model {result['model']}: {result['source']}",
         f"clips: {result['clips']}; device {result['device']}; torch threads {result['torch_threads']}; "
         f"allocator {result.get('allocator', 'default')}",
-        runner_line(result),
+        runner_line(result.get("runner", {})),
         f"{'budget':<10s} {'mode':<14s} {'load':>10s} {'videos/s':>9s} {'p50 ms':>8s} {'p99 ms':>8s} "
         f"{'glance b':>8s} {'focus b':>8s} {'GMACs/v':>8s} {'GMACs/s':>8s} {'busy':>5s} {'err':>4s}",
     ]
@@ -436,4 +397,41 @@ def format_engine(result: dict[str, Any]) -> str:
                 lines.append(
                     f"{'':<10s} p99 at {rate}/s: " + ", ".join(f"{k} {format_ratio(v)}" for k, v in vals.items())
                 )
+    return "\n".join(lines)
+
+
+def _spread(values: Sequence[float], scale: float = 1.0, digits: int = 0) -> str:
+    """``median (min-max)`` of the interleaved repeats."""
+    ordered = sorted(v * scale for v in values)
+    return f"{statistics.median(ordered):.{digits}f} ({ordered[0]:.{digits}f}-{ordered[-1]:.{digits}f})"
+
+
+def repeats_markdown(result: dict[str, Any]) -> str:
+    """Per level and mode: saturation videos/s and, at each offered load, p50 and p99 ms, as the median of the
+    interleaved repeats with their min-max; then the mode ratios (median of per-repeat ratios, min-max)."""
+    lines = [f"{runner_line(result.get('runner', {}))}; {result['settings']['repeats']} interleaved repeats", ""]
+    lines += ["| budget | mode | saturation videos/s | offered load | p50 ms | p99 ms |"]
+    lines += ["| --- | --- | ---: | ---: | ---: | ---: |"]
+    for level in result["levels"]:
+        sat = {r["mode"]: r for r in level["runs"] if r["offered_rate"] is None}
+        for r in level["runs"]:
+            if r["offered_rate"] is None:
+                continue
+            load = f"{r['offered_rate']:.1f}/s"
+            p50, p99 = _spread(r["repeats_p50_s"], 1e3), _spread(r["repeats_p99_s"], 1e3)
+            lines.append(
+                f"| {level['budget']} | {r['mode']} | {_spread(sat[r['mode']]['repeats_videos_per_s'], digits=1)} | "
+                f"{load} | {p50} | {p99} |"
+            )
+    lines += ["", "| budget | saturation | p99 at each offered load |", "| --- | --- | --- |"]
+    for level in result["levels"]:
+        ratios = level["ratios"]
+        if not ratios:
+            continue
+        sat_text = "; ".join(f"{k} {format_ratio(v)}" for k, v in ratios["saturation_videos_per_s"].items())
+        rate_text = "; ".join(
+            f"{rate}/s: " + ", ".join(f"{k} {format_ratio(v)}" for k, v in vals.items())
+            for rate, vals in ratios["p99_at_rate"].items()
+        )
+        lines.append(f"| {level['budget']} | {sat_text} | {rate_text} |")
     return "\n".join(lines)

@@ -93,10 +93,12 @@ class RealisticPreset:
         return "libsvtav1", {"preset": "12", "crf": "40", "svtav1-params": "scd=0"}
 
     def shortened(self, seconds: float, height: int | None = None) -> RealisticPreset:
-        """The same codec, frame rate, GOP and B-frames at ``seconds`` (and a smaller frame): quick runs, tests."""
+        """The same codec, frame rate, GOP and B-frames at ``seconds`` (and a smaller frame, ``height`` on the shorter
+        side), named apart (``<name>~<seconds>s[~<height>p]``): quick runs and tests."""
         scale = 1.0 if height is None else height / min(self.width, self.height)
         width, tall = _even(self.width * scale), _even(self.height * scale)
-        return dataclasses.replace(self, seconds=seconds, width=width, height=tall)
+        name = f"{self.name}~{seconds:g}s" + ("" if height is None else f"~{height}p")
+        return dataclasses.replace(self, name=name, seconds=seconds, width=width, height=tall)
 
 
 REALISTIC_PRESETS: dict[str, RealisticPreset] = {

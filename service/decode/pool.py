@@ -30,16 +30,16 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from model.video import DecodeError, DecodeLimits, Source, decode_clip, encode_video
+from model.video import Clip, DecodeError, DecodeLimits, Sampling, Source, encode_video, sample_clip
 from service.decode.shared_memory import SHM_BACKOFF_S, FrameBlock, attach, reply, sweep_orphans, upload_in
 
 log = logging.getLogger(__name__)
 
-JobFn = Callable[[Source, int, int, DecodeLimits], np.ndarray]
+JobFn = Callable[[Source, int, int, DecodeLimits], "Clip | np.ndarray"]  # an array: frames of ``limits.sampling``
 ACK_TIMEOUT_S = 10.0  # a live worker acknowledges a job at once; silence this long means it is gone
 STARTUP_TIMEOUT_S = 120.0  # a fresh worker imports numpy and PyAV before it reports ready
 # Extra wall time a worker gets past the decoder's own max_decode_s check before it is killed.
@@ -60,12 +60,15 @@ class DecodeJob:
     source: Source
     num_frames: int
     size: int
+    sampling: Literal["exact", "fast"] | None = None  # None: the pool's (``DecodeLimits.sampling``)
 
 
 @dataclass(frozen=True)
 class Decoded:
     frames: np.ndarray  # (T, size, size, 3) uint8
     seconds: float  # decode wall time inside the worker
+    sampling: Sampling = "exact"  # the sampling that ran
+    max_offset_s: float = 0.0  # fast: the largest time offset of a taken frame from its exact target
 
 
 def _hand_over(block: FrameBlock, job: DecodeJob, max_upload: int) -> tuple[DecodeJob, str | None, int]:
@@ -114,8 +117,12 @@ def _decode_one(
     started = time.monotonic()
     try:
         source = upload_in(shared, _clip_nbytes(job), upload) if shared is not None and upload else job.source
-        frames = job_fn(source, job.num_frames, job.size, limits)
-        conn.send(reply(frames, shared, time.monotonic() - started))
+        if job.sampling is not None and job.sampling != limits.sampling:
+            limits = dataclasses.replace(limits, sampling=job.sampling)
+        clip = job_fn(source, job.num_frames, job.size, limits)
+        if not isinstance(clip, Clip):  # a job function that returns bare frames sampled as the limits say
+            clip = Clip(clip, limits.sampling, 0.0, 0)
+        conn.send(reply(clip.frames, shared, time.monotonic() - started, (clip.sampling, clip.max_offset_s)))
     except DecodeError as exc:
         conn.send(("decode_error", exc.code, exc.message))
     except Exception as exc:  # a decoder bug must not kill the worker: report it as undecodable input
@@ -202,7 +209,7 @@ class DecodePool:
         workers: int,
         limits: DecodeLimits,
         max_pending: int = 256,
-        job_fn: JobFn = decode_clip,
+        job_fn: JobFn = sample_clip,
         on_restart: Callable[[str], None] | None = None,
         start_method: str = "spawn",
         kill_grace_s: float = KILL_GRACE_S,
@@ -303,9 +310,9 @@ class DecodePool:
             worker.block.back_off(f"decoder worker {worker.pid} could not map its shared block ({reply[1]})")
             reply = self._exchange(worker, job, shared=False)  # through the pipe, whatever the clock says
         if reply[0] == "shm":
-            return Decoded(worker.block.read(reply[1]), float(reply[2]))
+            return Decoded(worker.block.read(reply[1]), float(reply[2]), reply[3], float(reply[4]))
         if reply[0] == "ok":
-            return Decoded(reply[1], float(reply[2]))
+            return Decoded(reply[1], float(reply[2]), reply[3], float(reply[4]))
         raise DecodeError(reply[1], reply[2])
 
     def _exchange(self, worker: _Worker, job: DecodeJob, shared: bool = True) -> tuple[Any, ...]:

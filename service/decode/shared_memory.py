@@ -175,11 +175,14 @@ def upload_in(block: SharedMemory, offset: int, nbytes: int) -> bytes:
     return bytes(block.buf[offset : offset + nbytes])
 
 
-def reply(frames: np.ndarray, block: SharedMemory | None, seconds: float) -> tuple[Any, ...]:
-    """A clip goes into the shared block (only its shape through the pipe); anything else is pickled."""
+def reply(
+    frames: np.ndarray, block: SharedMemory | None, seconds: float, info: tuple[Any, ...] = ()
+) -> tuple[Any, ...]:
+    """A clip goes into the shared block (only its shape through the pipe); anything else is pickled; ``info``
+    (how the clip was sampled) follows the decode time."""
     if block is None or frames.dtype != np.uint8 or frames.nbytes > block.size:
-        return ("ok", frames, seconds)
+        return ("ok", frames, seconds, *info)
     view = np.ndarray(frames.shape, np.uint8, buffer=block.buf)  # (T, size, size, 3) over the shared block
     view[...] = frames
     del view  # no export of the block's buffer may outlive this call (close() would fail)
-    return ("shm", frames.shape, seconds)
+    return ("shm", frames.shape, seconds, *info)

@@ -33,8 +33,10 @@ ARRIVAL_WEIGHT = 0.1  # weight of one step's arrivals in the moving average of a
 
 
 class ExitHazards:
-    """h[k] = P(a request leaves at exit k | it reached exit k), k = 0..K-1 (exit K ends every request), a moving
-    average of the decisions the scheduler applied. 0 until observed: no early exits, the longest lives."""
+    """h[s] = P(a request leaves right after its s-th cube | it ran s cubes), s = 0..K-1 (0: after its glance; K
+    cubes end every request), a moving average of what the scheduler applied. Counted in cubes run, not exit
+    indices, so that cubes skipped because earlier ones covered their frames shorten the expected lives too.
+    0 until observed: no early exits, the longest lives."""
 
     def __init__(self, num_cubes: int, weight: float = HAZARD_WEIGHT) -> None:
         self.num_cubes, self.weight = num_cubes, weight
@@ -44,16 +46,16 @@ class ExitHazards:
     def hazards(self) -> tuple[float, ...]:
         return tuple(self._h)
 
-    def leaves_at(self, exit_index: int) -> float:
-        return self._h[exit_index]
+    def leaves_at(self, cubes_run: int) -> float:
+        return self._h[cubes_run]
 
-    def record(self, exit_index: int, exited: bool) -> None:
-        """A request reached ``exit_index`` (0 = its glance) and left there (``exited``) or went on."""
-        if 0 <= exit_index < self.num_cubes:
-            self._h[exit_index] += self.weight * (float(exited) - self._h[exit_index])
+    def record(self, cubes_run: int, left: bool) -> None:
+        """A request that has run ``cubes_run`` cubes (0: its glance only) left after this step, or went on."""
+        if 0 <= cubes_run < self.num_cubes:
+            self._h[cubes_run] += self.weight * (float(left) - self._h[cubes_run])
 
     def alive(self) -> list[list[float]]:
-        """alive[k][t]: P(a request in flight at exit k is still in flight after t more focus steps), t = 0..K."""
+        """alive[s][t]: P(a request in flight after s cubes is still in flight after t more focus steps)."""
         K = self.num_cubes
         table = []
         for k in range(K):
@@ -74,7 +76,7 @@ class Admission:
 
     @property
     def admit(self) -> bool:
-        return self.gain >= self.in_flight_cost + self.backlog_cost
+        return self.gain > self.in_flight_cost + self.backlog_cost
 
 
 def interpolate(per_call: Sequence[float], samples: float) -> float:
@@ -106,18 +108,20 @@ def admit_now(
     behind: int = 0,
     arrivals_per_step: float = 0.0,
 ) -> Admission:
-    """Admit ``n`` waiting requests now, or hold them until ``in_flight`` (their exit indices) have left?
+    """Admit ``n`` waiting requests now, or hold them until ``in_flight`` (the cubes each has run) have left?
 
     ``cap``: samples per model call; ``behind``: requests waiting behind the ``n``; ``arrivals_per_step``: the
     expected arrivals per step, which would wait behind them too while the hold lasts."""
     cap = min(cap, len(costs.glance), len(costs.focus))
     glance, focus = costs.glance[:cap], costs.focus[:cap]
     alive = hazards.alive()
-    at = [0] * hazards.num_cubes  # requests in flight per exit index
+    at = [0] * hazards.num_cubes  # requests in flight per cubes run
     for k in in_flight:
         at[k] += 1
     stays = 1.0 - hazards.leaves_at(0)  # a newcomer goes on past its glance
+    small_call = interpolate(glance, n)
     hold = hold_steps = in_flight_cost = stretch = 0.0
+    occupied = small_call  # until the newcomers have left, if admitted now
     for t in range(hazards.num_cubes + 1):  # t = 0: this step's focus call; the newcomers' cubes from t = 1
         a = sum(count * alive[k][t] for k, count in enumerate(at) if count)
         new = n * stays * alive[0][t - 1] if t >= 1 else 0.0
@@ -126,10 +130,13 @@ def admit_now(
         alone, shared = cube_time(focus, a, cap), cube_time(focus, a + new, cap)
         hold += alone
         hold_steps += min(1.0, a)
+        occupied += shared * (1.0 if t == 0 else min(1.0, new))
         in_flight_cost += a * (shared - alone)
         stretch += new * (shared - cube_time(focus, new, cap))
-    small_call = interpolate(glance, n)
     in_flight_cost += len(in_flight) * small_call
     overhead = max(0.0, small_call - (glance[cap - 1] - interpolate(glance, cap - n)))
     waiting = behind + arrivals_per_step * hold_steps
-    return Admission(n * hold - stretch, in_flight_cost, waiting * overhead)
+    # those behind that the batch after the hold would take along wait for the newcomers to leave instead
+    room = cap - n  # what the batch after the hold would take along: those behind and the arrivals meanwhile
+    left_behind = min(waiting, float(room)) * max(0.0, occupied - hold) if behind <= room else 0.0
+    return Admission(n * hold - stretch, in_flight_cost, waiting * overhead + left_behind)

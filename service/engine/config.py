@@ -34,7 +34,7 @@ class EngineConfig:
     admission: AdmissionRule = "cost"  # continuous mode, on top of the slot rule below; ignored by drain and single
     # continuous mode: waiting requests are admitted (their glance runs) only when at least
     # min(min_glance_batch, number waiting) slots are free, OR when no request is active (the engine never idles
-    # with work waiting); 1 = refill at the very next step. None = automatic: the knee of the measured glance cost
+    # with work waiting); 1 = no floor (the admission rule alone decides). None = automatic: the knee of the glance cost
     # per video (service.engine.batch_costs; 1 until costs are measured), and the oldest waiting request waits at most
     # max_glance_wait_steps steps. Larger values trade a little queueing for cheaper-per-video glance batches.
     # Ignored by drain and single.

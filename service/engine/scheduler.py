@@ -97,7 +97,7 @@ class Scheduler:
     running: dict[int, SchedRequest] = field(default_factory=dict)  # insertion order = admission order
     requests: dict[int, SchedRequest] = field(default_factory=dict)  # every unfinished request
     in_flight: StepPlan | None = None  # planned, not yet applied (or abandoned)
-    hazards: ExitHazards = field(init=False)  # exit decisions seen so far (the cost rule's expected lives)
+    hazards: ExitHazards = field(init=False)  # who left after how many cubes (the cost rule's expected lives)
     arrivals_per_step: float = 0.0  # moving average of requests added between two plans
     last_admission: Admission | None = None  # the cost rule's last decision, for tests and monitoring
     _arrivals: int = 0
@@ -143,9 +143,11 @@ class Scheduler:
 
     def plan(self, costs: StepCosts | None = None) -> StepPlan:
         """Admit waiting requests (glance) and pick active ones for their next cube (focus). ``costs`` (measured
-        by the engine) set the glance batch when ``min_glance_batch`` is automatic."""
+        by the engine) feed the cost rule of admission and the automatic ``min_glance_batch``; None: admit eagerly."""
         assert self.in_flight is None, "plan() called twice without apply()"
-        self.arrivals_per_step += ARRIVAL_WEIGHT * (self._added - self.arrivals_per_step)
+        weight = ARRIVAL_WEIGHT if self.step else 1.0  # the first step's arrivals seed the average
+        added = min(self._added, self.config.batch_cap)  # a burst beyond one batch is queue, not rate
+        self.arrivals_per_step += weight * (added - self.arrivals_per_step)
         self._added = 0
         cap = self.config.batch_cap
         # requests already active before this step, least recently scheduled first (round-robin past ``cap``)
@@ -191,7 +193,7 @@ class Scheduler:
                 assert req.exit_index < out.exit_index <= K, f"exit index must advance within 0..{K}: {out}, {req}"
                 req.exit_index = out.exit_index
                 req.cubes_run += out.cubes_run
-                self.hazards.record(out.exit_index, out.exited)
+                self.hazards.record(req.cubes_run, out.exited or out.exit_index == K)
                 assert req.cubes_run <= req.exit_index, f"more cubes than exits: {req}"
                 if out.exited:
                     finished.append(self._finish(req, RequestStatus.FINISHED_CONFIDENT))
@@ -269,7 +271,7 @@ class Scheduler:
 
     def _admission_pays(self, costs: StepCosts, n: int) -> bool:
         """The cost rule for admitting ``n`` now (``service.engine.admission``); recorded in ``last_admission``."""
-        in_flight = [r.exit_index for r in self.running.values()]
+        in_flight = [r.cubes_run for r in self.running.values()]
         behind = len(self.waiting) - n
         cap = self.config.batch_cap
         self.last_admission = admit_now(costs, cap, self.hazards, in_flight, n, behind, self.arrivals_per_step)

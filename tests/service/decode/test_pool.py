@@ -10,9 +10,11 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from model.video import DecodeError, DecodeLimits, encode_video
+from model.video import DecodeError, DecodeLimits, decode_clip, encode_video
 from service.classify.upload import (
     MULTIPART_OVERHEAD,
     BadUpload,
@@ -24,6 +26,7 @@ from service.classify.upload import (
 )
 from service.decode.pool import DecodeBusy, DecodeJob, DecodePool, DecoderCrashed
 from service.http.errors import to_api_error
+from service.settings import Settings
 from tests.service.conftest import ramp, wait_until, wait_until_dead
 from tests.service.jobs import scripted_job
 
@@ -127,6 +130,39 @@ def test_real_decode_in_a_worker(tmp_path: Path) -> None:
         pool.shutdown()
     assert decoded.frames.shape == (4, 16, 16, 3)
     assert decoded.seconds > 0
+
+
+def test_the_pools_sampling_and_a_jobs_own_come_back_with_the_largest_offset(tmp_path: Path) -> None:
+    path = encode_video(tmp_path / "gop4.mp4", ramp(32, 32, 32), "libx264", fps=8, gop=4, options={"bf": "0"})
+    pool = DecodePool(1, DecodeLimits(sampling="fast", tolerance_s=0.25))
+    pool.start()
+    try:
+        fast = pool.submit(DecodeJob(path.read_bytes(), 8, 16)).result(timeout=60)  # the upload through the block
+        exact = pool.submit(DecodeJob(str(path), 8, 16, sampling="exact")).result(timeout=60)
+    finally:
+        pool.shutdown()
+    # 8 targets halfway between the keyframes every 4 frames (0.5 s): fast takes a keyframe 2 frames away from each
+    assert (fast.sampling, fast.max_offset_s, exact.sampling, exact.max_offset_s) == ("fast", 0.25, "exact", 0.0)
+    np.testing.assert_array_equal(exact.frames, decode_clip(path, 8, 16))
+    fast_limits = DecodeLimits(sampling="fast", tolerance_s=0.25)
+    np.testing.assert_array_equal(fast.frames, decode_clip(path, 8, 16, fast_limits))
+    assert not np.array_equal(fast.frames, exact.frames)
+
+
+def test_the_sampling_settings_reach_the_decoders_and_refuse_what_they_do_not_know(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ADAFOCUS_DECODE_SAMPLING", "fast")
+    monkeypatch.setenv("ADAFOCUS_DECODE_TOLERANCE_S", "0.25")
+    limits = Settings().decode_limits()
+    assert (limits.sampling, limits.tolerance_s) == ("fast", 0.25)
+    for name, value in (("ADAFOCUS_DECODE_SAMPLING", "legacy"), ("ADAFOCUS_DECODE_TOLERANCE_S", "-1")):
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValidationError, match=name.removeprefix("ADAFOCUS_").lower()):
+            Settings()
+        monkeypatch.delenv(name)
+    assert Settings().decode_limits() == DecodeLimits(max_bytes=Settings().max_upload_bytes, max_duration_s=600.0,
+                                                      max_pixels_per_frame=3840 * 2160, max_decode_s=20.0)
 
 
 def test_spool_moves_to_disk_past_its_memory_size_and_caps_the_total() -> None:

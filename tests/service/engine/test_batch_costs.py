@@ -47,8 +47,14 @@ def test_cost_table_fills_unmeasured_sizes_and_needs_both_stages() -> None:
 
 
 def auto_scheduler(max_wait: int = 3) -> Scheduler:
+    """The knee rule alone: admitted eagerly once its glance batch is free (the cost rule on top: test_admission)."""
     config = EngineConfig(
-        max_batch=4, max_active=4, max_queue=16, min_glance_batch=None, max_glance_wait_steps=max_wait
+        max_batch=4,
+        max_active=4,
+        max_queue=16,
+        min_glance_batch=None,
+        max_glance_wait_steps=max_wait,
+        admission="eager",
     )
     return Scheduler(config, K)
 

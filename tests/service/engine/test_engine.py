@@ -59,7 +59,7 @@ def test_drain_batches_run_until_every_sample_exits(world: World) -> None:
 
 
 def test_continuous_refills_freed_slots_at_the_next_step(world: World) -> None:
-    engine, obs = make_engine(world, mode="continuous", max_batch=6, max_active=6)
+    engine, obs = make_engine(world, mode="continuous", max_batch=6, max_active=6, admission="eager")
     engine.warmup()  # outside the step statistics (inline: run_offline starts the engine on a full queue)
     assert obs.steps == []
     run_offline(engine, requests(world))

@@ -1,7 +1,11 @@
 """The scheduler as a pure state machine: outputs are built by hand, no model, no threads, no clock."""
 
+from dataclasses import dataclass
+
 import pytest
 
+from service.engine.admission import Admission
+from service.engine.batch_costs import StepCosts
 from service.engine.config import EngineConfig
 from service.engine.errors import QueueFull
 from service.engine.scheduler import (
@@ -312,3 +316,124 @@ def test_long_random_run_keeps_invariants_and_finishes_everyone() -> None:
             finished += s.apply(p, out)
         assert sorted(f.request_id for f in finished) == list(range(40)), (mode, min_glance)
         assert all(f.cubes_run <= f.exit_index for f in finished)
+
+
+# ---------------------------------------------------------------------------------------------- the cost rule
+LINEAR = StepCosts(glance=(1.0, 2.0, 3.0, 4.0), focus=(1.0, 2.0, 3.0, 4.0))  # t(b) = b
+FLAT = StepCosts(glance=(1.0, 1.0, 1.0, 1.0), focus=(1.0, 1.0, 1.0, 1.0))  # t(b) = 1
+KNEE = StepCosts(glance=(1.0, 1.0, 2.0, 3.0), focus=(1.0, 1.0, 2.0, 3.0))  # flat up to 2, then linear
+EXITS = (0, 3, 1, 3, 2, 3, 3, 1, 0, 2, 3, 1, 3, 3, 2, 0)  # the exit each request leaves at (3 = all K cubes)
+
+
+@dataclass
+class Served:
+    finished: list[float]  # when each request left
+    glances: list[int]  # the glance batch sizes, in order
+
+    def latency(self, arrivals: tuple[float, ...]) -> float:
+        return sum(f - a for f, a in zip(self.finished, arrivals, strict=True))
+
+
+def serve(
+    mode: str,
+    costs: StepCosts,
+    arrivals: tuple[float, ...],
+    admission: str = "cost",
+    measured: bool = True,
+    exits: tuple[int, ...] = EXITS,
+    num_cubes: int = K,
+) -> Served:
+    """Request i arrives at ``arrivals[i]`` and leaves at exit ``exits[i]``, on a virtual clock where a step lasts
+    the glance call plus the focus call of ``costs`` (0 for an empty stage), which ``plan`` gets when ``measured``;
+    requests arriving during a step are queued after it. The invariants are checked after every transition."""
+    config = EngineConfig(mode=mode, max_batch=4, max_active=4, max_queue=64, admission=admission)  # type: ignore[arg-type]
+    s = Scheduler(config, num_cubes)
+    now, queued, served = 0.0, 0, Served([0.0] * len(arrivals), [])
+    while queued < len(arrivals) or s.has_work:
+        while queued < len(arrivals) and arrivals[queued] <= now:
+            s.add(queued)
+            queued += 1
+        if not s.has_work:
+            now = arrivals[queued]
+            continue
+        plan = s.plan(costs if measured else None)
+        s.check_invariants()
+        assert plan.glance or plan.focus, "an idle step with work waiting"
+        stages = ((costs.glance, plan.glance), (costs.focus, plan.focus))
+        now += sum(curve[len(ids) - 1] for curve, ids in stages if ids)
+        out = {rid: RequestOutput(exit_index=0, exited=exits[rid] == 0) for rid in plan.glance}
+        for rid in plan.focus:
+            reached = s.exit_index(rid) + 1
+            out[rid] = RequestOutput(exit_index=reached, exited=exits[rid] == reached, cubes_run=1)
+        for fin in s.apply(plan, out):
+            served.finished[fin.request_id] = now
+        s.check_invariants()
+        served.glances += [len(plan.glance)] if plan.glance else []
+    return served
+
+
+AT_ONCE = (0.0,) * len(EXITS)
+ONE_PER_SECOND = tuple(float(i) for i in range(len(EXITS)))
+
+
+def test_the_cost_rule_waits_on_a_linear_curve_and_refills_on_a_flat_one() -> None:
+    outcomes = {}
+    for name, costs in (("linear", LINEAR), ("flat", FLAT), ("knee", KNEE)):
+        s = scheduler(max_batch=4, max_active=4)
+        s.add(0)
+        p0 = s.plan(costs)
+        s.apply(p0, {0: RequestOutput(exit_index=0)})
+        add(s, 3, start=1)  # request 0 has 3 cubes to go, 3 arrive: glance them now, or after request 0 has left?
+        outcomes[name] = (s.plan(costs).glance, s.last_admission)
+    # flat: they skip a 3 s hold each (9) for 1 s of glance to request 0 and the overhead of a glance call of 3
+    # to the arrivals expected meanwhile (1.2 per step, 3 steps), plus the one of them the batch after the hold
+    # would have taken along, that now waits 2 s more for the newcomers to leave
+    assert outcomes["flat"] == ((1, 2, 3), Admission(gain=9.0, in_flight_cost=1.0, backlog_cost=3.6 + 2.0))
+    # linear: sharing stretches the newcomers by the whole hold; request 0 loses the glance and every shared step
+    assert outcomes["linear"][0] == () and outcomes["linear"][1] == pytest.approx(
+        Admission(gain=3 * 6.0 - 15.0, in_flight_cost=3.0 + 6.0, backlog_cost=12.0)
+    )
+    assert outcomes["knee"][0] == ()  # a step of 4 costs 3 here: holding pays too
+
+
+@pytest.mark.parametrize("costs", [LINEAR, FLAT, KNEE], ids=["linear", "flat", "knee"])
+@pytest.mark.parametrize("arrivals", [AT_ONCE, ONE_PER_SECOND], ids=["at-once", "one-per-second"])
+def test_the_cost_rule_is_never_worse_than_drain(costs: StepCosts, arrivals: tuple[float, ...]) -> None:
+    rule, drain = serve("continuous", costs, arrivals), serve("drain", costs, arrivals)
+    assert rule.latency(arrivals) <= drain.latency(arrivals) and max(rule.finished) <= max(drain.finished)
+    assert rule.latency(arrivals) < serve("continuous", costs, arrivals, admission="eager").latency(arrivals)
+
+
+def test_on_a_linear_curve_it_waits_as_drain_and_at_the_knee_it_refills_where_that_pays() -> None:
+    linear = serve("continuous", LINEAR, ONE_PER_SECOND)
+    assert linear == serve("drain", LINEAR, ONE_PER_SECOND) and linear.glances == [1, 1, 4, 4, 4, 2]
+    knee, drain = serve("continuous", KNEE, ONE_PER_SECOND), serve("drain", KNEE, ONE_PER_SECOND)
+    assert (knee.glances, drain.glances) == ([1, 1, 4, 4, 3, 3], [1, 1, 4, 4, 4, 2])
+    assert (knee.latency(ONE_PER_SECOND), drain.latency(ONE_PER_SECOND)) == (188.0, 201.0)
+
+
+def test_eager_admission_ignores_the_costs() -> None:
+    for arrivals in (AT_ONCE, ONE_PER_SECOND):
+        eager = serve("continuous", LINEAR, arrivals, admission="eager")
+        assert eager == serve("continuous", LINEAR, arrivals, measured=False)  # nothing measured: admit eagerly
+    assert serve("continuous", FLAT, AT_ONCE, admission="eager").glances == [4, 1, 1, 3, 1, 2, 3, 1]
+
+
+def test_plan_keeps_the_last_decision_and_learns_exit_hazards_and_arrivals() -> None:
+    s = scheduler(max_batch=2, max_active=2)
+    add(s, 3)
+    p0 = s.plan(LINEAR)
+    assert s.arrivals_per_step == 2.0 and s.last_admission is None  # a burst counts up to one batch; none in flight
+    s.apply(p0, {0: RequestOutput(exit_index=0, exited=True), 1: RequestOutput(exit_index=0)})
+    assert s.hazards.hazards == pytest.approx((0.05 - 0.05 * 0.05, 0.0, 0.0))  # exit 0: one left, one went on
+    assert s.plan(LINEAR) == StepPlan(1, glance=(), focus=(1,))  # a free slot, but the cost rule holds request 2
+    assert s.arrivals_per_step == pytest.approx(2.0 - 0.1 * 2.0)
+    assert s.last_admission is not None and not s.last_admission.admit
+
+
+def test_hazards_count_cubes_run_so_skipped_cubes_shorten_the_lives() -> None:
+    s = scheduler(max_batch=1, max_active=1)
+    add(s, 1)
+    s.apply(s.plan(), {0: RequestOutput(exit_index=0)})
+    assert s.apply(s.plan(), {0: RequestOutput(exit_index=K, cubes_run=1)})  # cubes 2..3 skipped: it left after 1
+    assert s.hazards.hazards == pytest.approx((0.0, 0.05, 0.0))
