@@ -22,7 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.budget.store import BudgetStore
 from service.engine.runners.torch_runner import Runner
-from service.http.body_guard import BodyGuard, BodyLimits
+from service.http.body_guard import BodyGuard, BodyLimits, routed_by
 from service.http.budget_routes import router as budget_router
 from service.http.errors import install_handlers
 from service.http.open_inference import router as oip_router
@@ -65,6 +65,7 @@ def create_app(
         version="0.1.0",
         description="Early-exit video recognition with continuous batching. Errors are JSON `{code, message}`.",
         lifespan=lifespan,
+        redirect_slashes=False,  # `POST /classify/` is not found, not redirected (a redirect drops the body)
     )
     app.state.service = state
     install_handlers(app, state.settings.retry_after_s)
@@ -72,7 +73,8 @@ def create_app(
     app.include_router(budget_router)
     app.include_router(oip_router)
     install_web(app)
-    app.add_middleware(BodyGuard, limits=BodyLimits.of(state.settings))  # small bodies capped before routes and auth
+    # small bodies capped before routes and auth; a request with no route is answered without its body read first
+    app.add_middleware(BodyGuard, limits=BodyLimits.of(state.settings), routed=routed_by(app.router))
     app.add_middleware(RequestIdMiddleware, clock=clock)  # every response has an X-Request-ID
     app.add_middleware(ReplicaHeader, state=state)  # outermost: every response names the replica (fleet or not)
     return app

@@ -45,7 +45,7 @@ def register(sub: Any) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.http.body_guard import BodyLimits
-    from service.http.connection_guard import guarded_protocol
+    from service.http.connection_guard import ConnectionLimits, guarded_protocol
     from service.logs import configure_logging
     from service.startup import StartupError, listen_socket, load_settings
 
@@ -67,7 +67,7 @@ def run_serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=int(max(1.0, settings.drain_timeout_s)),
         lifespan="on",
         access_log=False,  # service/logs.py writes the access log, with the request ID
-        http=guarded_protocol(settings.header_timeout_s, settings.max_connections, BodyLimits.of(settings)),
+        http=guarded_protocol(ConnectionLimits.of(settings), BodyLimits.of(settings), app.state.service),
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # uvicorn annotates int; call_later takes float
     )
     server = DrainingServer(config, app.state.service, settings.drain_timeout_s)

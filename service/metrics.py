@@ -82,10 +82,22 @@ class Metrics:
         self.decoder_restarts = Counter(
             "adafocus_decoder_restarts", "Decoder worker processes replaced, by cause", ["reason"], registry=r
         )
+        self.api_key_requests = Counter(
+            "adafocus_api_key_requests", "/classify requests admitted by the API key check, by key name", ["key"],
+            registry=r,
+        )
+        self.api_key_rejected = Counter(
+            "adafocus_api_key_rejected", "/classify requests refused by the API key check, by key name and reason",
+            ["key", "reason"], registry=r,
+        )
         self.exits = Counter(
             "adafocus_exits", "Answered videos by exit reason and budget", ["reason", "budget"], registry=r
         )
         self.ready = Gauge("adafocus_ready", "1 when the server reports ready", registry=r)
+        self.connections_open = Gauge("adafocus_connections_open", "Open HTTP connections", registry=r)
+        self.connections_closed = Counter(
+            "adafocus_connections_closed", "HTTP connections the server closed, by reason", ["reason"], registry=r
+        )
         self.auto_rank = Gauge(
             "adafocus_auto_budget_rank", "Automatic budget: the chosen level's place on its ladder (0 = the floor)",
             registry=r,
@@ -154,6 +166,19 @@ class Metrics:
 
     def on_decoder_restart(self, reason: str) -> None:
         self.decoder_restarts.labels(reason).inc()
+
+    def on_connections_open(self, count: int) -> None:
+        self.connections_open.set(count)
+
+    def on_connection_closed(self, reason: str) -> None:
+        self.connections_closed.labels(reason).inc()
+
+    def on_api_key(self, key: str, refused: str | None) -> None:
+        """A /classify request admitted (``refused`` None) or refused (the reason) under the key named ``key``."""
+        if refused is None:
+            self.api_key_requests.labels(key).inc()
+        else:
+            self.api_key_rejected.labels(key, refused).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,14 +1,31 @@
-"""Response and request bodies of the HTTP API; every field is described for the OpenAPI document."""
+"""Response and request bodies of the HTTP API, every field described for the OpenAPI document; and the two files an
+operator writes in the same terms: the budget file (a ``BudgetUpdate``) and the API keys file (``parse_api_keys``)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from model.budgets import BudgetTable, Criterion
 from service.engine.types import ExitReason
+
+# The automatic budget's objective: from 1 ms (below it no request can be answered) to an hour (past it there is no
+# latency to keep); PUT /budget, the budget file and ADAFOCUS_SLO_P99_S share the range.
+P99_MIN_S, P99_MAX_S = 0.001, 3600.0
+
+
+def a_number(value: object, what: str = "the value") -> object:
+    """JSON numbers only: `true` is not 1 and `"0.5"` is not 0.5 (checked in lax validation too, e.g. the budget
+    file's)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number, got {type(value).__name__} {value!r:.32}")
+    return value
 
 
 class ErrorBody(BaseModel):
@@ -133,22 +150,39 @@ class BudgetResponse(BaseModel):
 
 class BudgetUpdate(BaseModel):
     """Exactly one of `level`, `gmacs` or `thresholds` (manual), or `mode: "auto"` with optional `p99_s` and
-    `min_level` (the automatic budget); `mode: "manual"` alone keeps the level the automatic budget chose."""
+    `min_level` (the automatic budget); `mode: "manual"` alone keeps the level the automatic budget chose. Unknown
+    keys are refused (a typo must not pass as "no change")."""
+
+    model_config = ConfigDict(extra="forbid")
 
     level: str | None = Field(default=None, description="switch to this named level")
     gmacs: float | None = Field(
         default=None, description="switch to the most accurate level expected within this GMACs/video"
     )
     thresholds: list[float] | None = Field(
-        default=None, description="explicit thresholds eta_0..eta_K (finite, >= 0)"
+        default=None, description="explicit thresholds eta_0..eta_K (numbers: finite, >= 0)"
     )
     mode: Literal["manual", "auto"] | None = Field(
         default=None, description="`auto`: let the automatic budget choose the level; `manual`: stop it"
     )
     p99_s: float | None = Field(
-        default=None, description="with `mode: auto`: the p99 latency objective (s); default ADAFOCUS_SLO_P99_S"
+        default=None, ge=P99_MIN_S, le=P99_MAX_S, allow_inf_nan=False,
+        description=f"with `mode: auto`: the p99 latency objective, {P99_MIN_S:g} to {P99_MAX_S:g} s; default "
+        "ADAFOCUS_SLO_P99_S",
     )
     min_level: str | None = Field(default=None, description="with `mode: auto`: the least accurate level to use")
+
+    @field_validator("gmacs", "p99_s", mode="before")
+    @classmethod
+    def _numbers(cls, value: object) -> object:
+        return value if value is None else a_number(value, "it")
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _threshold_numbers(cls, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            return value
+        return [a_number(v, f"thresholds[{i}]") for i, v in enumerate(value)]
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BudgetUpdate:
@@ -156,8 +190,6 @@ class BudgetUpdate(BaseModel):
         if self.mode == "auto":
             if given:
                 raise ValueError(f"mode auto chooses the level itself: drop {given}")
-            if self.p99_s is not None and not (math.isfinite(self.p99_s) and self.p99_s > 0):
-                raise ValueError("p99_s must be a positive finite number")
             return self
         if self.p99_s is not None or self.min_level is not None:
             raise ValueError("p99_s and min_level go with mode auto")
@@ -179,3 +211,77 @@ class Readiness(BaseModel):
     checks: dict[str, bool] = Field(
         description="model_loaded, warmed_up, decoder_self_test, engine_running, not_draining"
     )
+
+
+# ----------------------------------------------------------------------------------------------- the API keys file
+MIN_API_KEY_CHARS = 16
+API_KEY_NAME = re.compile(r"[A-Za-z0-9._:-]{1,64}")  # a metric label value, safe in a log line
+API_KEY_OPTIONS = ("rate", "burst", "concurrency")
+
+
+class ApiKeyFileError(ValueError):
+    """An ``ADAFOCUS_API_KEYS_FILE`` that cannot be used; the message names the line, never a key."""
+
+
+@dataclass(frozen=True)
+class ApiKeyEntry:
+    """One line of the API keys file: ``KEY [NAME] [rate=R] [burst=B] [concurrency=C]``."""
+
+    name: str  # in the metrics and the logs instead of the key; default `key-<line number>`
+    digest: bytes  # SHA-256 of the key: the key itself is not kept
+    rate: float | None = None  # requests per second (the token bucket's refill); None: ADAFOCUS_API_KEY_RATE
+    burst: int | None = None  # the bucket's size; None: ADAFOCUS_API_KEY_BURST
+    concurrency: int | None = None  # /classify requests in flight; None: ADAFOCUS_API_KEY_CONCURRENCY
+
+
+def api_key_digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode()).digest()
+
+
+def read_api_keys(path: Path) -> tuple[ApiKeyEntry, ...]:
+    """``parse_api_keys`` of the file at ``path``; ``ApiKeyFileError`` when it cannot be read either."""
+    try:
+        text = path.read_bytes().decode()
+    except OSError as exc:
+        raise ApiKeyFileError(f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ApiKeyFileError("not UTF-8 text") from None  # the exception's text would show a byte of the file
+    return parse_api_keys(text)
+
+
+def parse_api_keys(text: str) -> tuple[ApiKeyEntry, ...]:
+    """Every key of an API keys file (blank lines and `#` comments skipped); ``ApiKeyFileError`` for a bad line,
+    a key shorter than ``MIN_API_KEY_CHARS``, or a key or name given twice."""
+    entries: list[ApiKeyEntry] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        words = line.split("#", 1)[0].split()
+        if words:
+            entries.append(_api_key_line(number, words))
+    for what, values in (("key", [e.digest for e in entries]), ("name", [e.name for e in entries])):
+        if len(set(values)) != len(values):
+            raise ApiKeyFileError(f"the same {what} is on two lines")
+    return tuple(entries)
+
+
+def _api_key_line(number: int, words: list[str]) -> ApiKeyEntry:
+    key, rest = words[0], words[1:]
+    if len(key) < MIN_API_KEY_CHARS:
+        raise ApiKeyFileError(f"line {number}: a key needs at least {MIN_API_KEY_CHARS} characters")
+    names = [w for w in rest if "=" not in w]
+    options = dict(w.split("=", 1) for w in rest if "=" in w)
+    if len(names) > 1 or (names and not API_KEY_NAME.fullmatch(names[0])):
+        raise ApiKeyFileError(f"line {number}: expected `KEY [NAME] [rate=R] [burst=B] [concurrency=C]`, the name "
+                              "of 1-64 of `A-Z a-z 0-9 . _ : -`")
+    unknown = sorted(set(options) - set(API_KEY_OPTIONS))
+    if unknown:
+        raise ApiKeyFileError(f"line {number}: unknown options {unknown}; known: {list(API_KEY_OPTIONS)}")
+    try:
+        rate = float(options["rate"]) if "rate" in options else None
+        burst, concurrency = (int(options[o]) if o in options else None for o in ("burst", "concurrency"))
+    except ValueError:
+        raise ApiKeyFileError(f"line {number}: rate is a number, burst and concurrency whole numbers") from None
+    bad_rate = rate is not None and not (math.isfinite(rate) and rate > 0)
+    if bad_rate or any(v is not None and v < 1 for v in (burst, concurrency)):
+        raise ApiKeyFileError(f"line {number}: rate must be positive, burst and concurrency at least 1")
+    name = names[0] if names else f"key-{number}"
+    return ApiKeyEntry(name, api_key_digest(key), rate, burst, concurrency)

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from model.video import DecodeLimits
 from service.engine.config import AdmissionRule, Backend, EngineConfig, EngineMode, Precision
 from service.logs import LogFormat
-from service.schemas import BudgetUpdate
+from service.schemas import P99_MAX_S, P99_MIN_S, ApiKeyFileError, BudgetUpdate, read_api_keys
 
 MIN_TOKEN_CHARS = 16
 # The engine's settings default to EngineConfig's own defaults (written once, there); every other default is
@@ -77,7 +77,9 @@ class Settings(BaseSettings):
     budget_mode: Literal["manual", "auto"] = Field(
         default="manual", description="`auto`: the automatic budget picks the level that keeps ADAFOCUS_SLO_P99_S"
     )
-    slo_p99_s: float = Field(default=0.5, gt=0, description="automatic budget: the p99 latency objective in seconds")
+    slo_p99_s: float = Field(
+        default=0.5, ge=P99_MIN_S, le=P99_MAX_S, description="automatic budget: the p99 latency objective in seconds"
+    )
     min_level: str | None = Field(
         default=None, description="automatic budget: the cheapest level it may choose; unset = any level"
     )
@@ -117,13 +119,26 @@ class Settings(BaseSettings):
         default=16 * 1024, ge=64, description="body of every other request (PUT /budget ...); beyond it 413, "
         "checked from Content-Length and while streaming, before authentication"
     )
+    max_json_depth: int = Field(
+        default=32, ge=1, le=256, description="arrays and objects nested in a JSON body (PUT /budget); deeper gets "
+        "422 json_too_deep, checked after the operator token, before the body is parsed"
+    )
     header_timeout_s: float = Field(
         default=10.0, gt=0, description="a connection must send a request's whole headers (and a JSON body) within "
         "this, else it is closed (408 once bytes arrived)"
     )
+    first_byte_timeout_s: float = Field(
+        default=2.0, gt=0, description="a new connection must send its first byte within this (at most "
+        "ADAFOCUS_HEADER_TIMEOUT_S), else it is closed without an answer"
+    )
     keep_alive_s: float = Field(default=5.0, gt=0, description="idle keep-alive connections are closed after this")
     max_connections: int = Field(
-        default=1000, ge=1, description="open connections; beyond it each new one gets 503 and is closed"
+        default=1000, ge=1, description="open connections; beyond it the one idle longest is closed for a new one, "
+        "or, none idle, the new one gets 503 and is closed"
+    )
+    max_connections_per_client: int = Field(
+        default=256, ge=1, description="open connections of one client address; beyond it a new one is closed at "
+        "once (behind a proxy every client has the proxy's address: set ADAFOCUS_MAX_CONNECTIONS)"
     )
     linger_s: float = Field(
         default=10.0, ge=0, description="after an early answer (413, 504 ...), at most this long reading and "
@@ -135,6 +150,21 @@ class Settings(BaseSettings):
     )
     operator_token_file: Path | None = Field(
         default=None, description="file holding the operator token (Docker secrets); used when the token is unset"
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="API keys for /classify, one a line: `KEY [NAME] [rate=R] [burst=B] "
+        "[concurrency=C]`; reloaded when it changes; unset = no key needed"
+    )
+    api_keys_poll_s: float = Field(default=1.0, gt=0, description="how often the API keys file is checked for changes")
+    api_key_rate: float | None = Field(
+        default=None, gt=0, description="requests per second per API key (a token bucket); unset = no rate limit"
+    )
+    api_key_burst: int | None = Field(
+        default=None, ge=1, description="requests an API key may send at once above its rate; unset = the rate, "
+        "rounded up"
+    )
+    api_key_concurrency: int | None = Field(
+        default=None, ge=1, description="/classify requests in flight per API key; unset = no limit"
     )
     drain_timeout_s: float = Field(default=30.0, ge=0, description="on SIGTERM, max wait for in-flight requests")
     warmup: bool = Field(default=True, description="run the model at the batch sizes used before reporting ready")
@@ -176,6 +206,16 @@ class Settings(BaseSettings):
         if len(token) < MIN_TOKEN_CHARS:
             raise ValueError(f"ADAFOCUS_OPERATOR_TOKEN_FILE: the token needs at least {MIN_TOKEN_CHARS} characters")
         object.__setattr__(self, "operator_token", SecretStr(token))  # frozen model: set once, while validating
+        return self
+
+    @model_validator(mode="after")
+    def _api_keys(self) -> Settings:
+        if self.api_keys_file is None:
+            return self
+        try:  # read again by the server whenever the file changes; here only so that a bad one stops the start-up
+            read_api_keys(self.api_keys_file)
+        except ApiKeyFileError as exc:
+            raise ValueError(f"ADAFOCUS_API_KEYS_FILE: {exc}") from None
         return self
 
     @model_validator(mode="after")

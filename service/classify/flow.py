@@ -36,6 +36,8 @@ T = TypeVar("T")
 # The engine enforces the deadline itself; the HTTP wait allows this much more so the engine's answer wins.
 DEADLINE_GRACE_S = 0.25
 
+BOOLEAN_FIELDS = ("explain", "frames", "stream")  # false when absent
+
 # A streamed answer: the progress events as the engine makes them, then the answer; the request's error, if it
 # fails after the first event, raises from the iteration.
 ProgressStream = AsyncGenerator[Progress | ClassifyResponse, None]
@@ -93,6 +95,7 @@ class ClassifyFlow:
     async def _stream(self, work: asyncio.Future[ClassifyResponse]) -> ProgressStream:
         """The relayed progress events as they come, then ``work``'s answer (its error raises). Closing it early
         (the client left) cancels the work and frees the engine slot at the next step."""
+        event: asyncio.Future[Progress] | None = None  # the getter of the next event, while one is awaited
         try:
             while self._progress.pending or not work.done():
                 event = asyncio.ensure_future(self._progress.next())
@@ -100,10 +103,13 @@ class ClassifyFlow:
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if event.done():
                     yield event.result()
-                else:
-                    event.cancel()
+                event.cancel()  # a no-op once it has its event
             yield work.result()
         finally:
+            # a client that left while an event was awaited (the response's task cancelled): the getter would
+            # otherwise stay pending on the queue until it is garbage, "Task was destroyed but it is pending!"
+            if event is not None:
+                event.cancel()
             if not work.done():
                 work.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -149,9 +155,8 @@ class ClassifyFlow:
         """The form fields, validated in this order (the first bad one answers 422); an unknown budget level is
         refused before any decoding."""
         budget = fields.get("budget") or None
-        explain = parse_bool(fields.get("explain", ""), "explain")
-        frames = parse_bool(fields.get("frames", ""), "frames")
-        stream = parse_bool(fields.get("stream", ""), "stream") or self._accepts_stream
+        explain, frames, stream = (name in fields and parse_bool(fields[name], name) for name in BOOLEAN_FIELDS)
+        stream = stream or self._accepts_stream
         if "deadline_ms" in fields:
             deadline = min(deadline, request_deadline(self.state, self.started, fields["deadline_ms"]))
         if budget is not None:

@@ -1,7 +1,9 @@
 """Reading an upload: the multipart body streamed into a size-capped spool (memory, then a temporary file).
 
 The body is parsed as it arrives (python-multipart callbacks): an oversized upload is refused as soon as it passes
-the limit, without reading the rest; the small form fields (``budget``, ``explain``) are kept as text.
+the limit, without reading the rest; the small form fields (``budget``, ``explain``) are kept as text, each at most
+once. A body that ends before the multipart closing boundary, or before its Content-Length, is refused
+(``IncompleteUpload``): a cut-off upload is never decoded (its partial video could be classified, confidently wrong).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from model.video import Source
 
-TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
-FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
+TRUE_WORDS = frozenset({"1", "true"})  # compared in lower case: `True`, `TRUE` too; nothing else, no whitespace
+FALSE_WORDS = frozenset({"0", "false"})
 
 
 class TooManyFields(Exception):
@@ -46,6 +48,10 @@ class NotJson(Exception):
 
 class BadUpload(Exception):
     """A multipart upload that cannot be used (no ``video`` part, malformed form data, a bad form field)."""
+
+
+class IncompleteUpload(Exception):
+    """The body ended before the multipart closing boundary, or before the bytes its Content-Length announced."""
 
 
 class UploadSpool:
@@ -127,6 +133,7 @@ class _MultipartSink:
         self.parts = 0  # non-file parts seen
         self.fields: dict[str, str] = {}
         self.has_video = False
+        self.ended = False  # the closing boundary was read: the body is whole
         self._header_field = b""
         self._header_value = b""
         self._headers: dict[bytes, bytes] = {}
@@ -142,6 +149,7 @@ class _MultipartSink:
             "on_header_value": self.on_header_value,
             "on_header_end": self.on_header_end,
             "on_headers_finished": self.on_headers_finished,
+            "on_end": self.on_end,
         }
 
     def on_part_begin(self) -> None:
@@ -172,6 +180,8 @@ class _MultipartSink:
             self.parts += 1
             if self.parts > self.max_fields:
                 raise TooManyFields(self.max_fields)
+            if self._name in self.fields:  # the last value silently winning would hide a client's mistake
+                raise BadUpload(f"form field {self._name!r} is given more than once")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
         if self._name == "video":
@@ -185,6 +195,9 @@ class _MultipartSink:
     def on_part_end(self) -> None:
         if self._name is not None and self._name != "video":
             self.fields[self._name] = self._buffer.decode("utf-8", "replace")
+
+    def on_end(self) -> None:
+        self.ended = True
 
 
 async def read_upload(
@@ -200,41 +213,61 @@ async def read_upload(
     Rejects at once when Content-Length already says the body is too large, and otherwise as soon as the
     ``video`` part and the other fields together pass ``max_bytes``, or the whole body (boundaries and part
     headers included, chunked or not) passes ``max_bytes + MULTIPART_OVERHEAD``, or the form has more than
-    ``max_fields`` other fields; only one chunk at a time is held in the event loop.
+    ``max_fields`` other fields; only one chunk at a time is held in the event loop. A body that ends short of its
+    Content-Length or of the closing boundary raises ``IncompleteUpload``.
     """
     kind, options = parse_options_header(content_type or "")
     if kind != b"multipart/form-data" or b"boundary" not in options:
         raise NotMultipart("send the video as multipart/form-data with a `video` part")
-    if content_length is not None and content_length.isdigit() and int(content_length) > max_bytes + MULTIPART_OVERHEAD:
+    declared = int(content_length) if content_length is not None and content_length.isdigit() else None
+    if declared is not None and declared > max_bytes + MULTIPART_OVERHEAD:
         raise UploadTooLarge(max_bytes)
     spool = UploadSpool(max_bytes, spool_bytes)
     sink = _MultipartSink(spool, max_fields)
     parser = MultipartParser(options[b"boundary"], sink.callbacks())  # type: ignore[arg-type]
-    received = 0
     try:
-        async for chunk in chunks:
-            received += len(chunk)
-            if received > max_bytes + MULTIPART_OVERHEAD:  # counted as it arrives: Content-Length may be absent
-                raise UploadTooLarge(max_bytes)
-            parser.write(chunk)
-        parser.finalize()
+        received = await _parse(chunks, parser, max_bytes + MULTIPART_OVERHEAD, max_bytes)
+        _check_whole(received, declared, sink)
     except MultipartParseError as exc:
         spool.close()
         raise BadUpload(f"malformed multipart body: {exc}") from exc
     except BaseException:
         spool.close()
         raise
-    if not sink.has_video:
-        spool.close()
-        raise BadUpload("the form has no `video` part")
     return Upload(spool, sink.fields, sink.has_video)
 
 
+async def _parse(chunks: Any, parser: MultipartParser, max_body: int, max_bytes: int) -> int:
+    """Feed every chunk to ``parser``; the bytes received."""
+    received = 0
+    async for chunk in chunks:
+        received += len(chunk)
+        if received > max_body:  # counted as it arrives: Content-Length may be absent
+            raise UploadTooLarge(max_bytes)
+        parser.write(chunk)
+    parser.finalize()
+    return received
+
+
+def _check_whole(received: int, declared: int | None, sink: _MultipartSink) -> None:
+    """``IncompleteUpload`` unless the body reached its Content-Length and its closing boundary; ``BadUpload``
+    without a ``video`` part."""
+    if declared is not None and received < declared:
+        raise IncompleteUpload(f"the body ended after {received} of the {declared} bytes its Content-Length announced")
+    if not sink.ended:
+        raise IncompleteUpload(
+            f"the multipart body ended after {received} bytes, before its closing boundary: the upload was cut off"
+        )
+    if not sink.has_video:
+        raise BadUpload("the form has no `video` part")
+
+
 def parse_bool(value: str, name: str) -> bool:
-    """A boolean form field: true/false, yes/no, on/off, 1/0 (empty = false)."""
-    word = value.strip().lower()
+    """A boolean form field: `true` or `false` in any case, or `1` or `0`; anything else (`yes`, `" true "`, an
+    empty value) is refused rather than guessed."""
+    word = value.lower()
     if word in TRUE_WORDS:
         return True
     if word in FALSE_WORDS:
         return False
-    raise BadUpload(f"form field {name!r} must be true or false, got {value!r}")
+    raise BadUpload(f"form field {name!r} must be true, false, 1 or 0, got {value[:32]!r}")

@@ -3,7 +3,10 @@
 - Every route but the streamed uploads (/classify, read by service/classify/upload.py under its own limits) gets a small
   JSON body: over ``max_json_bytes`` it is refused from Content-Length at once, or as soon as the streamed count
   passes the cap, and a body slower than ``read_timeout_s`` is refused too. This runs before the route, so before
-  authentication: an unauthenticated client can make the server hold at most ``max_json_bytes``.
+  authentication: an unauthenticated client can make the server hold at most ``max_json_bytes``. A request that
+  has no route (``/classify/``, a wrong method) is answered 404 or 405 without its body being read first.
+- Its JSON is checked by the route, after authentication (``check_json``): nested at most ``max_json_depth`` deep,
+  measured without parsing (the parser recurses once per level), and UTF-8 JSON text.
 - An answer sent before the request body was read to its end (a 413 from Content-Length, a 413 or 422 while
   streaming, a 504 for a slow upload, a 503 at shutdown) would otherwise reach a client that writes its whole body
   before reading as a TCP reset, once the server closes with unread bytes. So the answer goes out, then the rest
@@ -13,13 +16,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.http.errors import error_response, to_api_error
-from service.http.guard_errors import BodyTooLarge, ReadTimeout
+from service.http.guard_errors import BadJson, BodyTooLarge, JsonTooDeep, ReadTimeout
 from service.settings import Settings
+
+# a JSON string, or an unterminated one up to the end: one pass, no backtracking (the two alternatives are disjoint)
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"?', re.S)
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
 
 
 @dataclass(frozen=True)
@@ -65,11 +76,36 @@ class _Body:
         return True
 
 
-class BodyGuard:
-    """ASGI middleware: small bodies capped before the route runs; unread bodies discarded after the answer."""
+def check_json(body: bytes, max_depth: int) -> None:
+    """Refuse a JSON body whose arrays and objects nest deeper than ``max_depth`` (``JsonTooDeep``), or that is not
+    UTF-8 JSON text (``BadJson``); the route's own parser then parses it."""
+    depth = 0
+    for bracket in _STRING.sub(b"", body).translate(None, _NOT_BRACKETS):
+        depth += 1 if bracket in b"[{" else -1
+        if depth > max_depth:
+            raise JsonTooDeep(max_depth)
+    try:
+        json.loads(body.decode("utf-8"))  # within the depth limit the parser's recursion is bounded
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadJson(f"the body is not UTF-8 JSON: {exc}") from None
 
-    def __init__(self, app: ASGIApp, limits: BodyLimits) -> None:
+
+def routed_by(router: Router) -> Callable[[Scope], bool]:
+    """Whether ``router`` has a route for a request (its path and its method)."""
+
+    def routed(scope: Scope) -> bool:
+        return any(route.matches(scope)[0] is Match.FULL for route in router.routes)
+
+    return routed
+
+
+class BodyGuard:
+    """ASGI middleware: small bodies capped before the route runs; unread bodies discarded after the answer.
+    ``routed`` (``routed_by``): whether a request has a route; None: every request has one."""
+
+    def __init__(self, app: ASGIApp, limits: BodyLimits, routed: Callable[[Scope], bool] | None = None) -> None:
         self.app, self.limits = app, limits
+        self.routed = routed or (lambda _: True)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,7 +114,7 @@ class BodyGuard:
         body = _Body(scope, receive)
         send = self._lingering(body, send)
         app_receive: Receive = body.receive
-        if scope["path"] not in self.limits.streamed and not body.complete:
+        if scope["path"] not in self.limits.streamed and not body.complete and self.routed(scope):
             try:
                 app_receive = await self._read_small(body)
             except (BodyTooLarge, ReadTimeout) as exc:

@@ -1,19 +1,44 @@
 """The budget routes: ``GET /budget`` (the active threshold set and every level) and ``PUT /budget`` (operator token,
-JSON body), thin wrappers over the service's budget control (``service.budget.control``) and store."""
+JSON body), thin wrappers over the service's budget control (``service.budget.control``) and store.
+
+PUT /budget checks, in order: the operator token, the Content-Type, the body's JSON (depth, UTF-8: ``check_json``),
+and only then does FastAPI parse and validate the body (``TokenFirst``: FastAPI parses a body before it solves a
+route's dependencies, so a dependency cannot check the token first)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Header
+from fastapi import APIRouter, Body, Request, Response
+from fastapi.routing import APIRoute
 
 from service.classify.upload import NotJson
 from service.engine.types import BudgetState
+from service.http.body_guard import check_json
 from service.http.errors import error_responses
-from service.http.routes import StateDep, require_operator
+from service.http.routes import StateDep, get_state, require_operator
 from service.schemas import BudgetResponse, BudgetUpdate, ReplicaBudget, level_bodies
 
+
+class TokenFirst(APIRoute):
+    """A route whose operator token, Content-Type and JSON body are checked before FastAPI parses the body."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        parse_and_run = super().get_route_handler()
+
+        async def handler(request: Request) -> Response:
+            state = get_state(request)
+            require_operator(state, request.headers.get("authorization"))
+            require_json(request.headers.get("content-type"))
+            check_json(await request.body(), state.settings.max_json_depth)  # the body guard has read it (capped)
+            return await parse_and_run(request)
+
+        return handler
+
+
 router = APIRouter()
+operator = APIRouter(route_class=TokenFirst)  # PUT /budget; included in ``router`` below
 
 
 def budget_body(
@@ -45,8 +70,8 @@ def get_budget(state: StateDep) -> BudgetResponse:
     return budget_body(budget, budget.levels.default, state.replica, replicas)
 
 
-def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
-    """A JSON body, said so by its Content-Type; checked after the token, before the body is read."""
+def require_json(content_type: str | None) -> None:
+    """A JSON body, said so by its Content-Type; checked after the token, before the body is parsed."""
     kind = (content_type or "").split(";")[0].strip().lower()
     if kind != "application/json" and not kind.endswith("+json"):
         got = f"Content-Type {kind!r}" if kind else "no Content-Type"
@@ -56,12 +81,7 @@ def require_json(content_type: Annotated[str | None, Header()] = None) -> None:
         )
 
 
-@router.put(
-    "/budget",
-    response_model=BudgetResponse,
-    responses=error_responses(401, 403, 409, 415, 422),
-    dependencies=[Depends(require_operator), Depends(require_json)],
-)
+@operator.put("/budget", response_model=BudgetResponse, responses=error_responses(401, 403, 409, 415, 422))
 def put_budget(state: StateDep, update: Annotated[BudgetUpdate, Body()]) -> BudgetResponse:
     """Switch the budget by level name, by a GMACs/video target, with explicit thresholds, or to the automatic
     budget (`mode: auto`, with an optional `p99_s` objective and `min_level` floor); needs the operator token.
@@ -69,3 +89,6 @@ def put_budget(state: StateDep, update: Annotated[BudgetUpdate, Body()]) -> Budg
     assert state.budget is not None
     budget = state.budget.put(update)
     return budget_body(budget, budget.levels.default, state.replica)
+
+
+router.include_router(operator)

@@ -21,11 +21,19 @@ from model.budgets import BudgetError
 from model.video import DecodeError
 from service.budget.store import BudgetFileReadOnly
 from service.classify.flow import ClientGone, ServiceDraining
-from service.classify.upload import BadUpload, NotJson, NotMultipart, TooManyFields, UploadTooLarge
+from service.classify.upload import BadUpload, IncompleteUpload, NotJson, NotMultipart, TooManyFields, UploadTooLarge
 from service.decode.pool import DecodeBusy, DecoderCrashed
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull, RequestCancelled
+from service.http.api_keys import ApiKeyInvalid, ApiKeyMissing, ConcurrencyLimited, RateLimited
 from service.http.auth import BudgetChangesDisabled, Forbidden, Unauthorized
-from service.http.guard_errors import BodyTooLarge, MalformedHttp, ReadTimeout, TooManyConnections
+from service.http.guard_errors import (
+    BadJson,
+    BodyTooLarge,
+    JsonTooDeep,
+    MalformedHttp,
+    ReadTimeout,
+    TooManyConnections,
+)
 from service.http.open_inference import ModelNotFound
 from service.lifecycle import ShutdownAborted
 from service.logs import current_request_id
@@ -55,6 +63,24 @@ ERRORS: dict[type[Exception], ErrorRule] = {
         "`too_long`, `frame_too_large`, `decode_timeout`); not a video container (`not_a_video`: empty, text, "
         "still image ...); a file over the decoder's byte limit (`too_large`)",
     ),
+    IncompleteUpload: ErrorRule(
+        400, "incomplete_upload", INVALID_INPUT, description="the upload ended before its multipart closing boundary "
+        "or its Content-Length (`incomplete_upload`): it is not decoded",
+    ),
+    ApiKeyMissing: ErrorRule(
+        401, "api_key_required", None, description="no API key (`Authorization: Bearer` or `X-API-Key`) on a server "
+        "with `ADAFOCUS_API_KEYS_FILE` (`api_key_required`)",
+    ),
+    ApiKeyInvalid: ErrorRule(403, "api_key_invalid", None, description="an API key not in the keys file "
+                             "(`api_key_invalid`)"),
+    RateLimited: ErrorRule(
+        429, "rate_limited", None, True, description="the API key is over its request rate (`rate_limited`); see "
+        "Retry-After",
+    ),
+    ConcurrencyLimited: ErrorRule(
+        429, "concurrency_limited", None, True, description="the API key has its limit of requests in flight "
+        "(`concurrency_limited`)",
+    ),
     UploadTooLarge: ErrorRule(
         413, "too_large", INVALID_INPUT, description="the upload exceeds `ADAFOCUS_MAX_UPLOAD_BYTES` (`too_large`)"
     ),
@@ -70,6 +96,11 @@ ERRORS: dict[type[Exception], ErrorRule] = {
         "(`request_timeout`)"
     ),
     MalformedHttp: ErrorRule(400, "bad_http_request", None, description="not an HTTP/1.1 request"),
+    JsonTooDeep: ErrorRule(
+        422, "json_too_deep", None, description="a JSON body nested deeper than `ADAFOCUS_MAX_JSON_DEPTH` "
+        "(`json_too_deep`)"
+    ),
+    BadJson: ErrorRule(422, "invalid_request", None, description="a body that is not UTF-8 JSON (`invalid_request`)"),
     TooManyConnections: ErrorRule(
         503, "too_many_connections", None, True,
         description="the server holds `ADAFOCUS_MAX_CONNECTIONS` connections (`too_many_connections`)",
@@ -124,6 +155,7 @@ ERRORS: dict[type[Exception], ErrorRule] = {
     ),
 }
 INTERNAL = ErrorRule(500, "internal", None, message="internal server error")
+ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}  # Starlette's routing errors; request validation: 422
 
 
 @dataclass
@@ -192,9 +224,9 @@ def install_handlers(app: FastAPI, retry_after_s: int) -> None:
 
     async def http(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        codes = {404: "not_found", 405: "method_not_allowed"}
         headers = dict(exc.headers or {})
-        return error_response(ApiError(exc.status_code, codes.get(exc.status_code, "http_error"), exc.detail, headers))
+        code = ROUTING_CODES.get(exc.status_code, "http_error")
+        return error_response(ApiError(exc.status_code, code, exc.detail, headers))
 
     kinds: list[type[Exception]] = [ApiError, *ERRORS, Exception]
     for kind in kinds:

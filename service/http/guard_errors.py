@@ -32,3 +32,14 @@ class TooManyConnections(Exception):
 
 class MalformedHttp(Exception):
     """Bytes that are not an HTTP/1.1 request (answered by the connection itself, before any route)."""
+
+
+class JsonTooDeep(Exception):
+    """A JSON body whose arrays and objects nest deeper than ``max_json_depth``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the JSON body nests arrays and objects deeper than {limit} levels")
+
+
+class BadJson(Exception):
+    """A JSON body that is not UTF-8 JSON text (RFC 8259)."""

@@ -1,17 +1,20 @@
 """HTTP routes (the budget's are in service/http/budget_routes.py): thin wrappers over ``ServiceState``
-(service/lifecycle.py) and the /classify flow (service/classify/flow.py); errors are mapped by the table in
-service/http/errors.py."""
+(service/lifecycle.py) and the /classify flow (service/classify/flow.py), with /classify's optional API key check
+(``require_api_key``, service/http/api_keys.py); errors are mapped by the table in service/http/errors.py."""
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from service.classify.flow import ClassifyFlow, ClientGone
 from service.http import sse
+from service.http.api_keys import ApiKeys, Grant, KeyFile, KeyLimits, KeyRefused, RateLimited, presented_key
 from service.http.auth import check_operator
 from service.http.errors import error_response, error_responses, rule_for, to_api_error
 from service.lifecycle import ServiceState
@@ -82,14 +85,63 @@ def require_operator(state: StateDep, authorization: Annotated[str | None, Heade
     check_operator(state.settings.operator_token, authorization)
 
 
+# the API key's two headers, declared for the OpenAPI document (Swagger UI's "Authorize"); checked by require_api_key
+BEARER = HTTPBearer(auto_error=False, description="an API key, when the server has ADAFOCUS_API_KEYS_FILE")
+X_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="the same API key, in its own header")
+
+
+def api_keys(request: Request, state: ServiceState) -> ApiKeys | None:
+    """The app's API key check (made at its first use; None without ADAFOCUS_API_KEYS_FILE, read and validated by
+    the settings at start-up)."""
+    s = state.settings
+    if s.api_keys_file is None:
+        return None
+    keys: ApiKeys | None = getattr(request.app.state, "api_keys", None)
+    if keys is None:
+        source = KeyFile(s.api_keys_file, s.api_keys_poll_s, state.clock)
+        limits = KeyLimits(s.api_key_rate, s.api_key_burst, s.api_key_concurrency)
+        keys = request.app.state.api_keys = ApiKeys(source.entries, limits, state.clock)
+    return keys
+
+
+async def require_api_key(
+    request: Request,
+    state: StateDep,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    header: Annotated[str | None, Depends(X_API_KEY)],
+) -> Grant | None:
+    """With ADAFOCUS_API_KEYS_FILE: the request's API key admitted under its limits (401, 403 or 429 otherwise),
+    before its body is read; the route releases the grant when its answer ends. On the event loop (async): the
+    limits' counters need no lock."""
+    keys = api_keys(request, state)
+    if keys is None:
+        return None
+    try:
+        grant = keys.admit(presented_key(bearer.credentials if bearer else None, header))
+    except KeyRefused as exc:
+        if state.metrics is not None:
+            state.metrics.on_api_key(exc.name, exc.reason)
+        if isinstance(exc, RateLimited):  # Retry-After: when the key's bucket holds a token again
+            error = to_api_error(exc, state.settings.retry_after_s)
+            error.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+            raise error from None
+        raise
+    if state.metrics is not None:
+        state.metrics.on_api_key(grant.name, None)
+    return grant
+
+
+GrantDep = Annotated[Grant | None, Depends(require_api_key)]
+
+
 @router.post(
     "/classify",
     response_model=ClassifyResponse,
     response_model_exclude_none=True,
-    responses=error_responses(413, 415, 422, 503, 504),
+    responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503, 504),
     openapi_extra={"requestBody": CLASSIFY_BODY},
 )
-async def classify(request: Request, state: StateDep) -> ClassifyResponse | Response:
+async def classify(request: Request, state: StateDep, grant: GrantDep) -> ClassifyResponse | Response:
     """Classify one uploaded video (multipart field `video`); with `Accept: text/event-stream` or `stream=true`,
     stream the prediction after the glance and after each cube, then the answer (Server-Sent Events)."""
     started = state.clock()
@@ -101,6 +153,8 @@ async def classify(request: Request, state: StateDep) -> ClassifyResponse | Resp
 
     def ended(final: int) -> None:
         state.inflight -= 1
+        if grant is not None:
+            grant.release()  # the key's slot: when the answer ended, streamed or not
         if state.metrics is not None:
             state.metrics.on_request(final, state.clock() - started)
 

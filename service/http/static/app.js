@@ -7,10 +7,16 @@ window.CUBE_COLORS = CUBE_COLORS; // the browser test reads the colours back fro
 const FRAME_PX = 144; // frames are drawn at this width in the film strip
 const STEP_PX = 120; // and at this width in the step cards
 
+const KEY_STORE = "adafocus-api-key"; // sessionStorage: the key is forgotten when the tab closes
 const state = { model: null, file: null, metrics: null };
 const $ = (id) => document.getElementById(id);
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status) {
+    super(message);
+    this.status = status;
+  }
+}
 
 async function api(path, options = {}) {
   const response = await fetch(path, options);
@@ -19,7 +25,7 @@ async function api(path, options = {}) {
   if (!response.ok) {
     const id = response.headers.get("x-request-id");
     const text = body && body.code ? `${response.status} ${body.code}: ${body.message}` : `${response.status} ${body}`;
-    throw new ApiError(id ? `${text} (request ${id})` : text);
+    throw new ApiError(id ? `${text} (request ${id})` : text, response.status);
   }
   return body;
 }
@@ -108,6 +114,12 @@ async function pollReady() {
 }
 
 // ------------------------------------------------------------------------------------------- upload
+// The API key field: only /classify needs one (a server with ADAFOCUS_API_KEYS_FILE); never sent elsewhere.
+function apiKeyHeaders() {
+  const key = $("api-key").value.trim();
+  return key ? { "X-API-Key": key } : {};
+}
+
 function chooseFile(file) {
   state.file = file || null;
   $("drop-text").textContent = file ? `${file.name} (${(file.size / 1024).toFixed(0)} KiB)` :
@@ -127,12 +139,13 @@ async function classify(event) {
   $("submit").textContent = "Classifying…";
   $("error").classList.add("hidden");
   try {
-    const answer = await api("/classify", { method: "POST", body: form });
+    const answer = await api("/classify", { method: "POST", body: form, headers: apiKeyHeaders() });
     await render(answer);
   } catch (error) {
     $("result").classList.add("hidden");
     $("error").textContent = error.message;
     $("error").classList.remove("hidden");
+    if (error.status === 401 || error.status === 403) $("api-key").focus(); // a key is needed, or this one is wrong
   } finally {
     $("submit").disabled = !state.file;
     $("submit").textContent = "Classify";
@@ -280,6 +293,8 @@ function start() {
     if (event.dataTransfer.files.length) chooseFile(event.dataTransfer.files[0]);
   });
   $("form").addEventListener("submit", classify);
+  $("api-key").value = sessionStorage.getItem(KEY_STORE) || "";
+  $("api-key").addEventListener("input", () => sessionStorage.setItem(KEY_STORE, $("api-key").value.trim()));
   Promise.all([loadModel(), loadBudget()]).then(() => { document.body.dataset.state = "loaded"; }).catch((error) => {
     $("error").textContent = `the server did not answer: ${error.message}`;
     $("error").classList.remove("hidden");

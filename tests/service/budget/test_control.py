@@ -3,9 +3,11 @@ the version rule, newest-first settings, and a bare ``mode: manual`` pinned to t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
+from pydantic import ValidationError
 
 from model.budgets import BudgetError
 from service.budget.control import BudgetControl, BudgetSetting, wall_ms
@@ -107,3 +109,38 @@ def test_a_bare_manual_update_pins_the_active_level_or_its_thresholds(engine: En
     assert control.pinned(BudgetUpdate(mode="manual")) == BudgetUpdate(thresholds=thresholds)
     kept = control.apply(BudgetUpdate(mode="manual"))
     assert (kept.name, kept.thresholds, kept.auto) == ("custom", tuple(thresholds), None)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"thresholds": [True, 0.1, 0.1, 0.1]}, "thresholds[0] must be a number, got bool True"),
+        ({"thresholds": [0.1, "0.1", 0.1, 0.1]}, "thresholds[1] must be a number, got str '0.1'"),
+        ({"gmacs": False}, "it must be a number, got bool False"),
+        ({"mode": "auto", "p99_s": 1e-300}, "greater than or equal to 0.001"),
+        ({"mode": "auto", "p99_s": 86400}, "less than or equal to 3600"),
+        ({"mode": "auto", "p99_s": float("nan")}, "p99_s"),
+        ({"level": "mid", "lvl": "fast", "why": 1}, "2 validation errors"),
+    ],
+)
+def test_an_update_is_numbers_within_range_and_no_unknown_key(data: dict[str, object], message: str) -> None:
+    """What PUT /budget's body and the budget file (validated laxly: ``strict=False``) are refused for, before any
+    engine sees them."""
+    for strict in (None, False):
+        with pytest.raises(ValidationError, match=re.escape(message)):
+            BudgetUpdate.model_validate(data, strict=strict)
+
+
+def test_each_unknown_key_is_named() -> None:
+    with pytest.raises(ValidationError) as unknown:
+        BudgetUpdate.model_validate({"level": "mid", "lvl": "fast", "why": 1})
+    assert [(e["loc"], e["type"]) for e in unknown.value.errors()] == [(("lvl",), "extra_forbidden"),
+                                                                       (("why",), "extra_forbidden")]
+
+
+def test_an_update_takes_integers_as_numbers(engine: Engine) -> None:
+    control = BudgetControl(engine.budget)
+    state = control.apply(BudgetUpdate.model_validate({"thresholds": [1, 0, 0, 0]}))
+    assert (state.name, state.thresholds) == ("custom", (1.0, 0.0, 0.0, 0.0))
+    auto = control.apply(BudgetUpdate.model_validate({"mode": "auto", "p99_s": 3600}))
+    assert auto.auto == AutoBudgetConfig(slo_p99_s=3600.0, min_level=None)

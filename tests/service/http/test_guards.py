@@ -222,6 +222,9 @@ def test_an_idle_keep_alive_connection_is_closed(server: Server) -> None:
 
 def test_connections_beyond_the_cap_get_503_with_retry_after(server: Server) -> None:
     held = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(MAX_CONNECTIONS)]
+    for sock in held:  # each one busy with a request (an idle one would be closed for the new connection instead)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+    time.sleep(HEADER_TIMEOUT_S / 4)  # the server has read them (their header deadline is still far)
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as extra:
             extra.sendall(head("GET", "/healthz"))

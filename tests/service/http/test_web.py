@@ -13,7 +13,14 @@ from fastapi.testclient import TestClient
 
 from model.video import encode_video
 from tests.service.conftest import Server, in_process, ramp, serve
-from tests.service.http.browser import browser, chromium_path, classify_on_page, drawn_edge_colours, offline_page
+from tests.service.http.browser import (
+    ANSWER_TIMEOUT_MS,
+    browser,
+    chromium_path,
+    classify_on_page,
+    drawn_edge_colours,
+    offline_page,
+)
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +89,42 @@ def test_the_page_shows_an_error_body(server: Server, tmp_path: Path) -> None:
         page.wait_for_selector("#error:not(.hidden)")
         assert page.inner_text("#error").startswith("415 not_a_video: ")
     assert [e for e in errors if "415" not in e] == []  # the browser logs the failed request itself
+
+
+API_KEY = "web-page-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def keyed(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server that asks for an API key (ADAFOCUS_API_KEYS_FILE)."""
+    keys = tmp_path_factory.mktemp("keys") / "api-keys"
+    keys.write_text(f"{API_KEY} web\n")
+    yield from serve(tiny_bundle, tmp_path_factory.mktemp("web-keys"), api_keys_file=keys)
+
+
+def test_the_page_sends_the_api_key_it_was_given(keyed: Server, clip: Path) -> None:
+    executable = chromium_path()
+    errors: list[str] = []
+    with browser(executable) as chromium:
+        page = offline_page(chromium, keyed.url, errors)
+        page.goto(f"{keyed.url}/")
+        page.wait_for_selector("body[data-state=loaded]")  # the page's other calls need no key
+        page.set_input_files("#file", str(clip))
+        page.click("#submit")
+        page.wait_for_selector("#error:not(.hidden)")
+        assert page.inner_text("#error").startswith("401 api_key_required: ")
+        assert page.evaluate("document.activeElement.id") == "api-key"
+        page.fill("#api-key", API_KEY)
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=answered]", timeout=ANSWER_TIMEOUT_MS)
+        assert page.locator("#error.hidden").count() == 1
+        page.reload()  # the key stays for this tab (sessionStorage), and is not in the page's address
+        page.wait_for_selector("body[data-state=loaded]")
+        assert page.input_value("#api-key") == API_KEY and API_KEY not in page.url
+    assert [e for e in errors if "401" not in e] == []  # the browser logs the refused request itself
+    text = httpx.get(f"{keyed.url}/metrics").text
+    assert 'adafocus_api_key_requests_total{key="web"} 1.0' in text
+    assert 'adafocus_api_key_rejected_total{key="-",reason="missing"} 1.0' in text
 
 
 def test_docs_render_with_no_internet_access(server: Server) -> None:
