@@ -187,6 +187,18 @@ class _GuardedH11Protocol(H11Protocol):
         if idle and not self.transport.is_closing() and self.app is not self.refuse_app:
             self.book.set_idle(self, True)
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # asyncio.Protocol: True keeps writing open
+        """The client ended its side while its request body was still due (half a body, then ``shutdown(SHUT_WR)``):
+        the body ends here, short of its Content-Length, so the route refuses it (400 ``incomplete_upload``) and the
+        answer still reaches the client, then the connection closes. Otherwise (between requests, or after a whole
+        body) the connection closes now, as uvicorn's does."""
+        if self.cycle is None or self.cycle.response_complete or self.conn.their_state is not h11.SEND_BODY:
+            return None
+        self.cycle.more_body = False
+        self.cycle.keep_alive = False  # closed once the answer is sent
+        self.cycle.message_event.set()
+        return True  # keep the transport open for writing
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.book.forget(self)

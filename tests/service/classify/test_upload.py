@@ -153,14 +153,9 @@ def test_a_body_short_of_its_content_length_is_never_decoded(server: Server, vid
     assert answered(server).get("200") == seen.get("200")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs service/http/connection_guard.py to end the request body at the client's end of stream "
-    "(eof_received during SEND_BODY: more_body False, no keep-alive, the write side kept open) instead of closing",
-)
 def test_a_client_that_ends_its_side_early_is_answered_incomplete_upload(server: Server, video: bytes) -> None:
-    """Today the server closes the connection at the client's end of stream, mid-body: the request is recorded as
-    499 (the client gone) and a client that only shut its write side reads no answer."""
+    """A client that shuts its write side mid-body (half the body sent, the full Content-Length declared) still
+    reads its answer: 400 ``incomplete_upload``, and nothing is decoded."""
     body = form(video)
     seen = answered(server)
     answer = raw_post(server, body[: len(body) // 2], len(body), "half_close")
