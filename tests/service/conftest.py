@@ -17,6 +17,7 @@ from loadtest.http.server_process import ServerProcess
 from loadtest.http.server_process import free_port as free_port  # tests import it from here too
 from model.config import get_config
 from model.testing import fixed_budgets, spread_exit_model, untrained_bundle
+from model.video import encode_video
 from service.app import create_app
 from service.lifecycle import ServiceState
 from service.settings import Settings
@@ -107,3 +108,19 @@ def wait_until_dead(pid: int, timeout: float = 10.0) -> None:
     """Until ``pid`` has exited (a zombie until its parent reaps it)."""
     status = Path(f"/proc/{pid}/status")
     wait_until(lambda: not status.exists() or "zombie" in status.read_text(), timeout, f"process {pid} to die")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small real H.264 clip (12 frames of 48 x 64) for in-process /classify tests."""
+    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", ramp(12, 48, 64, seed=5), "libx264")
+
+
+def classify_ok(app: TestClient, clip: Path, headers: dict[str, str] | None = None, **fields: str) -> dict[str, object]:
+    """POST ``clip`` to an in-process app; the 200 answer's body (its request id echoed in the header)."""
+    with clip.open("rb") as fh:
+        response = app.post("/classify", files={"video": ("clip.mp4", fh)}, data=fields, headers=headers)
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    assert response.headers["x-request-id"] == body["request_id"]
+    return body

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -35,20 +34,6 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("clips")
     return [encode_video(root / f"clip_{i}.mp4", ramp(12, 48, 64, seed=i), "libx264") for i in range(3)]
-
-
-
-
-
-
-
-
-
-
-def run_serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("ADAFOCUS_")}
-    environ.update(env)
-    return subprocess.run([ADAFOCUS, "serve", *args], capture_output=True, text=True, timeout=60, env=environ)
 
 
 def test_sync_client(app: TestClient, clips: list[Path]) -> None:

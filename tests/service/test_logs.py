@@ -12,9 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from model.video import encode_video
 from service.logs import JsonFormatter, RequestIdFilter, TextFormatter
-from tests.service.conftest import OPERATOR_TOKEN, TestClient, in_process, ramp
+from tests.service.conftest import OPERATOR_TOKEN, TestClient, classify_ok, in_process
 
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -22,20 +21,6 @@ HEX32 = re.compile(r"[0-9a-f]{32}")
 @pytest.fixture(scope="module")
 def app(tiny_bundle: Path) -> Iterator[TestClient]:
     yield from in_process(tiny_bundle, operator_token=OPERATOR_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", ramp(12, 48, 64, seed=5), "libx264")
-
-
-def classify(app: TestClient, clip: Path, headers: dict[str, str] | None = None, **fields: str) -> dict[str, object]:
-    with clip.open("rb") as fh:
-        response = app.post("/classify", files={"video": ("clip.mp4", fh)}, data=fields, headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    assert response.headers["x-request-id"] == body["request_id"]
-    return body
 
 
 @pytest.fixture()
@@ -59,33 +44,19 @@ def log_lines() -> Iterator[io.StringIO]:
 # ------------------------------------------------------------------------------------------------ explain
 
 
-
-
 # ------------------------------------------------------------------------------------------------ OIP
 
 
-
-
-
-
 # ------------------------------------------------------------------------------------------------ request IDs
-
-
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------ web
 
 
 def test_request_id_is_echoed_or_made_up(app: TestClient, clip: Path) -> None:
-    body = classify(app, clip, headers={"X-Request-ID": "client-42.a:b_c"})
+    body = classify_ok(app, clip, headers={"X-Request-ID": "client-42.a:b_c"})
     assert body["request_id"] == "client-42.a:b_c"
-    made_up = classify(app, clip)["request_id"]
+    made_up = classify_ok(app, clip)["request_id"]
     assert isinstance(made_up, str) and HEX32.fullmatch(made_up)
     for unsafe in ("two words", "x" * 129, "line\\nbreak", ""):  # could forge or bloat log lines: replaced
         response = app.get("/healthz", headers={"X-Request-ID": unsafe})
@@ -101,7 +72,7 @@ def test_error_bodies_carry_the_request_id(app: TestClient) -> None:
 
 
 def test_every_log_line_of_a_request_carries_its_id(app: TestClient, clip: Path, log_lines: io.StringIO) -> None:
-    classify(app, clip, headers={"X-Request-ID": "trace-me"})
+    classify_ok(app, clip, headers={"X-Request-ID": "trace-me"})
     app.get("/healthz", headers={"X-Request-ID": "other"})
     records = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     mine = [r for r in records if r["request_id"] == "trace-me"]
@@ -118,7 +89,7 @@ def test_the_engines_log_lines_about_a_request_carry_its_id(
     app: TestClient, clip: Path, log_lines: io.StringIO
 ) -> None:
     """The engine thread runs outside the request's context; its lines about the request carry the client's ID."""
-    body = classify(app, clip, headers={"X-Request-ID": "engine-trace-1"})
+    body = classify_ok(app, clip, headers={"X-Request-ID": "engine-trace-1"})
     records = [json.loads(line) for line in log_lines.getvalue().splitlines()]
     engine = [r for r in records if r["logger"] == "service.engine.engine"]
     assert [(r["request_id"], r["level"]) for r in engine] == [("engine-trace-1", "DEBUG")]  # one line, not INFO

@@ -13,34 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from model.video import encode_video
-from tests.service.conftest import OPERATOR_TOKEN, Server, TestClient, in_process, ramp, serve
+from tests.service.conftest import OPERATOR_TOKEN, Server, serve
 
 ADAFOCUS = str(Path(sys.executable).parent / "adafocus")
 
 
 @pytest.fixture(scope="module")
-def app(tiny_bundle: Path) -> Iterator[TestClient]:
-    yield from in_process(tiny_bundle, operator_token=OPERATOR_TOKEN)
-
-
-@pytest.fixture(scope="module")
 def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield from serve(tiny_bundle, tmp_path_factory.mktemp("client"), operator_token=OPERATOR_TOKEN)
-
-
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
-    root = tmp_path_factory.mktemp("clips")
-    return [encode_video(root / f"clip_{i}.mp4", ramp(12, 48, 64, seed=i), "libx264") for i in range(3)]
-
-
-
-
-
-
-
-
 
 
 def run_serve(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

@@ -21,13 +21,12 @@ from model.adafocus import FocusState
 from model.bundle import load_bundle
 from model.exits import GlanceResult
 from model.macs import cost_report
-from model.video import encode_video
 from service.app import create_app
 from service.classify.explain import steps_from_progress
 from service.engine.runners.torch_runner import Runner
 from service.engine.types import Progress
 from service.settings import Settings
-from tests.service.conftest import OPERATOR_TOKEN, TestClient, in_process, ramp
+from tests.service.conftest import OPERATOR_TOKEN, TestClient, classify_ok, in_process
 
 AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
@@ -37,25 +36,11 @@ def app(tiny_bundle: Path) -> Iterator[TestClient]:
     yield from in_process(tiny_bundle, operator_token=OPERATOR_TOKEN)
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", ramp(12, 48, 64, seed=5), "libx264")
-
-
-def classify(app: TestClient, clip: Path, headers: dict[str, str] | None = None, **fields: str) -> dict[str, object]:
-    with clip.open("rb") as fh:
-        response = app.post("/classify", files={"video": ("clip.mp4", fh)}, data=fields, headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    assert response.headers["x-request-id"] == body["request_id"]
-    return body
-
-
 @pytest.mark.parametrize(("budget", "exit_step"), [("low", 0), ("mid", 1), ("high", 3)])
 def test_explain_gives_the_prediction_after_every_exit_up_to_the_answer(
     app: TestClient, clip: Path, tiny_bundle: Path, budget: str, exit_step: int
 ) -> None:
-    body = classify(app, clip, budget=budget, explain="true")
+    body = classify_ok(app, clip, budget=budget, explain="true")
     bundle = load_bundle(tiny_bundle)
     thresholds = bundle.budgets.get(budget).thresholds
     costs = cost_report(bundle.model)
@@ -75,7 +60,7 @@ def test_explain_gives_the_prediction_after_every_exit_up_to_the_answer(
 
 
 def test_frames_are_the_frames_the_model_saw(app: TestClient, clip: Path) -> None:
-    body = classify(app, clip, frames="true")
+    body = classify_ok(app, clip, frames="true")
     frames = body["frames"]
     assert isinstance(frames, list) and len(frames) == 4  # tiny: T = 4 frames of 32 x 32
     for url in frames:
@@ -153,7 +138,7 @@ def test_steps_keep_the_thresholds_the_request_ran_under_when_the_budget_changes
     runner.hold()
     with ThreadPoolExecutor(1) as pool:
         try:
-            answer = pool.submit(classify, app, clip, explain="true")
+            answer = pool.submit(classify_ok, app, clip, explain="true")
             assert runner.holding.wait(30), "the request never reached its first focus step"
             swapped = app.put("/budget", json={"level": "high"}, headers=AUTH).json()  # while it is in flight
         finally:

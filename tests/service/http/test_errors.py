@@ -3,42 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from model.budgets import BudgetError
 from model.video import DecodeError
 from service.classify.upload import BadUpload, NotMultipart, UploadTooLarge
 from service.decode.pool import DecodeBusy, DecoderCrashed
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull
-from service.engine.types import EngineResult
 from service.http.auth import BudgetChangesDisabled, Forbidden, Unauthorized
 from service.http.errors import to_api_error
-from service.metrics import Metrics
-
-
-def result(exit_step: int, budget: str) -> EngineResult:
-    return EngineResult(
-        request_id=0, class_id=1, confidence=0.5, top_k=[(1, 0.5)], cubes_used=exit_step, exit_step=exit_step,
-        exit_reason="confident", gmacs=0.2, budget=budget, budget_version=2, queue_seconds=0.01,
-        compute_seconds=0.02, cubes=None,
-    )
-
-
-def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    out = {}
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-    return out
-
-
-
-
-
-
-def samples_of(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
 
 
 @pytest.mark.parametrize(

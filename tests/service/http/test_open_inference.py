@@ -3,9 +3,6 @@ metadata routes, request IDs in headers, bodies and log lines, JSON logs, the of
 
 from __future__ import annotations
 
-import io
-import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +10,7 @@ import pytest
 
 from model.bundle import load_bundle
 from model.macs import cost_report
-from model.video import encode_video
-from service.logs import JsonFormatter, RequestIdFilter
-from tests.service.conftest import OPERATOR_TOKEN, TestClient, in_process, ramp, service_state
-
-HEX32 = re.compile(r"[0-9a-f]{32}")
+from tests.service.conftest import OPERATOR_TOKEN, TestClient, in_process, service_state
 
 
 @pytest.fixture(scope="module")
@@ -25,59 +18,13 @@ def app(tiny_bundle: Path) -> Iterator[TestClient]:
     yield from in_process(tiny_bundle, operator_token=OPERATOR_TOKEN)
 
 
-@pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return encode_video(tmp_path_factory.mktemp("clip") / "clip.mp4", ramp(12, 48, 64, seed=5), "libx264")
-
-
-def classify(app: TestClient, clip: Path, headers: dict[str, str] | None = None, **fields: str) -> dict[str, object]:
-    with clip.open("rb") as fh:
-        response = app.post("/classify", files={"video": ("clip.mp4", fh)}, data=fields, headers=headers)
-    assert response.status_code == 200, response.text
-    body: dict[str, object] = response.json()
-    assert response.headers["x-request-id"] == body["request_id"]
-    return body
-
-
-@pytest.fixture()
-def log_lines() -> Iterator[io.StringIO]:
-    """Everything logged at DEBUG and above during the test, one JSON object per line."""
-    out = io.StringIO()
-    handler = logging.StreamHandler(out)
-    handler.addFilter(RequestIdFilter())
-    handler.setFormatter(JsonFormatter())
-    root, service = logging.getLogger(), logging.getLogger("service")
-    old = service.level
-    root.addHandler(handler)
-    service.setLevel(logging.DEBUG)
-    try:
-        yield out
-    finally:
-        root.removeHandler(handler)
-        service.setLevel(old)
-
-
 # ------------------------------------------------------------------------------------------------ explain
-
-
 
 
 # ------------------------------------------------------------------------------------------------ OIP
 
 
-
-
-
-
 # ------------------------------------------------------------------------------------------------ request IDs
-
-
-
-
-
-
-
-
 
 
 # ------------------------------------------------------------------------------------------------ web
