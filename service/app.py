@@ -21,6 +21,7 @@ from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.budget.store import BudgetStore
+from service.classify.result_cache import ResultCache
 from service.engine.runners.torch_runner import Runner
 from service.http.body_guard import BodyGuard, BodyLimits, routed_by
 from service.http.budget_routes import router as budget_router
@@ -68,6 +69,9 @@ def create_app(
         redirect_slashes=False,  # `POST /classify/` is not found, not redirected (a redirect drops the body)
     )
     app.state.service = state
+    app.state.results = ResultCache(  # the classify flow's (service/classify/result_cache.py); metrics once started
+        state.settings.result_cache_entries, lambda hit: state.metrics.on_result_cache(hit) if state.metrics else None
+    )
     install_handlers(app, state.settings.retry_after_s)
     app.include_router(router)
     app.include_router(budget_router)

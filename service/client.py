@@ -47,8 +47,10 @@ def video_part(video: Video) -> tuple[str, bytes] | tuple[str, bytes, str]:
     return (path.name, path.read_bytes())
 
 
-def classify_form(budget: str | None, explain: bool, frames: bool) -> dict[str, str]:
+def classify_form(budget: str | None, explain: bool, frames: bool, sampling: str | None = None) -> dict[str, str]:
     form = {"budget": budget} if budget else {}
+    if sampling:
+        form["sampling"] = sampling
     if explain:
         form["explain"] = "true"
     if frames:
@@ -90,12 +92,12 @@ def body(response: httpx.Response) -> Any:
 
 
 def classify_request(
-    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None
+    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None, sampling: str | None = None
 ) -> dict[str, Any]:
     """The keyword arguments of httpx's ``post`` for one /classify request."""
     return {
         "files": {"video": video_part(video)},
-        "data": classify_form(budget, explain, frames),
+        "data": classify_form(budget, explain, frames, sampling),
         "headers": _headers(None, request_id),
     }
 
@@ -130,8 +132,9 @@ class Client:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        sampling: str | None = None,
     ) -> httpx.Response:
-        return self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id))
+        return self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id, sampling))
 
     def classify(
         self,
@@ -141,11 +144,13 @@ class Client:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        sampling: str | None = None,
     ) -> dict[str, Any]:
-        """Classify one video; ``budget`` a level name for this request, ``explain`` the cubes and steps."""
-        result: dict[str, Any] = body(
-            self.post_classify(video, budget=budget, explain=explain, frames=frames, request_id=request_id)
-        )
+        """Classify one video; ``budget`` a level name for this request, ``explain`` the cubes and steps,
+        ``sampling`` `exact` or `fast` (None: the server's)."""
+        result: dict[str, Any] = body(self.post_classify(
+            video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling
+        ))
         return result
 
     def budget(self) -> dict[str, Any]:
@@ -206,8 +211,10 @@ class AsyncClient:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        sampling: str | None = None,
     ) -> httpx.Response:
-        return await self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id))
+        request = classify_request(video, budget, explain, frames, request_id, sampling)
+        return await self.http.post("/classify", **request)
 
     async def classify(
         self,
@@ -217,8 +224,11 @@ class AsyncClient:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        sampling: str | None = None,
     ) -> dict[str, Any]:
-        response = await self.post_classify(video, budget=budget, explain=explain, frames=frames, request_id=request_id)
+        response = await self.post_classify(
+            video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling
+        )
         result: dict[str, Any] = body(response)
         return result
 
@@ -286,6 +296,7 @@ async def classify_files(
     explain: bool = False,
     concurrency: int = 4,
     progress: bool = True,
+    sampling: str | None = None,
 ) -> list[Outcome]:
     """Classify ``paths`` with at most ``concurrency`` requests in flight; results in the order of ``paths``."""
     outcomes = [Outcome(path) for path in paths]
@@ -298,7 +309,7 @@ async def classify_files(
         while not queue.empty():
             outcome = queue.get_nowait()
             try:
-                outcome.answer = await client.classify(outcome.path, budget=budget, explain=explain)
+                outcome.answer = await client.classify(outcome.path, budget=budget, explain=explain, sampling=sampling)
             except ServerError as exc:
                 outcome.error = exc
             except (httpx.HTTPError, OSError) as exc:

@@ -1,5 +1,6 @@
 """The ``serve`` subcommand: ``adafocus serve [--host H] [--port P] [--bundle PATH]`` (uvicorn), and the client:
-``adafocus classify FILE... [--url URL] [--budget L] [--explain] [--json] [--concurrency N]`` (service/client.py).
+``adafocus classify FILE... [--url URL] [--budget L] [--explain] [--sampling S] [--json] [--concurrency N]``
+(service/client.py).
 
 Settings come from ``ADAFOCUS_*`` environment variables (service/settings.py); the flags override them.
 SIGTERM (or Ctrl-C) drains: ``/readyz`` turns 503 and new requests get 503 at once, in-flight requests finish
@@ -35,6 +36,8 @@ def register(sub: Any) -> None:
     classify.add_argument("--url", default="http://127.0.0.1:8000", help="server URL (default %(default)s)")
     classify.add_argument("--budget", default=None, help="budget level for these requests (default: the active one)")
     classify.add_argument("--explain", action="store_true", help="also list the cubes the policy chose")
+    classify.add_argument("--sampling", choices=("exact", "fast"), default=None,
+                          help="decode sampling for these requests (default: the server's ADAFOCUS_DECODE_SAMPLING)")
     classify.add_argument("--json", action="store_true", help="one JSON object per file (JSON Lines) on stdout")
     classify.add_argument("--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
     classify.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
@@ -91,7 +94,7 @@ def run_classify(args: argparse.Namespace) -> int:
                 return 2
             outcomes = await classify_files(
                 client, paths, budget=args.budget, explain=args.explain, concurrency=args.concurrency,
-                progress=not args.no_progress and len(paths) > 1,
+                progress=not args.no_progress and len(paths) > 1, sampling=args.sampling,
             )
         write_outcomes(outcomes, args.json, sys.stdout)
         return 0 if all(o.answer is not None for o in outcomes) else 1

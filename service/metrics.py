@@ -64,6 +64,12 @@ class Metrics:
         )
         self.queue_depth = Gauge("adafocus_queue_depth", "Requests waiting for admission", registry=r)
         self.active = Gauge("adafocus_active_requests", "Requests admitted to the engine", registry=r)
+        self.result_cache_hits = Counter(
+            "adafocus_result_cache_hits", "/classify answers served from the result cache", registry=r
+        )
+        self.result_cache_misses = Counter(
+            "adafocus_result_cache_misses", "/classify lookups the result cache could not answer", registry=r
+        )
         self.decode_pending = Gauge(
             "adafocus_decode_pending", "Uploads waiting for or in a decoder worker", registry=r
         )
@@ -163,6 +169,9 @@ class Metrics:
 
     def on_decode(self, seconds: float) -> None:
         self.decode_duration.observe(seconds)
+
+    def on_result_cache(self, hit: bool) -> None:
+        (self.result_cache_hits if hit else self.result_cache_misses).inc()
 
     def on_decoder_restart(self, reason: str) -> None:
         self.decoder_restarts.labels(reason).inc()

@@ -67,6 +67,15 @@ class Step(BaseModel):
     gmacs: float = Field(description="compute spent up to and including this exit, in GMACs")
 
 
+class DecodeInfo(BaseModel):
+    sampling: Literal["exact", "fast", "legacy"] = Field(
+        description="how the frames were picked: `exact` the frames at the target times, `fast` the cheapest frame "
+        "within the tolerance of each (see `max_offset_s`), `legacy` the old decoder (a benchmark's server)"
+    )
+    max_offset_s: float = Field(description="fast: the largest time offset of a taken frame from its target; else 0")
+    backend: str = Field(description="the decoder that ran: `cpu` (PyAV in a worker process) or `nvdec` (NVIDIA)")
+
+
 class ClassifyResponse(BaseModel):
     request_id: str = Field(description="the request's ID (the client's `X-Request-ID`, or one made up)")
     label: str = Field(description="predicted class name")
@@ -84,6 +93,9 @@ class ClassifyResponse(BaseModel):
     budget_version: int = Field(description="version of the threshold set that decided the exit")
     replica: str | None = Field(default=None, description="the server (fleet replica) that answered; also `X-Replica`")
     timings: Timings = Field(description="per-stage wall times in seconds")
+    decode: DecodeInfo | None = Field(default=None, description="how the upload was decoded")
+    cached: bool = Field(default=False, description="true: the answer to an earlier identical request, from the "
+                         "result cache (ADAFOCUS_RESULT_CACHE_ENTRIES); nothing was decoded or run for this one")
     cubes: list[Cube] | None = Field(
         default=None, description="the cubes chosen by the policy, in order (with `explain`)"
     )

@@ -103,13 +103,19 @@ class Settings(BaseSettings):
     max_decode_s: float = Field(default=20.0, gt=0, description="wall-time limit of one decode (the worker is killed)")
     decode_workers: int = Field(default=2, ge=1, le=64, description="decoder worker processes")
     decode_queue: int = Field(default=64, ge=1, description="uploads waiting for or in a decoder; beyond it 503")
-    decode_sampling: Literal["exact", "fast"] = Field(
+    decode_sampling: Literal["exact", "fast", "legacy"] = Field(
         default="exact", description="`exact`: the frames at the T target times, decoding only them and the "
         "reference frames they need; `fast`: per target the cheapest frame within ADAFOCUS_DECODE_TOLERANCE_S (a "
-        "keyframe, else a reference frame), exact where none is near"
+        "keyframe, else a reference frame), exact where none is near; `legacy`: the old decoder (same frames as "
+        "`exact` at more CPU), for `adafocus bench e2e` only; the form field `sampling` overrides it per request"
     )
     decode_tolerance_s: float = Field(
         default=0.5, ge=0, le=10, description="fast sampling: the largest time offset a frame may take from its target"
+    )
+    result_cache_entries: int = Field(
+        default=0, ge=0, le=1_000_000, description="answers kept by upload content, model, budget version and the "
+        "fields that change them (an LRU; a repeated upload is answered without decoding); 0 = off, the default, "
+        "since load tests and benchmarks resend the same files (a cache would answer them)"
     )
     max_form_fields: int = Field(
         default=8, ge=1, le=1000, description="non-file fields of a /classify form (each at most 1 KiB; their bytes "

@@ -12,24 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
 from collections.abc import AsyncGenerator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
+from model.video import Source
 from service.classify.explain import frame_images, steps_from_progress
 from service.classify.progress import RequestProgress, wants_stream
-from service.classify.upload import BadUpload, Upload, parse_bool, read_upload
+from service.classify.result_cache import ResultCache, ResultKey, cached_answer
+from service.classify.upload import BadUpload, Upload, parse_bool, parse_choice, read_upload
 from service.decode.pool import Decoded, DecodeJob
 from service.engine.errors import DeadlineExceeded
 from service.engine.types import EngineRequest, EngineResult, Progress
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
-from service.schemas import ClassifyResponse, Cube, Timings, TopK
+from service.schemas import ClassifyResponse, Cube, DecodeInfo, Timings, TopK
 
 T = TypeVar("T")
 
@@ -37,6 +40,9 @@ T = TypeVar("T")
 DEADLINE_GRACE_S = 0.25
 
 BOOLEAN_FIELDS = ("explain", "frames", "stream")  # false when absent
+RequestSampling = Literal["exact", "fast"]
+# the form field ``sampling``; absent: the server's ADAFOCUS_DECODE_SAMPLING
+REQUEST_SAMPLINGS: tuple[RequestSampling, ...] = ("exact", "fast")
 
 # A streamed answer: the progress events as the engine makes them, then the answer; the request's error, if it
 # fails after the first event, raises from the iteration.
@@ -60,6 +66,7 @@ class ClassifyForm:
     frames: bool  # the frames the model saw in the answer
     stream: bool  # Server-Sent Events (the form field ``stream``, or ``Accept: text/event-stream``)
     deadline: float  # on the service clock: the sooner of the server's, the header's and the field's
+    sampling: RequestSampling | None = None  # `exact` or `fast` for this request; None: the server's sampling
 
 
 class ClassifyFlow:
@@ -72,6 +79,7 @@ class ClassifyFlow:
         self._accepts_stream = wants_stream(request.headers.get("accept"))
         self._progress = RequestProgress(asyncio.get_running_loop())
         self._engine_future: Future[EngineResult] | None = None  # to cancel when a streaming client leaves
+        self._results: ResultCache | None = getattr(request.app.state, "results", None)  # service/app.py's
 
     async def answer(self) -> ClassifyResponse | ProgressStream:
         """The answer, or, once the first progress event arrives before it, the stream of events that ends with
@@ -120,22 +128,37 @@ class ClassifyFlow:
     async def _classify(self) -> ClassifyResponse:
         """Upload -> form fields -> decode (worker process) -> engine -> answer, each bounded by the deadline."""
         assert self.state.pool is not None and self.state.metrics is not None and self.state.bundle is not None
-        cfg = self.state.bundle.config
         deadline = request_deadline(self.state, self.started, self.request.headers.get("x-deadline-ms"))
         upload = await self._read_upload(deadline)
         disconnect = asyncio.ensure_future(wait_disconnect(self.request))
         try:
             with upload.spool:
                 form = self._form(upload.fields, deadline)
-                job = DecodeJob(upload.spool.source(), cfg.num_frames, cfg.frame_size)
-                decoded: Decoded = await within_deadline(
-                    self.state, asyncio.wrap_future(self.state.pool.submit(job)), disconnect, form.deadline
-                )
+                key = self._cache_key(form, upload.spool.content_sha256)
+                hit = None if key is None or self._results is None else self._results.get(key)
+                if hit is not None:
+                    return cached_answer(hit, current_request_id() or "-", self.state.replica,
+                                         self.state.clock() - self.started)
+                decoded = await decode_upload(self.state, upload.spool.source(), form, disconnect)
             self.state.metrics.on_decode(decoded.seconds)
             result = await self._infer(form, decoded, disconnect)
         finally:
             disconnect.cancel()
-        return await self._answer(form, decoded, result)
+        body = await self._answer(form, decoded, result)
+        if key is not None and self._results is not None:  # under the version the thresholds were really bound to
+            self._results.put(dataclasses.replace(key, budget_version=result.budget_version), body)
+        return body
+
+    def _cache_key(self, form: ClassifyForm, content_sha256: str) -> ResultKey | None:
+        """The result cache's key of this request; None when the cache is off or the answer is streamed (a stream
+        is the engine's progress as it runs)."""
+        if self._results is None or not self._results.enabled or form.stream:
+            return None
+        assert self.state.bundle is not None and self.state.engine is not None
+        return ResultKey(
+            content_sha256, self.state.bundle.sha256, form.budget, self.state.engine.budget.current().version,
+            form.sampling or self.state.settings.decode_sampling, form.explain, form.frames,
+        )
 
     async def _read_upload(self, deadline: float) -> Upload:
         """The multipart body, streamed into its spool; a slow upload counts against the deadline too."""
@@ -159,10 +182,13 @@ class ClassifyFlow:
         stream = stream or self._accepts_stream
         if "deadline_ms" in fields:
             deadline = min(deadline, request_deadline(self.state, self.started, fields["deadline_ms"]))
+        sampling = None
+        if "sampling" in fields:
+            sampling = cast(RequestSampling, parse_choice(fields["sampling"], "sampling", REQUEST_SAMPLINGS))
         if budget is not None:
             assert self.state.bundle is not None
             self.state.bundle.budgets.get(budget)  # the engine's levels: BudgetError (422) for an unknown one
-        return ClassifyForm(budget, explain, frames, stream, deadline)
+        return ClassifyForm(budget, explain, frames, stream, deadline, sampling)
 
     async def _infer(self, form: ClassifyForm, decoded: Decoded, disconnect: asyncio.Future[None]) -> EngineResult:
         """The engine's result; its progress events kept for ``explain`` and relayed for a stream."""
@@ -191,12 +217,26 @@ class ClassifyFlow:
         (``result.thresholds``: a budget swapped meanwhile does not change them) and the frames when asked."""
         assert self.state.bundle is not None
         body = answer(self.state, result, decoded.seconds, self.state.clock() - self.started)
+        body.decode = DecodeInfo(sampling=decoded.sampling, max_offset_s=decoded.max_offset_s, backend=decoded.backend)
         if form.explain:
             labels = self.state.bundle.config.class_names
             body.steps = steps_from_progress(self._progress.kept, result.exit_step, labels, result.thresholds)
         if form.frames:
             body.frames = await asyncio.to_thread(frame_images, decoded.frames)
         return body
+
+
+async def decode_upload(
+    state: ServiceState, source: Source, form: ClassifyForm, disconnect: asyncio.Future[None]
+) -> Decoded:
+    """The decode step of a request: ``source`` decoded in the pool as ``form.sampling`` says (None: the server's),
+    within ``form.deadline``; shared by every route that classifies an upload."""
+    assert state.pool is not None and state.bundle is not None
+    cfg = state.bundle.config
+    job = DecodeJob(source, cfg.num_frames, cfg.frame_size, sampling=form.sampling)
+    decoded: Decoded = await within_deadline(state, asyncio.wrap_future(state.pool.submit(job)), disconnect,
+                                             form.deadline)
+    return decoded
 
 
 def request_deadline(state: ServiceState, started: float, deadline_ms: str | None) -> float:

@@ -8,6 +8,7 @@ once. A body that ends before the multipart closing boundary, or before its Cont
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tempfile
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ class UploadSpool:
 
     ``write`` raises ``UploadTooLarge`` as soon as the total passes ``max_bytes``, so an oversized upload is
     rejected without reading the rest of it. ``source()`` is what a decoder process can read: the bytes, or the
-    temporary file's path.
+    temporary file's path. ``content_sha256`` is the hash of the bytes written, updated as each chunk arrives (the
+    result cache's key; no second pass over the upload).
     """
 
     def __init__(self, max_bytes: int, spool_bytes: int, directory: str | None = None) -> None:
@@ -68,6 +70,7 @@ class UploadSpool:
         self.other = 0  # bytes of the form's other fields: they count towards ``max_bytes`` too
         self._memory: io.BytesIO | None = io.BytesIO()
         self._file: IO[bytes] | None = None
+        self._sha256 = hashlib.sha256()
 
     def account(self, nbytes: int) -> None:
         """Count ``nbytes`` held elsewhere (the small form fields) towards ``max_bytes``."""
@@ -79,6 +82,7 @@ class UploadSpool:
         self.size += len(chunk)
         if self.size + self.other > self.max_bytes:
             raise UploadTooLarge(self.max_bytes)
+        self._sha256.update(chunk)
         if self._memory is not None and self.size > self.spool_bytes:
             self._file = tempfile.NamedTemporaryFile(prefix="adafocus-upload-", dir=self.directory)  # noqa: SIM115
             self._file.write(self._memory.getvalue())
@@ -88,6 +92,11 @@ class UploadSpool:
         else:
             assert self._memory is not None
             self._memory.write(chunk)
+
+    @property
+    def content_sha256(self) -> str:
+        """SHA-256 (hex) of the bytes written so far."""
+        return self._sha256.hexdigest()
 
     @property
     def on_disk(self) -> bool:
@@ -271,3 +280,11 @@ def parse_bool(value: str, name: str) -> bool:
     if word in FALSE_WORDS:
         return False
     raise BadUpload(f"form field {name!r} must be true, false, 1 or 0, got {value[:32]!r}")
+
+
+def parse_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
+    """A form field that names one of ``choices`` exactly (case matters: `fast`, not `Fast`); anything else is
+    refused, naming the field and the choices."""
+    if value in choices:
+        return value
+    raise BadUpload(f"form field {name!r} must be one of {', '.join(choices)}, got {value[:32]!r}")

@@ -69,6 +69,7 @@ class Decoded:
     seconds: float  # decode wall time inside the worker
     sampling: Sampling = "exact"  # the sampling that ran
     max_offset_s: float = 0.0  # fast: the largest time offset of a taken frame from its exact target
+    backend: str = "cpu"  # the decoder that ran: `cpu` (PyAV in a worker process) or `nvdec`
 
 
 def _hand_over(block: FrameBlock, job: DecodeJob, max_upload: int) -> tuple[DecodeJob, str | None, int]:

@@ -156,7 +156,7 @@ def test_the_sampling_settings_reach_the_decoders_and_refuse_what_they_do_not_kn
     monkeypatch.setenv("ADAFOCUS_DECODE_TOLERANCE_S", "0.25")
     limits = Settings().decode_limits()
     assert (limits.sampling, limits.tolerance_s) == ("fast", 0.25)
-    for name, value in (("ADAFOCUS_DECODE_SAMPLING", "legacy"), ("ADAFOCUS_DECODE_TOLERANCE_S", "-1")):
+    for name, value in (("ADAFOCUS_DECODE_SAMPLING", "slow"), ("ADAFOCUS_DECODE_TOLERANCE_S", "-1")):
         monkeypatch.setenv(name, value)
         with pytest.raises(ValidationError, match=name.removeprefix("ADAFOCUS_").lower()):
             Settings()
