@@ -3,7 +3,7 @@
 #   docker build -t adafocus-serve .
 #   docker run --gpus all -p 8000:8000 -v $PWD/token:/run/secrets/operator_token:ro \
 #       -e ADAFOCUS_OPERATOR_TOKEN_FILE=/run/secrets/operator_token adafocus-serve
-#   docker build --build-arg EXTRAS=ray -t adafocus-serve:ray .   # with Ray Serve, for `adafocus serve-ray`
+#   docker build --build-arg EXTRAS=gpu,ray -t adafocus-serve:ray .   # with Ray Serve, for `adafocus serve-ray`
 # torch==2.13.0's default PyPI wheel is its CUDA 13.0 build (it brings its own CUDA libraries as wheels);
 # the base image supplies the matching CUDA runtime and the NVIDIA container-toolkit labels.
 ARG CUDA_IMAGE=nvidia/cuda:13.0.2-runtime-ubuntu24.04
@@ -33,8 +33,10 @@ COPY fleet/ fleet/
 # fails the build, not the first start.
 RUN pip install . \
     && python -I -c "from model.bundle import load_bundle; b = load_bundle(); print(b.path, b.config.name, b.sha256)"
-# EXTRAS=ray adds Ray Serve for `adafocus serve-ray` (about 490 MB); its version is pinned in pyproject.toml.
-ARG EXTRAS=""
+# EXTRAS: `gpu` (the default) adds PyNvVideoCodec, NVIDIA's hardware video decoder (ADAFOCUS_DECODER=auto uses it
+# when the container sees a GPU with the `video` capability); `gpu,ray` adds Ray Serve for `adafocus serve-ray`
+# (about 490 MB); versions are pinned in pyproject.toml.
+ARG EXTRAS="gpu"
 # hadolint ignore=DL3013
 RUN if [ -n "$EXTRAS" ]; then pip install ".[$EXTRAS]"; fi
 
@@ -54,7 +56,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     ADAFOCUS_HOST=0.0.0.0 \
     ADAFOCUS_PORT=8000 \
-    ADAFOCUS_DEVICE=auto
+    ADAFOCUS_DEVICE=auto \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility,video
 USER 10001:10001
 WORKDIR /home/adafocus
 EXPOSE 8000

@@ -26,7 +26,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import av
@@ -47,6 +46,7 @@ from model.video_io import (
     Sampling,
     Source,
     check_frame,
+    check_source,
     check_time,
     container_kind,
     open_container,
@@ -66,6 +66,7 @@ class Clip:
     sampling: Sampling  # the sampling that ran (a stream without timestamps always gets exact frames)
     max_offset_s: float  # fast: the largest time offset of a taken frame from its exact target; else 0
     frames_decoded: int  # frames out of the decoder: what the clip cost
+    backend: str = "cpu"  # the decoder that ran: `cpu` (PyAV) or `nvdec` (model.video_nvdec)
 
 
 def decode_clip(source: Source, num_frames: int, size: int, limits: DecodeLimits = DecodeLimits()) -> np.ndarray:
@@ -78,11 +79,7 @@ def sample_clip(source: Source, num_frames: int, size: int, limits: DecodeLimits
     if num_frames < 1 or size < 1:
         raise ValueError(f"num_frames and size must be positive, got {num_frames}, {size}")
     started = time.monotonic()
-    nbytes = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
-    if nbytes == 0:
-        raise DecodeError("not_a_video", "the file is empty")
-    if nbytes > limits.max_bytes:
-        raise DecodeError("too_large", f"the file has {nbytes} bytes; the limit is {limits.max_bytes}")
+    check_source(source, limits)
     stream: av.video.stream.VideoStream | None = None
     try:
         with open_container(source) as container:  # index pass

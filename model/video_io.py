@@ -71,6 +71,15 @@ class DecodeLimits:
             raise ValueError(f"tolerance_s must be >= 0, got {self.tolerance_s}")
 
 
+def check_source(source: Source, limits: DecodeLimits) -> None:
+    """An empty file is not a video; one over ``limits.max_bytes`` is too large (before anything opens it)."""
+    nbytes = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+    if nbytes == 0:
+        raise DecodeError("not_a_video", "the file is empty")
+    if nbytes > limits.max_bytes:
+        raise DecodeError("too_large", f"the file has {nbytes} bytes; the limit is {limits.max_bytes}")
+
+
 def open_container(source: Source) -> av.container.InputContainer:
     """The file opened for reading; a file FFmpeg cannot open, or a still image, is a ``DecodeError``."""
     try:

@@ -25,6 +25,7 @@ from model.bundle import Bundle
 from model.macs import cost_report
 from service.budget.control import BudgetControl
 from service.budget.store import BudgetStore, FileBudget, LocalBudget
+from service.decode.backend import choose_decoder
 from service.decode.pool import DecodeJob, DecodePool, self_test_video
 from service.engine.engine import Engine
 from service.engine.runners.selection import create_runner, load_model_source
@@ -117,8 +118,11 @@ class ServiceState:
         if s.warmup:
             self.engine.warmup()
         self.checks["warmed_up"] = True
+        decoder = choose_decoder(s.decoder)  # ADAFOCUS_DECODER=nvdec where NVDEC cannot run stops the start-up here
+        log.info("decoder: %s (%s)", decoder.backend, decoder.reason)
         self.pool = DecodePool(
-            s.decode_workers, s.decode_limits(), max_pending=s.decode_queue, on_restart=self.metrics.on_decoder_restart
+            s.decode_workers, s.decode_limits(), max_pending=s.decode_queue, job_fn=decoder.job_fn,
+            on_restart=self.metrics.on_decoder_restart,
         )
         self.pool.start()
         self._self_test()

@@ -64,6 +64,10 @@ class Metrics:
         )
         self.queue_depth = Gauge("adafocus_queue_depth", "Requests waiting for admission", registry=r)
         self.active = Gauge("adafocus_active_requests", "Requests admitted to the engine", registry=r)
+        self.decodes = Counter(
+            "adafocus_decodes", "Uploads decoded, by the decoder that ran and the sampling", ["backend", "sampling"],
+            registry=r,
+        )
         self.result_cache_hits = Counter(
             "adafocus_result_cache_hits", "/classify answers served from the result cache", registry=r
         )
@@ -167,8 +171,9 @@ class Metrics:
         self.requests.labels(str(status)).inc()
         self.request_duration.observe(seconds)
 
-    def on_decode(self, seconds: float) -> None:
+    def on_decode(self, seconds: float, backend: str = "cpu", sampling: str = "exact") -> None:
         self.decode_duration.observe(seconds)
+        self.decodes.labels(backend, sampling).inc()
 
     def on_result_cache(self, hit: bool) -> None:
         (self.result_cache_hits if hit else self.result_cache_misses).inc()

@@ -112,6 +112,11 @@ class Settings(BaseSettings):
     decode_tolerance_s: float = Field(
         default=0.5, ge=0, le=10, description="fast sampling: the largest time offset a frame may take from its target"
     )
+    decoder: Literal["cpu", "nvdec", "auto"] = Field(
+        default="auto", description="the decoder backend, chosen once at start-up and logged: `cpu` (PyAV), `nvdec` "
+        "(NVIDIA's hardware decoder through PyNvVideoCodec, the `gpu` extra; refused at start-up where it cannot run), "
+        "`auto` (NVDEC when a CUDA device and the package are usable, else the CPU)"
+    )
     result_cache_entries: int = Field(
         default=0, ge=0, le=1_000_000, description="answers kept by upload content, model, budget version and the "
         "fields that change them (an LRU; a repeated upload is answered without decoding); 0 = off, the default, "

@@ -140,7 +140,7 @@ class ClassifyFlow:
                     return cached_answer(hit, current_request_id() or "-", self.state.replica,
                                          self.state.clock() - self.started)
                 decoded = await decode_upload(self.state, upload.spool.source(), form, disconnect)
-            self.state.metrics.on_decode(decoded.seconds)
+            self.state.metrics.on_decode(decoded.seconds, decoded.backend, decoded.sampling)
             result = await self._infer(form, decoded, disconnect)
         finally:
             disconnect.cancel()

@@ -123,7 +123,8 @@ def _decode_one(
         clip = job_fn(source, job.num_frames, job.size, limits)
         if not isinstance(clip, Clip):  # a job function that returns bare frames sampled as the limits say
             clip = Clip(clip, limits.sampling, 0.0, 0)
-        conn.send(reply(clip.frames, shared, time.monotonic() - started, (clip.sampling, clip.max_offset_s)))
+        info = (clip.sampling, clip.max_offset_s, clip.backend)
+        conn.send(reply(clip.frames, shared, time.monotonic() - started, info))
     except DecodeError as exc:
         conn.send(("decode_error", exc.code, exc.message))
     except Exception as exc:  # a decoder bug must not kill the worker: report it as undecodable input
@@ -311,9 +312,9 @@ class DecodePool:
             worker.block.back_off(f"decoder worker {worker.pid} could not map its shared block ({reply[1]})")
             reply = self._exchange(worker, job, shared=False)  # through the pipe, whatever the clock says
         if reply[0] == "shm":
-            return Decoded(worker.block.read(reply[1]), float(reply[2]), reply[3], float(reply[4]))
+            return Decoded(worker.block.read(reply[1]), float(reply[2]), reply[3], float(reply[4]), reply[5])
         if reply[0] == "ok":
-            return Decoded(reply[1], float(reply[2]), reply[3], float(reply[4]))
+            return Decoded(reply[1], float(reply[2]), reply[3], float(reply[4]), reply[5])
         raise DecodeError(reply[1], reply[2])
 
     def _exchange(self, worker: _Worker, job: DecodeJob, shared: bool = True) -> tuple[Any, ...]:
