@@ -99,6 +99,20 @@ def register(sub: Any) -> None:
     dec.add_argument("--tolerance-s", type=float, default=0.5, help="realistic: fast sampling's tolerance")
     dec.set_defaults(handler=run_bench_decode)
     _register_e2e(kinds)
+    acc = kinds.add_parser(
+        "accuracy", help="the bundle's accuracy on realistic uploads per decode sampling, beside the benchmark clips",
+        description="Decodes each file of `adafocus synth --realistic` folders as a decode worker does (exact and "
+        "fast sampling), classifies them through the staged API and prints each budget level's accuracy next to the "
+        "benchmark's own clips of the same scenes.",
+    )
+    acc.add_argument("--corpus-dir", required=True, help="the folder `adafocus synth --realistic` wrote")
+    acc.add_argument("--presets", default="", help="comma list of preset folders (default: every one found)")
+    acc.add_argument("--count", type=int, default=None, help="clips per preset (default: all of labels.csv)")
+    acc.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle)")
+    acc.add_argument("--seed", type=int, default=2, help="the corpus's scene seed (adafocus synth --seed, default 2)")
+    acc.add_argument("--tolerance-s", type=float, default=0.5, help="fast sampling's tolerance (default 0.5)")
+    acc.add_argument("--json", default=None, help="also write the full result as JSON to this file")
+    acc.set_defaults(handler=run_bench_accuracy)
 
 
 def _register_e2e(kinds: Any) -> None:
@@ -126,6 +140,13 @@ def _register_e2e(kinds: Any) -> None:
     e2e.add_argument("--client", choices=("auto", "hey", "python"), default="auto", help="load client (default auto)")
     e2e.add_argument("--json", default=None, help="also write the full result as JSON to this file")
     e2e.add_argument("--quick", action="store_true", help="a smoke run: short rounds, still 3 interleaved")
+    e2e.add_argument(
+        "--corpus", default="synthetic", choices=("synthetic", "realistic"),
+        help="realistic: the old decoder, exact and fast side by side (three servers, interleaved) on the files of "
+        "--corpus-dir (one preset's folder of `adafocus synth --realistic`): videos/s and server CPU per video",
+    )
+    e2e.add_argument("--corpus-dir", default=None, help="realistic: the preset folder to post")
+    e2e.add_argument("--tolerance-s", type=float, default=0.5, help="realistic: fast sampling's tolerance")
     e2e.set_defaults(handler=run_bench_e2e)
 
 
@@ -324,6 +345,8 @@ def run_bench_e2e(args: argparse.Namespace) -> int:
     from loadtest.bench.e2e import E2EBenchConfig, format_e2e, run_e2e_bench
     from loadtest.bench.workload import steady_allocator
 
+    if args.corpus == "realistic":
+        return _run_e2e_realistic(args)
     if args.min_glance_batch != "auto" and not args.min_glance_batch.isdigit():
         sys.stderr.write(f"adafocus bench e2e: --min-glance-batch: a number or auto, not {args.min_glance_batch!r}\n")
         return 2
@@ -358,4 +381,51 @@ def run_bench_e2e(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(format_e2e(result) + "\n")
+    return 0
+
+
+def _run_e2e_realistic(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from loadtest.bench.e2e_realistic import RealisticE2EConfig, format_realistic_e2e, run_realistic_e2e
+
+    if not args.corpus_dir:
+        sys.stderr.write("adafocus bench e2e --corpus realistic: give --corpus-dir (a preset folder)\n")
+        return 2
+    cfg = RealisticE2EConfig(
+        corpus_dir=args.corpus_dir, bundle=args.bundle, clips=args.clips, concurrency=args.concurrency,
+        duration_s=min(args.duration, 3.0) if args.quick else args.duration, warmup_s=1.0 if args.quick else 3.0,
+        repeats=args.repeats, max_batch=args.max_batch, max_active=args.max_active,
+        decode_workers=args.decode_workers, torch_threads=args.threads, tolerance_s=args.tolerance_s,
+        client=args.client,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        result = run_realistic_e2e(cfg, log_line)
+    except RuntimeError as exc:
+        sys.stderr.write(f"adafocus bench e2e: {exc}\n")
+        return 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(format_realistic_e2e(result) + "\n")
+    return 0
+
+
+def run_bench_accuracy(args: argparse.Namespace) -> int:
+    import json
+
+    from loadtest.bench.accuracy import AccuracyConfig, format_accuracy, run_accuracy_bench
+
+    presets = tuple(p for p in args.presets.split(",") if p)
+    cfg = AccuracyConfig(args.corpus_dir, presets, bundle=args.bundle, count=args.count, tolerance_s=args.tolerance_s,
+                         seed=args.seed)
+    try:
+        result = run_accuracy_bench(cfg, log_line)
+    except (RuntimeError, FileNotFoundError) as exc:
+        sys.stderr.write(f"adafocus bench accuracy: {exc}\n")
+        return 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(format_accuracy(result) + "\n")
     return 0
