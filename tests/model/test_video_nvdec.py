@@ -15,7 +15,7 @@ from model.video import DecodeLimits, encode_video, sample_clip, to_rgb
 from model.video_io import open_container, video_stream
 from model.video_nvdec import fill_from_nv12, nvdec_unavailable, sample_clip_nvdec, target_indices
 from model.video_plan import plan_clip
-from tests.service.conftest import ramp
+from tests.model.test_video import ramp
 
 NVDEC_WHY = nvdec_unavailable()
 TOLERANCE = 2  # of 255, per channel: NVDEC's NV12 through libswscale against the CPU decoder's planar YUV
@@ -34,7 +34,7 @@ def as_nv12(frame: av.VideoFrame) -> np.ndarray:
 @pytest.fixture(scope="module")
 def gop(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """B-frames and a keyframe every 6 frames: decode order differs from presentation order."""
-    return encode_video(tmp_path_factory.mktemp("nvdec") / "gop6.mp4", ramp(30, 48, 64, seed=7), "libx264", fps=10,
+    return encode_video(tmp_path_factory.mktemp("nvdec") / "gop6.mp4", ramp(30, 48, 64), "libx264", fps=10,
                         gop=6)
 
 
