@@ -139,7 +139,8 @@ class ClassifyFlow:
                 if hit is not None:
                     return cached_answer(hit, current_request_id() or "-", self.state.replica,
                                          self.state.clock() - self.started)
-                decoded = await decode_upload(self.state, upload.spool.source(), form, disconnect)
+                source = upload.spool.source()
+                decoded = await decode_upload(self.state, source, form.sampling, form.deadline, disconnect)
             self.state.metrics.on_decode(decoded.seconds, decoded.backend, decoded.sampling)
             result = await self._infer(form, decoded, disconnect)
         finally:
@@ -227,15 +228,15 @@ class ClassifyFlow:
 
 
 async def decode_upload(
-    state: ServiceState, source: Source, form: ClassifyForm, disconnect: asyncio.Future[None]
+    state: ServiceState, source: Source, sampling: RequestSampling | None, deadline: float,
+    disconnect: asyncio.Future[None],
 ) -> Decoded:
-    """The decode step of a request: ``source`` decoded in the pool as ``form.sampling`` says (None: the server's),
-    within ``form.deadline``; shared by every route that classifies an upload."""
+    """The decode step of a request: ``source`` decoded in the pool with ``sampling`` (None: the server's), within
+    ``deadline`` (``ClientGone`` when ``disconnect`` comes first); shared by every route that classifies an upload."""
     assert state.pool is not None and state.bundle is not None
     cfg = state.bundle.config
-    job = DecodeJob(source, cfg.num_frames, cfg.frame_size, sampling=form.sampling)
-    decoded: Decoded = await within_deadline(state, asyncio.wrap_future(state.pool.submit(job)), disconnect,
-                                             form.deadline)
+    job = DecodeJob(source, cfg.num_frames, cfg.frame_size, sampling=sampling)
+    decoded: Decoded = await within_deadline(state, asyncio.wrap_future(state.pool.submit(job)), disconnect, deadline)
     return decoded
 
 
