@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect
 from service.classify.flow import ClientGone, request_deadline
 from service.classify.frames import ClipAnswer, Clips, ClipsFlow, check_count, check_frames_shape
 from service.classify.tensor_errors import TensorError
-from service.classify.upload import parse_bool
+from service.classify.upload import FALSE_WORDS, TRUE_WORDS
 from service.engine.errors import DeadlineExceeded
 from service.http import oip_tensors as wire
 from service.http.errors import ApiError, rule_for, to_api_error
@@ -79,8 +79,8 @@ def clips_of(state: ServiceState, body: wire.InferBody) -> Clips:
     budget, explain, sampling = p.get("budget"), p.get("explain", False), p.get("sampling")
     if budget is not None and not isinstance(budget, str):
         raise _parameter_error("budget", "must be a budget level name")
-    if isinstance(explain, str):
-        explain = parse_bool(explain, "explain")
+    if isinstance(explain, str) and explain.lower() in TRUE_WORDS | FALSE_WORDS:
+        explain = explain.lower() in TRUE_WORDS  # the words of /classify's boolean fields
     if not isinstance(explain, bool):
         raise _parameter_error("explain", "must be true or false")
     if sampling not in (None, "exact", "fast"):
