@@ -91,6 +91,7 @@ def test_outputs_asked_for_come_back_and_only_those(app: TestClient, clip: Path)
     head, outputs = wire.decode_response(response.content, response.headers[wire.HEADER_LENGTH])
     assert [o["name"] for o in head["outputs"]] == ["label", "gmacs"]
     assert "data" in head["outputs"][0] and head["outputs"][1]["parameters"]["binary_data_size"] == 4
+    assert sorted(outputs) == ["gmacs", "label"] and outputs["gmacs"].dtype == np.float32
 
 
 def raw_infer(app: TestClient, request: dict[str, Any] | bytes, data: bytes = b"",
