@@ -26,6 +26,7 @@ from service.engine.runners.torch_runner import Runner
 from service.http.body_guard import BodyGuard, BodyLimits, routed_by
 from service.http.budget_routes import router as budget_router
 from service.http.errors import install_handlers
+from service.http.oip_infer import router as oip_infer_router
 from service.http.open_inference import router as oip_router
 from service.http.routes import router
 from service.http.web import install_web
@@ -76,6 +77,7 @@ def create_app(
     app.include_router(router)
     app.include_router(budget_router)
     app.include_router(oip_router)
+    app.include_router(oip_infer_router)
     install_web(app)
     # small bodies capped before routes and auth; a request with no route is answered without its body read first
     app.add_middleware(BodyGuard, limits=BodyLimits.of(state.settings), routed=routed_by(app.router))

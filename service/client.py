@@ -8,7 +8,9 @@
 Answers are the server's JSON bodies (dicts; see /docs). A refusal raises ``ServerError`` with the status, the
 stable ``code``, the message, the request ID and Retry-After; ``post_classify`` returns the raw response instead
 (the load generator counts every status). ``classify_files`` classifies many files concurrently with a progress
-bar (``adafocus classify``).
+bar (``adafocus classify``). ``decode="local"`` decodes on the client's cores with the project's decoder (the
+server's sampling and limits) and sends the model-sized frames through ``POST /v2/models/{name}/infer`` as binary
+tensors (service/http/oip_tensors.py); every answer says where decoding ran (``decoded_on``).
 """
 
 from __future__ import annotations
@@ -16,16 +18,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import httpx
+import numpy as np
 from tqdm import tqdm
+
+from model.video import DecodeError, DecodeLimits, sample_clip
+from service.http import oip_tensors as wire
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 Video = str | Path | tuple[str, bytes] | tuple[str, bytes, str]  # a path, or (file name, bytes[, MIME type])
+Decode = Literal["server", "local"]  # where a video is decoded: by the server (/classify), or here (frames over OIP)
 
 
 class ServerError(Exception):
@@ -85,7 +93,7 @@ def body(response: httpx.Response) -> Any:
     raise ServerError(
         response.status_code,
         str(error.get("code", "http_error")),
-        str(error.get("message", response.reason_phrase or response.text[:200])),
+        str(error.get("message", error.get("error", response.reason_phrase or response.text[:200]))),
         error.get("request_id") or response.headers.get("x-request-id"),
         float(retry) if retry and retry.replace(".", "", 1).isdigit() else None,
     )
@@ -109,6 +117,57 @@ def _headers(token: str | None, request_id: str | None) -> dict[str, str]:
     return headers
 
 
+@dataclass(frozen=True)
+class Geometry:
+    """What local decoding needs of the served model (``GET /v2/models/{name}``)."""
+
+    name: str
+    num_frames: int
+    frame_size: int
+
+
+def geometry(model: dict[str, Any]) -> Geometry:
+    return Geometry(model["name"], model["num_frames"], model["frame_size"])
+
+
+def local_frames(video: Video, model: Geometry, sampling: Literal["exact", "fast"]) -> tuple[np.ndarray, float]:
+    """The video decoded here as the server's decoder would: ((T, size, size, 3) uint8, seconds)."""
+    source: str | bytes = video[1] if isinstance(video, tuple) else str(video)
+    started = time.monotonic()
+    clip = sample_clip(source, model.num_frames, model.frame_size, DecodeLimits(sampling=sampling))
+    return clip.frames, time.monotonic() - started
+
+
+def frames_request(frames: np.ndarray, budget: str | None, explain: bool, request_id: str | None) -> dict[str, Any]:
+    """httpx ``post`` keyword arguments: one clip's frames (1, T, H, W, 3) as a binary OIP inference request."""
+    parameters: dict[str, Any] = {"explain": explain} | ({"budget": budget} if budget else {})
+    content, header = wire.encode_request([wire.Output("frames", "UINT8", frames[None])], parameters)
+    headers = _headers(None, request_id) | {wire.HEADER_LENGTH: str(header), "Content-Type": "application/octet-stream"}
+    return {"content": content, "headers": headers}
+
+
+def frames_answer(response: httpx.Response, decode_s: float) -> dict[str, Any]:
+    """A /classify-shaped answer of one clip's OIP answer (``ServerError`` for a refusal)."""
+    if not response.is_success:
+        body(response)
+    head, out = wire.decode_response(response.content, response.headers.get(wire.HEADER_LENGTH))
+    probabilities = out["probabilities"][0].astype(float)  # (C,)
+    class_id = int(out["class_id"][0])
+    top = np.argsort(-probabilities)[:5]
+    p = head.get("parameters", {})
+    answer: dict[str, Any] = {
+        "request_id": p.get("request_id"), "label": out["label"][0].decode(), "class_id": class_id,
+        "confidence": float(probabilities[class_id]),
+        "top_k": [{"class_id": int(i), "probability": float(probabilities[i])} for i in top],
+        "exit_step": int(out["exit_step"][0]), "gmacs": float(out["gmacs"][0]), "budget": p.get("budget"),
+        "budget_version": p.get("budget_version"), "decoded_on": p.get("decoded_on"), "decode_s": decode_s,
+    }
+    if "cubes" in out:
+        answer["cubes"] = [dict(zip(("t", "y", "x", "frames", "size"), map(int, c[:5]), strict=True))
+                           | {"skipped": bool(c[5])} for c in out["cubes"][0] if c[0] >= 0]
+    return answer
+
+
 class Client:
     """Blocking client; ``http`` may be any httpx.Client whose base URL is the server (a TestClient too)."""
 
@@ -123,6 +182,7 @@ class Client:
         self.http = http or httpx.Client(base_url=url, timeout=timeout)
         self.token = token
         self._owned = http is None
+        self._geometry: Geometry | None = None  # the served model's, fetched at the first local decode
 
     def post_classify(
         self,
@@ -145,13 +205,26 @@ class Client:
         frames: bool = False,
         request_id: str | None = None,
         sampling: str | None = None,
+        decode: Decode = "server",
     ) -> dict[str, Any]:
         """Classify one video; ``budget`` a level name for this request, ``explain`` the cubes and steps,
-        ``sampling`` `exact` or `fast` (None: the server's)."""
+        ``sampling`` `exact` or `fast` (None: the server's); ``decode="local"``: decoded here (with ``sampling``,
+        `exact` when None), sent as frames."""
+        if decode == "local":
+            model = self._model_geometry()
+            clip, seconds = local_frames(video, model, "fast" if sampling == "fast" else "exact")
+            post = frames_request(clip, budget, explain, request_id)
+            return frames_answer(self.http.post(f"/v2/models/{model.name}/infer", **post), seconds)
         result: dict[str, Any] = body(self.post_classify(
             video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling
         ))
+        result.setdefault("decoded_on", "server")
         return result
+
+    def _model_geometry(self) -> Geometry:
+        if self._geometry is None:
+            self._geometry = geometry(self.model())
+        return self._geometry
 
     def budget(self) -> dict[str, Any]:
         """The active threshold set and every level (``GET /budget``)."""
@@ -202,6 +275,7 @@ class AsyncClient:
         self.http = http or httpx.AsyncClient(base_url=url, timeout=timeout)
         self.token = token
         self._owned = http is None
+        self._geometry: Geometry | None = None
 
     async def post_classify(
         self,
@@ -225,11 +299,20 @@ class AsyncClient:
         frames: bool = False,
         request_id: str | None = None,
         sampling: str | None = None,
+        decode: Decode = "server",
     ) -> dict[str, Any]:
+        if decode == "local":  # the decoder releases the GIL: concurrent requests decode on several cores
+            if self._geometry is None:
+                self._geometry = geometry(await self.model())
+            model = self._geometry
+            clip, seconds = await asyncio.to_thread(local_frames, video, model, "fast" if sampling == "fast" else "exact")
+            post = frames_request(clip, budget, explain, request_id)
+            return frames_answer(await self.http.post(f"/v2/models/{model.name}/infer", **post), seconds)
         response = await self.post_classify(
             video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling
         )
         result: dict[str, Any] = body(response)
+        result.setdefault("decoded_on", "server")
         return result
 
     async def budget(self) -> dict[str, Any]:
@@ -269,17 +352,21 @@ class AsyncClient:
 class Outcome:
     path: Path
     answer: dict[str, Any] | None = None
-    error: ServerError | str | None = None
+    error: ServerError | DecodeError | str | None = None  # DecodeError: refused by the local decoder
 
 
 def describe(outcome: Outcome) -> str:
     """One line per file: label, confidence, exit, compute, budget (or the error)."""
     if outcome.answer is None:
-        return f"{outcome.path}: error {outcome.error}"
+        where = " (decoding here)" if isinstance(outcome.error, DecodeError) else ""
+        return f"{outcome.path}: error{where} {outcome.error}"
     a = outcome.answer
+    reason = f" ({a['exit_reason']})" if "exit_reason" in a else ""
+    where = f"  decoded on the {a.get('decoded_on', 'server')}"
+    took = f"  {1e3 * a['timings']['total']:.0f} ms" if "timings" in a else f"  decode {1e3 * a['decode_s']:.0f} ms"
     line = (
-        f"{outcome.path}: {a['label']} {100 * a['confidence']:.1f}%  exit {a['exit_step']} ({a['exit_reason']})  "
-        f"{a['gmacs']:.4f} GMACs  budget {a['budget']}  {1e3 * a['timings']['total']:.0f} ms  [{a['request_id']}]"
+        f"{outcome.path}: {a['label']} {100 * a['confidence']:.1f}%  exit {a['exit_step']}{reason}  "
+        f"{a['gmacs']:.4f} GMACs  budget {a['budget']}{took}{where}  [{a['request_id']}]"
     )
     for cube in a.get("cubes") or []:
         line += f"\n    cube t={cube['t']} y={cube['y']} x={cube['x']} size={cube['size']} frames={cube['frames']}" + (
@@ -297,8 +384,10 @@ async def classify_files(
     concurrency: int = 4,
     progress: bool = True,
     sampling: str | None = None,
+    decode: Decode = "server",
 ) -> list[Outcome]:
-    """Classify ``paths`` with at most ``concurrency`` requests in flight; results in the order of ``paths``."""
+    """Classify ``paths`` with at most ``concurrency`` requests in flight (``decode="local"``: each decoded here
+    first); results in the order of ``paths``."""
     outcomes = [Outcome(path) for path in paths]
     queue: asyncio.Queue[Outcome] = asyncio.Queue()
     for outcome in outcomes:
@@ -309,8 +398,12 @@ async def classify_files(
         while not queue.empty():
             outcome = queue.get_nowait()
             try:
-                outcome.answer = await client.classify(outcome.path, budget=budget, explain=explain, sampling=sampling)
+                outcome.answer = await client.classify(
+                    outcome.path, budget=budget, explain=explain, sampling=sampling, decode=decode
+                )
             except ServerError as exc:
+                outcome.error = exc
+            except DecodeError as exc:  # decoding here (``decode="local"``) refused the file: never sent
                 outcome.error = exc
             except (httpx.HTTPError, OSError) as exc:
                 outcome.error = f"{type(exc).__name__}: {exc}"
@@ -338,6 +431,8 @@ def write_outcomes(outcomes: Sequence[Outcome], as_json: bool, out: TextIO) -> N
                     "message": error.message,
                     "request_id": error.request_id,
                 }
+            elif isinstance(error, DecodeError):
+                record["error"] = {"status": None, "code": error.code, "message": error.message, "decoded_on": "client"}
             else:
                 record["error"] = {"status": None, "code": "connection", "message": str(error)}
             out.write(json.dumps(record) + "\n")

@@ -1,5 +1,6 @@
 """The ``serve`` subcommand: ``adafocus serve [--host H] [--port P] [--bundle PATH]`` (uvicorn), and the client:
-``adafocus classify FILE... [--url URL] [--budget L] [--explain] [--sampling S] [--json] [--concurrency N]``
+``adafocus classify FILE... [--url URL] [--budget L] [--explain] [--sampling S] [--json] [--concurrency N]
+[--decode local]``
 (service/client.py).
 
 Settings come from ``ADAFOCUS_*`` environment variables (service/settings.py); the flags override them.
@@ -42,6 +43,11 @@ def register(sub: Any) -> None:
     classify.add_argument("--concurrency", type=int, default=4, help="requests in flight (default %(default)s)")
     classify.add_argument("--timeout", type=float, default=120.0, help="seconds per request (default %(default)s)")
     classify.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    classify.add_argument(
+        "--decode", choices=("server", "local"), default="server",
+        help="where videos are decoded: by the server (an upload to /classify), or here on this machine's cores "
+        "(the project's decoder, frames sent to /v2/models/{name}/infer); default %(default)s",
+    )
     classify.set_defaults(handler=run_classify)
 
 
@@ -94,7 +100,7 @@ def run_classify(args: argparse.Namespace) -> int:
                 return 2
             outcomes = await classify_files(
                 client, paths, budget=args.budget, explain=args.explain, concurrency=args.concurrency,
-                progress=not args.no_progress and len(paths) > 1, sampling=args.sampling,
+                progress=not args.no_progress and len(paths) > 1, sampling=args.sampling, decode=args.decode,
             )
         write_outcomes(outcomes, args.json, sys.stdout)
         return 0 if all(o.answer is not None for o in outcomes) else 1

@@ -76,6 +76,7 @@ class EngineResult:
     # eta_0 .. eta_K the request ran under, bound at its glance (a swap meanwhile does not change them); () only
     # in results built by hand
     thresholds: tuple[float, ...] = ()
+    probabilities: tuple[float, ...] = ()  # softmax over every class at the exit (the OIP answer's tensor)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Request bodies before any route sees them (an ASGI middleware): small bodies capped, unread bodies discarded.
 
-- Every route but the streamed uploads (/classify, read by service/classify/upload.py under its own limits) gets a small
+- Every route but the streamed uploads (/classify, read by service/classify/upload.py under its own limits, and the
+  OIP inference bodies, service/http/oip_tensors.py) gets a small
   JSON body: over ``max_json_bytes`` it is refused from Content-Length at once, or as soon as the streamed count
   passes the cap, and a body slower than ``read_timeout_s`` is refused too. This runs before the route, so before
   authentication: an unauthenticated client can make the server hold at most ``max_json_bytes``. A request that
@@ -42,6 +43,10 @@ class BodyLimits:
     linger_s: float  # at most this long discarding an unread body after the answer
     retry_after_s: int
     streamed: frozenset[str] = frozenset({"/classify"})  # routes that stream their body under their own limits
+
+    def streams(self, path: str) -> bool:
+        """``path`` reads its own body under its own limits (/classify, the OIP inference route)."""
+        return path in self.streamed or (path.startswith("/v2/models/") and path.endswith("/infer"))
 
     @classmethod
     def of(cls, settings: Settings) -> BodyLimits:
@@ -114,7 +119,7 @@ class BodyGuard:
         body = _Body(scope, receive)
         send = self._lingering(body, send)
         app_receive: Receive = body.receive
-        if scope["path"] not in self.limits.streamed and not body.complete and self.routed(scope):
+        if not self.limits.streams(scope["path"]) and not body.complete and self.routed(scope):
             try:
                 app_receive = await self._read_small(body)
             except (BodyTooLarge, ReadTimeout) as exc:

@@ -21,6 +21,7 @@ from model.budgets import BudgetError
 from model.video import DecodeError
 from service.budget.store import BudgetFileReadOnly
 from service.classify.flow import ClientGone, ServiceDraining
+from service.classify.tensor_errors import TENSOR_STATUS, TensorError
 from service.classify.upload import BadUpload, IncompleteUpload, NotJson, NotMultipart, TooManyFields, UploadTooLarge
 from service.decode.pool import DecodeBusy, DecoderCrashed
 from service.engine.errors import DeadlineExceeded, EngineDraining, QueueFull, RequestCancelled
@@ -62,6 +63,12 @@ ERRORS: dict[type[Exception], ErrorRule] = {
         description="undecodable video or outside limits (`no_video_stream`, `zero_frames`, `undecodable`, "
         "`too_long`, `frame_too_large`, `decode_timeout`); not a video container (`not_a_video`: empty, text, "
         "still image ...); a file over the decoder's byte limit (`too_large`)",
+    ),
+    TensorError: ErrorRule(
+        422, None, INVALID_INPUT, status_by_code=TENSOR_STATUS,
+        description="an Open Inference Protocol body or tensor that cannot be used (`invalid_inference_request`, "
+        "`tensor_datatype`, `tensor_shape`, `tensor_shape_mismatch`, `tensor_too_large`, `too_few_frames`, "
+        "`too_many_clips`, `invalid_parameter`)",
     ),
     IncompleteUpload: ErrorRule(
         400, "incomplete_upload", INVALID_INPUT, description="the upload ended before its multipart closing boundary "

@@ -3,7 +3,8 @@
 ``GET /v2`` (server metadata), ``/v2/health/live``, ``/v2/health/ready``, ``GET /v2/models/{name}`` (the bundle:
 labels, input geometry, K, cube size, GMACs per exit, budget levels, sha256, backend, device) and
 ``/v2/models/{name}/ready``. The served model's name is its bundle directory's name (``default`` for the shipped
-bundle). Inference itself stays ``POST /classify`` (a video upload, which the protocol's tensor bodies do not fit).
+bundle). Inference is ``POST /v2/models/{name}/infer`` (service/http/oip_infer.py: encoded files or decoded frames,
+JSON or Triton's binary tensors), beside the native ``POST /classify``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from service.schemas import BudgetLevelBody, level_bodies
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 SERVER_NAME = "adafocus-serve"
+EXTENSIONS = ["binary_tensor_data"]  # Triton's binary tensor data extension (service/http/oip_tensors.py)
 
 
 class ModelNotFound(Exception):
@@ -31,7 +33,7 @@ class ModelNotFound(Exception):
 class ServerMetadata(BaseModel):
     name: str = Field(description="the server's name")
     version: str = Field(description="the server's version")
-    extensions: list[str] = Field(description="protocol extensions supported (none)")
+    extensions: list[str] = Field(description="protocol extensions supported (`binary_tensor_data`)")
     models: list[str] = Field(description="the models served (one: the bundle's directory name)")
 
 
@@ -57,8 +59,10 @@ class ModelMetadata(BaseModel):
     name: str = Field(description="model name (the bundle's directory name)")
     versions: list[str] = Field(description="one version: the first 12 hex digits of the bundle's sha256")
     platform: str = Field(description="`pytorch` or `onnxruntime`: the runner that serves it")
-    inputs: list[TensorMetadata] = Field(description="the upload (`video`, any container FFmpeg reads)")
-    outputs: list[TensorMetadata] = Field(description="the class probabilities")
+    inputs: list[TensorMetadata] = Field(description="`video` (BYTES [N]: encoded files, any container FFmpeg reads) "
+                                         "or `frames` (UINT8 [N, T, H, W, 3]; [T, H, W, 3] is one clip)")
+    outputs: list[TensorMetadata] = Field(description="per clip: label, class id, probabilities, exit step, GMACs; "
+                                          "`cubes` (t, y, x, frames, size, skipped) with `explain`")
     architecture: str = Field(description="the architecture's config name")
     labels: list[str] = Field(description="class names, by class id")
     num_frames: int = Field(description="T: frames sampled uniformly from each video")
@@ -104,7 +108,9 @@ def _ready_response(body: BaseModel, ready: bool, retry_after_s: int) -> JSONRes
 def server_metadata(request: Request, state: StateDep) -> ServerMetadata:
     """Server metadata."""
     name = served_name(state)
-    return ServerMetadata(name=SERVER_NAME, version=request.app.version, extensions=[], models=[name] if name else [])
+    return ServerMetadata(
+        name=SERVER_NAME, version=request.app.version, extensions=EXTENSIONS, models=[name] if name else []
+    )
 
 
 @router.get("/health/live", response_model=LiveBody)
@@ -139,8 +145,18 @@ def model_metadata(state: StateDep, name: NameDep) -> ModelMetadata:
         name=name,
         versions=[state.bundle.sha256[:12]],
         platform="onnxruntime" if runner.name == "onnx" else "pytorch",
-        inputs=[TensorMetadata(name="video", datatype="BYTES", shape=[1])],
-        outputs=[TensorMetadata(name="probabilities", datatype="FP32", shape=[cfg.num_classes])],
+        inputs=[
+            TensorMetadata(name="video", datatype="BYTES", shape=[-1]),
+            TensorMetadata(name="frames", datatype="UINT8", shape=[-1, -1, -1, -1, 3]),
+        ],
+        outputs=[
+            TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
+            TensorMetadata(name="class_id", datatype="INT64", shape=[-1]),
+            TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, cfg.num_classes]),
+            TensorMetadata(name="exit_step", datatype="INT32", shape=[-1]),
+            TensorMetadata(name="gmacs", datatype="FP32", shape=[-1]),
+            TensorMetadata(name="cubes", datatype="INT32", shape=[-1, cfg.num_cubes, 6]),
+        ],
         architecture=cfg.name,
         labels=list(cfg.class_names),
         num_frames=cfg.num_frames,

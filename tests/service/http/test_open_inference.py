@@ -35,15 +35,26 @@ def test_open_inference_protocol_health_and_metadata(app: TestClient, tiny_bundl
     assert app.get("/v2/health/live").json() == {"live": True}
     ready = app.get("/v2/health/ready")
     assert (ready.status_code, ready.json()) == (200, {"ready": True})
-    assert app.get("/v2").json() == {"name": "adafocus-serve", "version": "0.1.0", "extensions": [], "models": ["tiny"]}
+    assert app.get("/v2").json() == {"name": "adafocus-serve", "version": "0.1.0", "extensions": ["binary_tensor_data"],
+                                 "models": ["tiny"]}
     assert app.get("/v2/models/tiny/ready").json() == {"name": "tiny", "ready": True}
     meta = app.get("/v2/models/tiny").json()
     assert meta == {
         "name": "tiny",
         "versions": [bundle.sha256[:12]],
         "platform": "pytorch",
-        "inputs": [{"name": "video", "datatype": "BYTES", "shape": [1]}],
-        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [5]}],
+        "inputs": [
+            {"name": "video", "datatype": "BYTES", "shape": [-1]},
+            {"name": "frames", "datatype": "UINT8", "shape": [-1, -1, -1, -1, 3]},
+        ],
+        "outputs": [
+            {"name": "label", "datatype": "BYTES", "shape": [-1]},
+            {"name": "class_id", "datatype": "INT64", "shape": [-1]},
+            {"name": "probabilities", "datatype": "FP32", "shape": [-1, 5]},
+            {"name": "exit_step", "datatype": "INT32", "shape": [-1]},
+            {"name": "gmacs", "datatype": "FP32", "shape": [-1]},
+            {"name": "cubes", "datatype": "INT32", "shape": [-1, 3, 6]},
+        ],
         "architecture": "tiny",
         "labels": [f"class_{i}" for i in range(5)],
         "num_frames": 4,

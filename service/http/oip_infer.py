@@ -1,0 +1,196 @@
+"""``POST /v2/models/{name}/infer``: Open Inference Protocol inference, JSON or binary tensors (tritonclient's way).
+
+Inputs: ``video`` (BYTES ``[N]``, one encoded file per element; decoded by the server's worker processes as a
+/classify upload) or ``frames`` (UINT8 ``[N, T, H, W, 3]`` or ``[T, H, W, 3]``, decoded elsewhere; sampled and
+resized by the server as its decoder would). Request parameters: ``budget``, ``deadline_ms`` (Triton's ``timeout``
+in microseconds too), ``explain``, ``sampling``. Outputs (``OUTPUTS``): ``label``, ``class_id``, ``probabilities``
+``[N, C]``, ``exit_step``, ``gmacs`` and, with ``explain``, ``cubes`` ``[N, K, 6]``. Every /classify limit applies
+(body bytes, pixels, frames, queue, deadline, draining, API keys); errors are the protocol's ``{"error": ...}``
+with the error table's status, the stable code both at the start of the message and as ``code``
+(``oip_error``). The wire format is service/http/oip_tensors.py, the clips' flow service/classify/frames.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Path, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
+from starlette.requests import ClientDisconnect
+
+from service.classify.flow import ClientGone, request_deadline
+from service.classify.frames import ClipAnswer, Clips, ClipsFlow, check_count, check_frames_shape
+from service.classify.tensor_errors import TensorError
+from service.classify.upload import FALSE_WORDS, TRUE_WORDS
+from service.engine.errors import DeadlineExceeded
+from service.http import oip_tensors as wire
+from service.http.errors import ApiError, rule_for, to_api_error
+from service.http.open_inference import ModelNotFound, StateDep, served_name
+from service.http.routes import BEARER, X_API_KEY, require_api_key
+from service.lifecycle import ServiceState
+from service.logs import current_request_id
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
+
+MAX_JSON_BYTES = 4 * 1024 * 1024  # the JSON part of an inference body (JSON tensor data included); binary for more
+OUTPUTS = ("label", "class_id", "probabilities", "exit_step", "gmacs", "cubes")
+CUBE_FIELDS = 6  # t, y, x, frames, size, skipped per cube; -1 rows past the clip's exit
+# parameters tritonclient and Triton reserve: accepted and ignored (``timeout`` is honoured as a deadline)
+RESERVED = frozenset({"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "headers"})
+PARAMETERS = frozenset({"budget", "deadline_ms", "explain", "sampling", "timeout"})
+
+
+def oip_error(error: ApiError) -> JSONResponse:
+    """The protocol's error body: ``error`` (what tritonclient shows: ``code: message``), plus ``code`` and the
+    request id."""
+    body = {"error": f"{error.code}: {error.message}", "code": error.code, "request_id": current_request_id()}
+    return JSONResponse(body, error.status, headers=error.headers)
+
+
+def _parameter_error(name: str, message: str) -> TensorError:
+    return TensorError("invalid_parameter", f"parameter {name!r} {message}")
+
+
+def _deadline_ms(parameters: dict[str, Any]) -> float | None:
+    """``deadline_ms`` and Triton's ``timeout`` (microseconds): positive finite numbers; the sooner of the two."""
+    asked = []
+    for name, scale in (("deadline_ms", 1.0), ("timeout", 1e-3)):
+        value = parameters.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not (math.isfinite(value) and value > 0):
+            raise _parameter_error(name, f"must be a positive finite number, got {str(value)[:32]!r}")
+        asked.append(value * scale)
+    return min(asked) if asked else None
+
+
+def clips_of(state: ServiceState, body: wire.InferBody) -> Clips:
+    """The request's clips and parameters, checked in order: parameters, inputs, counts and shapes, then data."""
+    p = body.parameters
+    unknown = sorted(k for k in p if k not in PARAMETERS | RESERVED and not k.startswith("triton_"))
+    if unknown:
+        raise _parameter_error(unknown[0], f"is unknown; the parameters are {sorted(PARAMETERS)}")
+    budget, explain, sampling = p.get("budget"), p.get("explain", False), p.get("sampling")
+    if budget is not None and not isinstance(budget, str):
+        raise _parameter_error("budget", "must be a budget level name")
+    if isinstance(explain, str) and explain.lower() in TRUE_WORDS | FALSE_WORDS:
+        explain = explain.lower() in TRUE_WORDS  # the words of /classify's boolean fields
+    if not isinstance(explain, bool):
+        raise _parameter_error("explain", "must be true or false")
+    if sampling not in (None, "exact", "fast"):
+        raise _parameter_error("sampling", f"must be `exact` or `fast`, got {str(sampling)[:32]!r}")
+    deadline_ms = _deadline_ms(p)
+    names = sorted(t.name for t in body.inputs)
+    if names not in (["video"], ["frames"]):
+        raise TensorError("invalid_inference_request", f"give one input, `video` or `frames`; got {names}")
+    if body.outputs is not None and (extra := sorted(set(body.outputs) - set(OUTPUTS))):
+        raise TensorError("invalid_inference_request", f"unknown outputs {extra}; the outputs are {list(OUTPUTS)}")
+    tensor = body.inputs[0]
+    if tensor.name == "video":
+        if len(tensor.shape) != 1:
+            raise TensorError("tensor_shape", f"video must be [N] (one file per element), got {list(tensor.shape)}")
+        check_count(state, tensor.shape[0])
+        return Clips(wire.byte_elements(tensor), None, budget, explain, sampling, deadline_ms)
+    shape = tensor.shape if len(tensor.shape) == 5 else (1, *tensor.shape) if len(tensor.shape) == 4 else None
+    if shape is None:
+        raise TensorError("tensor_shape", f"frames must be [N, T, H, W, 3] or [T, H, W, 3], got {list(tensor.shape)}")
+    check_count(state, shape[0])
+    check_frames_shape(state, shape)
+    return Clips(None, wire.array(tensor, "UINT8").reshape(shape), budget, explain, None, deadline_ms)
+
+
+def outputs_of(state: ServiceState, clips: list[ClipAnswer], explain: bool) -> list[wire.Output]:
+    """The output tensors of N answers (every one; the route keeps those the request names)."""
+    assert state.bundle is not None
+    cfg = state.bundle.config
+    answers = [c.body for c in clips]
+    probabilities = np.array([c.probabilities for c in clips], np.float32).reshape(len(clips), cfg.num_classes)
+    outputs = [
+        wire.Output("label", "BYTES", [a.label.encode() for a in answers]),
+        wire.Output("class_id", "INT64", np.array([a.class_id for a in answers], np.int64)),  # (N,)
+        wire.Output("probabilities", "FP32", probabilities),
+        wire.Output("exit_step", "INT32", np.array([a.exit_step for a in answers], np.int32)),  # (N,)
+        wire.Output("gmacs", "FP32", np.array([a.gmacs for a in answers], np.float32)),  # (N,)
+    ]
+    if explain:
+        cubes = np.full((len(answers), cfg.num_cubes, CUBE_FIELDS), -1, np.int32)  # (N, K, 6)
+        for n, a in enumerate(answers):
+            for k, c in enumerate(a.cubes or []):
+                cubes[n, k] = (c.t, c.y, c.x, c.frames, c.size, int(c.skipped))
+        outputs.append(wire.Output("cubes", "INT32", cubes))
+    return outputs
+
+
+async def _infer(request: Request, state: ServiceState, name: str, started: float) -> Response:
+    s = state.settings
+    deadline = request_deadline(state, started, request.headers.get("x-deadline-ms"))
+    try:  # a slow body counts against the deadline, as a /classify upload does
+        async with asyncio.timeout(max(0.0, deadline - state.clock())):
+            body = await wire.read_body(request.stream(), request.headers.get("content-length"), s.max_upload_bytes)
+    except ClientDisconnect:
+        raise ClientGone() from None
+    except TimeoutError:
+        raise DeadlineExceeded(f"the body did not arrive within {s.request_timeout_s:g} s") from None
+    parsed = wire.parse_infer(body, request.headers.get(wire.HEADER_LENGTH), MAX_JSON_BYTES, s.max_json_depth)
+    clips = clips_of(state, parsed)
+    answers = await ClipsFlow(state, request, started).answer(clips)
+    wanted = parsed.outputs
+    outputs = [o for o in outputs_of(state, answers, clips.explain) if wanted is None or o.name in wanted]
+    first = answers[0].body
+    assert state.bundle is not None
+    parameters = {
+        "decoded_on": "server" if clips.videos is not None else "client",
+        "budget": first.budget, "budget_version": first.budget_version,
+        "request_id": current_request_id() or "-", "replica": state.replica,
+    }
+    content, header = wire.encode_response(
+        name, state.bundle.sha256[:12], parsed.id, parameters, outputs, parsed.binary
+    )
+    if header is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream", headers={wire.HEADER_LENGTH: str(header)})
+
+
+@router.post("/models/{name}/infer", response_class=Response)
+async def infer(
+    request: Request,
+    state: StateDep,
+    name: Annotated[str, Path(description="the model's name (the bundle's directory name)")],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    header: Annotated[str | None, Depends(X_API_KEY)],
+) -> Response:
+    """Classify N clips (input `video`: BYTES files; or `frames`: UINT8 [N, T, H, W, 3]), JSON or binary tensors."""
+    started = state.clock()
+    grant = None
+    state.inflight += 1
+    status = 500
+    try:
+        grant = await require_api_key(request, state, bearer, header)
+        if name != served_name(state):
+            raise ModelNotFound(name, served_name(state))
+        response = await _infer(request, state, name, started)
+        status = 200
+        return response
+    except Exception as exc:
+        error = to_api_error(exc, state.settings.retry_after_s)
+        status = error.status
+        reason = rule_for(exc).reason
+        if reason is not None and state.metrics is not None:
+            state.metrics.on_reject(reason)
+        if isinstance(exc, ClientGone):
+            return Response(status_code=499)
+        if status == 500:
+            log.exception("unhandled error in /v2/models/%s/infer", name, exc_info=exc)
+        return oip_error(error)
+    finally:
+        state.inflight -= 1
+        if grant is not None:
+            grant.release()
+        if state.metrics is not None:
+            state.metrics.on_request(status, state.clock() - started)
