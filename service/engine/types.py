@@ -32,6 +32,9 @@ class EngineRequest:
     # predictions); must be cheap and thread-safe; whatever it raises is logged and ignored
     on_progress: Callable[[Progress], None] | None = None
     client_id: str = "-"  # the client-facing X-Request-ID (log lines); "-" outside HTTP
+    # requests of one group (the segments of one long video) share a cap on active slots and take turns with the
+    # other requests waiting (service.engine.fairness); None: a group of its own
+    group: str | None = None
 
 
 @dataclass(frozen=True)
