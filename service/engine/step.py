@@ -246,6 +246,7 @@ class StepExecutor:
             compute_seconds=now - entry.glance_start,
             cubes=cubes,
             thresholds=entry.budget.thresholds,
+            probabilities=tuple(float(p) for p in probs.tolist()),
         )
 
     def progress(self, entry: Entry, out: RequestOutput, final: bool) -> Progress:

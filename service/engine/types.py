@@ -79,6 +79,7 @@ class EngineResult:
     # eta_0 .. eta_K the request ran under, bound at its glance (a swap meanwhile does not change them); () only
     # in results built by hand
     thresholds: tuple[float, ...] = ()
+    probabilities: tuple[float, ...] = ()  # the softmax over every class at the exit (() only in results built by hand)
 
 
 @dataclass(frozen=True)

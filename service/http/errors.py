@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.budgets import BudgetError
 from model.video import DecodeError
+from model.video_segments import SegmentError
 from service.budget.store import BudgetFileReadOnly
 from service.classify.flow import ClientGone, ServiceDraining
 from service.classify.upload import BadUpload, IncompleteUpload, NotJson, NotMultipart, TooManyFields, UploadTooLarge
@@ -62,6 +63,11 @@ ERRORS: dict[type[Exception], ErrorRule] = {
         description="undecodable video or outside limits (`no_video_stream`, `zero_frames`, `undecodable`, "
         "`too_long`, `frame_too_large`, `decode_timeout`); not a video container (`not_a_video`: empty, text, "
         "still image ...); a file over the decoder's byte limit (`too_large`)",
+    ),
+    SegmentError: ErrorRule(
+        422, None, INVALID_INPUT, description="a timeline's `segment_s` or `stride_s` that is not a positive number "
+        "(`bad_segment`), below `ADAFOCUS_MIN_SEGMENT_S` (`segment_too_short`), longer than the video "
+        "(`segment_too_long`), or giving more segments than `ADAFOCUS_MAX_SEGMENTS` (`too_many_segments`)",
     ),
     IncompleteUpload: ErrorRule(
         400, "incomplete_upload", INVALID_INPUT, description="the upload ended before its multipart closing boundary "

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import get_args
 
 from model.video import DecodeCode, DecodeError
+from model.video_segments import SegmentCode, SegmentError
 from service.http.errors import ERRORS, INTERNAL, ROUTING_CODES
 
 README = Path(__file__).resolve().parents[3] / "README.md"
@@ -26,10 +27,11 @@ def readme_answers() -> set[tuple[int, str]]:
 
 def code_answers() -> set[tuple[int, str]]:
     """(status, code) of every rule of the table in code, of the routing errors and of request validation."""
-    assert [kind for kind, rule in ERRORS.items() if rule.code is None] == [DecodeError]  # its codes: DecodeCode
+    own_codes = {DecodeError: get_args(DecodeCode), SegmentError: get_args(SegmentCode)}  # the exception's own code
+    assert [kind for kind, rule in ERRORS.items() if rule.code is None] == list(own_codes)
     answers = {(INTERNAL.status, str(INTERNAL.code)), (422, "invalid_request"), *ROUTING_CODES.items()}
-    for rule in ERRORS.values():
-        codes = get_args(DecodeCode) if rule.code is None else (rule.code,)
+    for kind, rule in ERRORS.items():
+        codes = own_codes[kind] if rule.code is None else (rule.code,)  # type: ignore[index]
         answers |= {(rule.status_by_code.get(code, rule.status), code) for code in codes}
     return answers
 
