@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -90,12 +90,14 @@ def body(response: httpx.Response) -> Any:
 
 
 def classify_request(
-    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None
+    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None,
+    fields: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of httpx's ``post`` for one /classify request."""
+    """The keyword arguments of httpx's ``post`` for one /classify request (``fields``: more form fields, e.g.
+    ``{"segment_s": "2"}`` for a timeline)."""
     return {
         "files": {"video": video_part(video)},
-        "data": classify_form(budget, explain, frames),
+        "data": {**classify_form(budget, explain, frames), **(fields or {})},
         "headers": _headers(None, request_id),
     }
 
@@ -130,8 +132,9 @@ class Client:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        return self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id))
+        return self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id, fields))
 
     def classify(
         self,
@@ -141,10 +144,14 @@ class Client:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Classify one video; ``budget`` a level name for this request, ``explain`` the cubes and steps."""
+        """Classify one video; ``budget`` a level name for this request, ``explain`` the cubes and steps;
+        ``fields={"segment_s": "2"}``: a timeline of 2 s segments."""
         result: dict[str, Any] = body(
-            self.post_classify(video, budget=budget, explain=explain, frames=frames, request_id=request_id)
+            self.post_classify(
+                video, budget=budget, explain=explain, frames=frames, request_id=request_id, fields=fields
+            )
         )
         return result
 
@@ -206,8 +213,11 @@ class AsyncClient:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        return await self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id))
+        return await self.http.post(
+            "/classify", **classify_request(video, budget, explain, frames, request_id, fields)
+        )
 
     async def classify(
         self,
@@ -217,8 +227,11 @@ class AsyncClient:
         explain: bool = False,
         frames: bool = False,
         request_id: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
-        response = await self.post_classify(video, budget=budget, explain=explain, frames=frames, request_id=request_id)
+        response = await self.post_classify(
+            video, budget=budget, explain=explain, frames=frames, request_id=request_id, fields=fields
+        )
         result: dict[str, Any] = body(response)
         return result
 
@@ -267,6 +280,8 @@ def describe(outcome: Outcome) -> str:
     if outcome.answer is None:
         return f"{outcome.path}: error {outcome.error}"
     a = outcome.answer
+    if "segments" in a:
+        return describe_timeline(outcome.path, a)
     line = (
         f"{outcome.path}: {a['label']} {100 * a['confidence']:.1f}%  exit {a['exit_step']} ({a['exit_reason']})  "
         f"{a['gmacs']:.4f} GMACs  budget {a['budget']}  {1e3 * a['timings']['total']:.0f} ms  [{a['request_id']}]"
@@ -278,6 +293,33 @@ def describe(outcome: Outcome) -> str:
     return line
 
 
+def describe_timeline(path: Path, a: dict[str, Any]) -> str:
+    """A timeline as text: the video's line, then one line per segment (its label and exit step as a bar), gaps and
+    an early end where they fall."""
+    share = a["gmacs"] / a["gmacs_all_k"] if a["gmacs_all_k"] else 0.0
+    lines = [
+        f"{path}: {len(a['segments'])} segments of {a['segment_s']:g} s ({a['duration_s']:.1f} s): {a['label']} "
+        f"{100 * a['confidence']:.1f}%  {a['gmacs']:.4f} GMACs ({100 * share:.0f}% of all-K)  budget {a['budget']}  "
+        f"{1e3 * a['timings']['total']:.0f} ms  [{a['request_id']}]"
+    ]
+    marks = [(g["start_s"], f"  {g['start_s']:7.1f}-{g['end_s']:.1f} s  gap: no frames") for g in a["gaps"]]
+    for seg in a["segments"]:
+        bar = "#" * (seg["exit_step"] + 1)
+        marks.append((seg["start_s"], f"  {seg['start_s']:7.1f}-{seg['end_s']:.1f} s  {seg['label']:<16} "
+                      f"{100 * seg['confidence']:5.1f}%  exit {seg['exit_step']} {bar:<6} ({seg['exit_reason']})"))
+    lines += [text for _, text in sorted(marks, key=lambda m: m[0])]
+    if a.get("ended_at_s") is not None:
+        lines.append(f"  ended at {a['ended_at_s']:.1f} s: {a.get('end_reason')}")
+    return "\n".join(lines)
+
+
+def timeline_records(path: Path, a: dict[str, Any]) -> list[dict[str, Any]]:
+    """A timeline as JSON Lines records: one per segment (time order), then the video's summary."""
+    rows: list[dict[str, Any]] = [{"file": str(path), "segment": seg} for seg in a["segments"]]
+    rows.append({"file": str(path), **{k: v for k, v in a.items() if k != "segments"}})
+    return rows
+
+
 async def classify_files(
     client: AsyncClient,
     paths: Sequence[Path],
@@ -286,6 +328,7 @@ async def classify_files(
     explain: bool = False,
     concurrency: int = 4,
     progress: bool = True,
+    fields: Mapping[str, str] | None = None,
 ) -> list[Outcome]:
     """Classify ``paths`` with at most ``concurrency`` requests in flight; results in the order of ``paths``."""
     outcomes = [Outcome(path) for path in paths]
@@ -298,7 +341,7 @@ async def classify_files(
         while not queue.empty():
             outcome = queue.get_nowait()
             try:
-                outcome.answer = await client.classify(outcome.path, budget=budget, explain=explain)
+                outcome.answer = await client.classify(outcome.path, budget=budget, explain=explain, fields=fields)
             except ServerError as exc:
                 outcome.error = exc
             except (httpx.HTTPError, OSError) as exc:
@@ -318,6 +361,10 @@ def write_outcomes(outcomes: Sequence[Outcome], as_json: bool, out: TextIO) -> N
         if as_json:
             error = outcome.error
             record: dict[str, Any] = {"file": str(outcome.path)}
+            if outcome.answer is not None and "segments" in outcome.answer:
+                for row in timeline_records(outcome.path, outcome.answer):
+                    out.write(json.dumps(row) + "\n")
+                continue
             if outcome.answer is not None:
                 record.update(outcome.answer)
             elif isinstance(error, ServerError):
