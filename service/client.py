@@ -19,7 +19,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -100,12 +100,14 @@ def body(response: httpx.Response) -> Any:
 
 
 def classify_request(
-    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None, sampling: str | None = None
+    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None, sampling: str | None = None,
+    fields: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The keyword arguments of httpx's ``post`` for one /classify request."""
+    """The keyword arguments of httpx's ``post`` for one /classify request (``fields``: more form fields, e.g.
+    ``{"segment_s": "2"}`` for a timeline)."""
     return {
         "files": {"video": video_part(video)},
-        "data": classify_form(budget, explain, frames, sampling),
+        "data": {**classify_form(budget, explain, frames, sampling), **(fields or {})},
         "headers": _headers(None, request_id),
     }
 
@@ -193,8 +195,10 @@ class Client:
         frames: bool = False,
         request_id: str | None = None,
         sampling: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        return self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id, sampling))
+        request = classify_request(video, budget, explain, frames, request_id, sampling, fields)
+        return self.http.post("/classify", **request)
 
     def classify(
         self,
@@ -206,17 +210,19 @@ class Client:
         request_id: str | None = None,
         sampling: str | None = None,
         decode: Decode = "server",
+        fields: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Classify one video; ``budget`` a level name for this request, ``explain`` the cubes and steps,
         ``sampling`` `exact` or `fast` (None: the server's); ``decode="local"``: decoded here (with ``sampling``,
-        `exact` when None), sent as frames."""
+        `exact` when None), sent as frames; ``fields={"segment_s": "2"}``: a timeline of 2 s segments."""
         if decode == "local":
             model = self._model_geometry()
             clip, seconds = local_frames(video, model, "fast" if sampling == "fast" else "exact")
             post = frames_request(clip, budget, explain, request_id)
             return frames_answer(self.http.post(f"/v2/models/{model.name}/infer", **post), seconds)
         result: dict[str, Any] = body(self.post_classify(
-            video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling
+            video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling,
+            fields=fields,
         ))
         result.setdefault("decoded_on", "server")
         return result
@@ -286,8 +292,9 @@ class AsyncClient:
         frames: bool = False,
         request_id: str | None = None,
         sampling: str | None = None,
+        fields: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        request = classify_request(video, budget, explain, frames, request_id, sampling)
+        request = classify_request(video, budget, explain, frames, request_id, sampling, fields)
         return await self.http.post("/classify", **request)
 
     async def classify(
@@ -300,6 +307,7 @@ class AsyncClient:
         request_id: str | None = None,
         sampling: str | None = None,
         decode: Decode = "server",
+        fields: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         if decode == "local":  # the decoder releases the GIL: concurrent requests decode on several cores
             if self._geometry is None:
@@ -309,7 +317,8 @@ class AsyncClient:
             post = frames_request(clip, budget, explain, request_id)
             return frames_answer(await self.http.post(f"/v2/models/{model.name}/infer", **post), seconds)
         response = await self.post_classify(
-            video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling
+            video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling,
+            fields=fields,
         )
         result: dict[str, Any] = body(response)
         result.setdefault("decoded_on", "server")
@@ -361,6 +370,8 @@ def describe(outcome: Outcome) -> str:
         where = " (decoding here)" if isinstance(outcome.error, DecodeError) else ""
         return f"{outcome.path}: error{where} {outcome.error}"
     a = outcome.answer
+    if "segments" in a:
+        return describe_timeline(outcome.path, a)
     reason = f" ({a['exit_reason']})" if "exit_reason" in a else ""
     where = f"  decoded on the {a.get('decoded_on', 'server')}"
     took = f"  {1e3 * a['timings']['total']:.0f} ms" if "timings" in a else f"  decode {1e3 * a['decode_s']:.0f} ms"
@@ -375,6 +386,33 @@ def describe(outcome: Outcome) -> str:
     return line
 
 
+def describe_timeline(path: Path, a: dict[str, Any]) -> str:
+    """A timeline as text: the video's line, then one line per segment (its label and exit step as a bar), gaps and
+    an early end where they fall."""
+    share = a["gmacs"] / a["gmacs_all_k"] if a["gmacs_all_k"] else 0.0
+    lines = [
+        f"{path}: {len(a['segments'])} segments of {a['segment_s']:g} s ({a['duration_s']:.1f} s): {a['label']} "
+        f"{100 * a['confidence']:.1f}%  {a['gmacs']:.4f} GMACs ({100 * share:.0f}% of all-K)  budget {a['budget']}  "
+        f"{1e3 * a['timings']['total']:.0f} ms  [{a['request_id']}]"
+    ]
+    marks = [(g["start_s"], f"  {g['start_s']:7.1f}-{g['end_s']:.1f} s  gap: no frames") for g in a["gaps"]]
+    for seg in a["segments"]:
+        bar = "#" * (seg["exit_step"] + 1)
+        marks.append((seg["start_s"], f"  {seg['start_s']:7.1f}-{seg['end_s']:.1f} s  {seg['label']:<16} "
+                      f"{100 * seg['confidence']:5.1f}%  exit {seg['exit_step']} {bar:<6} ({seg['exit_reason']})"))
+    lines += [text for _, text in sorted(marks, key=lambda m: m[0])]
+    if a.get("ended_at_s") is not None:
+        lines.append(f"  ended at {a['ended_at_s']:.1f} s: {a.get('end_reason')}")
+    return "\n".join(lines)
+
+
+def timeline_records(path: Path, a: dict[str, Any]) -> list[dict[str, Any]]:
+    """A timeline as JSON Lines records: one per segment (time order), then the video's summary."""
+    rows: list[dict[str, Any]] = [{"file": str(path), "segment": seg} for seg in a["segments"]]
+    rows.append({"file": str(path), **{k: v for k, v in a.items() if k != "segments"}})
+    return rows
+
+
 async def classify_files(
     client: AsyncClient,
     paths: Sequence[Path],
@@ -385,6 +423,7 @@ async def classify_files(
     progress: bool = True,
     sampling: str | None = None,
     decode: Decode = "server",
+    fields: Mapping[str, str] | None = None,
 ) -> list[Outcome]:
     """Classify ``paths`` with at most ``concurrency`` requests in flight (``decode="local"``: each decoded here
     first); results in the order of ``paths``."""
@@ -399,7 +438,7 @@ async def classify_files(
             outcome = queue.get_nowait()
             try:
                 outcome.answer = await client.classify(
-                    outcome.path, budget=budget, explain=explain, sampling=sampling, decode=decode
+                    outcome.path, budget=budget, explain=explain, sampling=sampling, decode=decode, fields=fields
                 )
             except ServerError as exc:
                 outcome.error = exc
@@ -422,6 +461,10 @@ def write_outcomes(outcomes: Sequence[Outcome], as_json: bool, out: TextIO) -> N
         if as_json:
             error = outcome.error
             record: dict[str, Any] = {"file": str(outcome.path)}
+            if outcome.answer is not None and "segments" in outcome.answer:
+                for row in timeline_records(outcome.path, outcome.answer):
+                    out.write(json.dumps(row) + "\n")
+                continue
             if outcome.answer is not None:
                 record.update(outcome.answer)
             elif isinstance(error, ServerError):

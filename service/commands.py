@@ -48,6 +48,9 @@ def register(sub: Any) -> None:
         help="where videos are decoded: by the server (an upload to /classify), or here on this machine's cores "
         "(the project's decoder, frames sent to /v2/models/{name}/infer); default %(default)s",
     )
+    classify.add_argument("--segment-s", type=float, default=None,
+                          help="cut each video into segments of this many seconds: a timeline (one line per segment)")
+    classify.add_argument("--stride-s", type=float, default=None, help="seconds between segment starts (--segment-s)")
     classify.set_defaults(handler=run_classify)
 
 
@@ -101,11 +104,20 @@ def run_classify(args: argparse.Namespace) -> int:
             outcomes = await classify_files(
                 client, paths, budget=args.budget, explain=args.explain, concurrency=args.concurrency,
                 progress=not args.no_progress and len(paths) > 1, sampling=args.sampling, decode=args.decode,
+                fields=timeline_fields(args),
             )
         write_outcomes(outcomes, args.json, sys.stdout)
         return 0 if all(o.answer is not None for o in outcomes) else 1
 
     return asyncio.run(run())
+
+
+def timeline_fields(args: argparse.Namespace) -> dict[str, str]:
+    """The form fields of ``--segment-s`` / ``--stride-s`` (none without them)."""
+    fields = {} if args.segment_s is None else {"segment_s": repr(args.segment_s)}
+    if args.stride_s is not None:
+        fields["stride_s"] = repr(args.stride_s)
+    return fields
 
 
 class DrainingServer(uvicorn.Server):

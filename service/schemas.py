@@ -109,6 +109,59 @@ class ClassifyResponse(BaseModel):
     )
 
 
+class Segment(BaseModel):
+    index: int = Field(description="the segment's index: it covers [index * stride_s, index * stride_s + segment_s)")
+    start_s: float = Field(description="start, in seconds from the first frame's presentation time")
+    end_s: float = Field(description="end, in seconds (the last segment may be shorter)")
+    label: str = Field(description="predicted class name")
+    class_id: int = Field(description="predicted class index")
+    confidence: float = Field(description="softmax probability of the predicted class")
+    top_k: list[TopK] = Field(description="the most probable classes, best first (up to 5)")
+    exit_step: int = Field(description="exit index 0..K at which the segment stopped (0 = after the glance)")
+    exit_reason: ExitReason = Field(description="as for a whole video: `confident`, `max_cubes` or `deadline`")
+    gmacs: float = Field(description="compute spent on this segment, in GMACs")
+    cubes: list[Cube] | None = Field(default=None, description="the cubes the policy chose (with `explain`)")
+
+
+class Gap(BaseModel):
+    start_s: float = Field(description="start of a stretch without frames, in seconds")
+    end_s: float = Field(description="its end")
+
+
+class TimelineResponse(BaseModel):
+    request_id: str = Field(description="the request's ID (the client's `X-Request-ID`, or one made up)")
+    label: str = Field(description="the video's label: the class of the highest mean probability over its segments")
+    class_id: int = Field(description="its class index")
+    confidence: float = Field(description="its mean probability over the segments")
+    top_k: list[TopK] = Field(description="the classes of the highest mean probabilities over the segments")
+    segments: list[Segment] = Field(description="one per segment answered, in time order")
+    segment_s: float = Field(description="segment length asked for, in seconds")
+    stride_s: float = Field(description="seconds between segment starts (`segment_s` unless `stride_s` was given)")
+    duration_s: float = Field(description="the video's duration by its frames' presentation times")
+    segments_planned: int = Field(description="segments the video is cut into (gaps and an early end included)")
+    gaps: list[Gap] = Field(description="stretches without frames; a segment mostly inside one has no answer")
+    skipped: list[int] = Field(description="indices of the segments not answered because they fall in gaps")
+    ended_at_s: float | None = Field(
+        default=None, description="set when the video ended before its planned end (a truncated or broken stream, "
+        "or the request's deadline): the segments after this time are missing"
+    )
+    end_reason: str | None = Field(default=None, description="why it ended early (with `ended_at_s`)")
+    gmacs: float = Field(description="compute spent on every segment, in GMACs")
+    gmacs_all_k: float = Field(description="what the segments would have cost with every cube (no early exit)")
+    budget: str = Field(description="budget level the segments ran under")
+    budget_version: int = Field(description="version of the threshold set of the first segment answered")
+    sampling: str = Field(description="the decoder's sampling (`exact` or `fast`)")
+    decode_method: str = Field(description="how the one decode pass crossed the video: `seek` or `scan`")
+    frames_decoded: int = Field(description="frames the decoder decoded for the whole timeline")
+    first_segment_s: float | None = Field(
+        default=None, description="seconds from the start of the request to the first segment answered"
+    )
+    replica: str | None = Field(default=None, description="the server (fleet replica) that answered; also `X-Replica`")
+    timings: Timings = Field(
+        description="`decode`: the one decode pass; `queue`, `compute`: summed over the segments; `total`: the request"
+    )
+
+
 class BudgetLevelBody(BaseModel):
     name: str = Field(description="level name")
     thresholds: list[float] = Field(description="exit thresholds eta_0..eta_K")

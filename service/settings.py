@@ -74,6 +74,19 @@ class Settings(BaseSettings):
         description="a request near its deadline that had its glance is answered with its prediction so far (200, "
         "exit_reason deadline) instead of 504",
     )
+    group_max_active: int = Field(
+        default=ENGINE.group_max_active, ge=1, description="fairness: active engine slots one request group (the "
+        "segments of one long video) may hold; waiting groups and single clips are admitted round robin"
+    )
+    max_segments: int = Field(default=600, ge=1, description="segments one /classify timeline may have; beyond it 422")
+    min_segment_s: float = Field(default=0.5, gt=0, description="shortest `segment_s` a timeline may ask for")
+    timeline_timeout_s: float = Field(
+        default=300.0, gt=0, description="deadline of a timeline request (`segment_s`), instead of "
+        "ADAFOCUS_REQUEST_TIMEOUT_S; `deadline_ms` may shorten it"
+    )
+    timeline_decode_s: float = Field(
+        default=240.0, gt=0, description="wall-time limit of a timeline's one decode pass (the worker is killed)"
+    )
     budget_mode: Literal["manual", "auto"] = Field(
         default="manual", description="`auto`: the automatic budget picks the level that keeps ADAFOCUS_SLO_P99_S"
     )
@@ -266,6 +279,7 @@ class Settings(BaseSettings):
             min_glance_batch=None if self.min_glance_batch == "auto" else self.min_glance_batch,
             max_glance_wait_steps=self.max_glance_wait_steps,
             deadline_answers=self.deadline_answers,
+            group_max_active=self.group_max_active,
         )
 
     def startup_budget(self) -> BudgetUpdate:

@@ -26,13 +26,14 @@ from model.video import Source
 from service.classify.explain import frame_images, steps_from_progress
 from service.classify.progress import RequestProgress, wants_stream
 from service.classify.result_cache import ResultCache, ResultKey, cached_answer
+from service.classify.timeline import Timeline, TimelineRequest, timeline_deadline, timeline_form, wants_timeline
 from service.classify.upload import BadUpload, Upload, parse_bool, parse_choice, read_upload
 from service.decode.pool import Decoded, DecodeJob
 from service.engine.errors import DeadlineExceeded
 from service.engine.types import EngineRequest, EngineResult, Progress
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
-from service.schemas import ClassifyResponse, Cube, DecodeInfo, Timings, TopK
+from service.schemas import ClassifyResponse, Cube, DecodeInfo, Segment, TimelineResponse, Timings, TopK
 
 T = TypeVar("T")
 
@@ -46,7 +47,8 @@ REQUEST_SAMPLINGS: tuple[RequestSampling, ...] = ("exact", "fast")
 
 # A streamed answer: the progress events as the engine makes them, then the answer; the request's error, if it
 # fails after the first event, raises from the iteration.
-ProgressStream = AsyncGenerator[Progress | ClassifyResponse, None]
+ProgressStream = AsyncGenerator[Progress | Segment | ClassifyResponse | TimelineResponse, None]
+TIMELINE_GRACE_S = 1.0  # a timeline answers at its deadline with the segments so far; the HTTP wait allows more
 
 
 class ClientGone(Exception):
@@ -81,7 +83,7 @@ class ClassifyFlow:
         self._engine_future: Future[EngineResult] | None = None  # to cancel when a streaming client leaves
         self._results: ResultCache | None = getattr(request.app.state, "results", None)  # service/app.py's
 
-    async def answer(self) -> ClassifyResponse | ProgressStream:
+    async def answer(self) -> ClassifyResponse | TimelineResponse | ProgressStream:
         """The answer, or, once the first progress event arrives before it, the stream of events that ends with
         it. An error before the first event raises here (the route answers it as ordinary JSON); shutdown's
         ``abort_inflight`` ends the request either way (``ShutdownAborted``)."""
@@ -100,10 +102,10 @@ class ClassifyFlow:
             return work.result()  # no event yet (not streamed, or it failed first): an ordinary answer
         return self._stream(work)
 
-    async def _stream(self, work: asyncio.Future[ClassifyResponse]) -> ProgressStream:
+    async def _stream(self, work: asyncio.Future[ClassifyResponse | TimelineResponse]) -> ProgressStream:
         """The relayed progress events as they come, then ``work``'s answer (its error raises). Closing it early
         (the client left) cancels the work and frees the engine slot at the next step."""
-        event: asyncio.Future[Progress] | None = None  # the getter of the next event, while one is awaited
+        event: asyncio.Future[Progress | Segment] | None = None  # the getter of the next event, while one is awaited
         try:
             while self._progress.pending or not work.done():
                 event = asyncio.ensure_future(self._progress.next())
@@ -125,7 +127,7 @@ class ClassifyFlow:
             if self._engine_future is not None and self.state.engine is not None:
                 self.state.engine.cancel(self._engine_future)  # no-op once answered
 
-    async def _classify(self) -> ClassifyResponse:
+    async def _classify(self) -> ClassifyResponse | TimelineResponse:
         """Upload -> form fields -> decode (worker process) -> engine -> answer, each bounded by the deadline."""
         assert self.state.pool is not None and self.state.metrics is not None and self.state.bundle is not None
         deadline = request_deadline(self.state, self.started, self.request.headers.get("x-deadline-ms"))
@@ -134,6 +136,8 @@ class ClassifyFlow:
         try:
             with upload.spool:
                 form = self._form(upload.fields, deadline)
+                if wants_timeline(upload.fields):  # ``segment_s``: service/classify/timeline.py
+                    return await self._timeline(upload, form, disconnect)
                 key = self._cache_key(form, upload.spool.content_sha256)
                 hit = None if key is None or self._results is None else self._results.get(key)
                 if hit is not None:
@@ -160,6 +164,15 @@ class ClassifyFlow:
             content_sha256, self.state.bundle.sha256, form.budget, self.state.engine.budget.current().version,
             form.sampling or self.state.settings.decode_sampling, form.explain, form.frames,
         )
+
+    async def _timeline(self, upload: Upload, form: ClassifyForm, disconnect: asyncio.Future[None]) -> TimelineResponse:
+        """The video as a timeline of segments; the client leaving cancels it (its decode and engine requests)."""
+        fields, relay = upload.fields, self._progress.relay if form.stream else None
+        deadline = timeline_deadline(self.state, self.started, fields)
+        request = TimelineRequest(form.budget, deadline, timeline_form(self.state, fields), self.started, relay,
+                                  form.explain)
+        work = asyncio.ensure_future(Timeline(self.state, request).run(upload.spool.source()))
+        return await within_deadline(self.state, work, disconnect, deadline + TIMELINE_GRACE_S)
 
     async def _read_upload(self, deadline: float) -> Upload:
         """The multipart body, streamed into its spool; a slow upload counts against the deadline too."""

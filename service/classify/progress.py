@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import Callable
 
 from service.engine.types import Progress
+from service.schemas import Segment
 
 STREAM_MEDIA_TYPE = "text/event-stream"
 
@@ -25,7 +26,7 @@ class RequestProgress:
         self.kept: list[Progress] = []  # for ``explain``: read once the engine answered
         self.arrived = asyncio.Event()  # the first relayed event arrived: the answer is a stream from now on
         self._loop = loop
-        self._queue: asyncio.Queue[Progress] = asyncio.Queue()
+        self._queue: asyncio.Queue[Progress | Segment] = asyncio.Queue()  # a timeline relays its segments
 
     def listener(self, keep: bool, relay: bool) -> Callable[[Progress], None] | None:
         """The ``on_progress`` callback that keeps events (``explain``) and relays them (a stream); None for
@@ -41,7 +42,11 @@ class RequestProgress:
 
         return on_progress
 
-    def _put(self, event: Progress) -> None:
+    def relay(self, event: Segment) -> None:
+        """Relay a timeline's finished segment (on the event loop)."""
+        self._put(event)
+
+    def _put(self, event: Progress | Segment) -> None:
         self._queue.put_nowait(event)
         self.arrived.set()
 
@@ -50,6 +55,6 @@ class RequestProgress:
         """A relayed event waits to be read."""
         return not self._queue.empty()
 
-    async def next(self) -> Progress:
+    async def next(self) -> Progress | Segment:
         """The next relayed event (waits for it)."""
         return await self._queue.get()

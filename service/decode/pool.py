@@ -30,12 +30,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import numpy as np
 
 from model.video import Clip, DecodeError, DecodeLimits, Sampling, Source, encode_video, sample_clip
 from service.decode.shared_memory import SHM_BACKOFF_S, FrameBlock, attach, reply, sweep_orphans, upload_in
+from service.decode.timeline import TimelineDone, TimelineJob, TimelineSink, receive_timeline, serve_timeline
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class DecodeJob:
     num_frames: int
     size: int
     sampling: Literal["exact", "fast"] | None = None  # None: the pool's (``DecodeLimits.sampling``)
+    timeline: TimelineJob | None = None  # set: a timeline of segment clips (``submit_timeline``)
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,9 @@ def _decode_one(
     started = time.monotonic()
     try:
         source = upload_in(shared, _clip_nbytes(job), upload) if shared is not None and upload else job.source
+        if job.timeline is not None:
+            serve_timeline(conn, job, job.timeline, limits, source, shared)
+            return
         if job.sampling is not None and job.sampling != limits.sampling:
             limits = dataclasses.replace(limits, sampling=job.sampling)
         clip = job_fn(source, job.num_frames, job.size, limits)
@@ -226,7 +231,9 @@ class DecodePool:
         self.on_restart = on_restart or (lambda reason: None)
         ctx = mp.get_context(start_method)
         self._workers = [_Worker(ctx, job_fn, limits, FrameBlock(clock, shm_backoff_s)) for _ in range(workers)]
-        self._jobs: queue.Queue[tuple[DecodeJob, concurrent.futures.Future[Decoded]] | None] = queue.Queue()
+        self._jobs: queue.Queue[tuple[DecodeJob, concurrent.futures.Future[Any], TimelineSink | None] | None] = (
+            queue.Queue()
+        )
         self._threads: list[threading.Thread] = []
         self._pending = 0
         self._lock = threading.Lock()
@@ -247,7 +254,16 @@ class DecodePool:
 
     def submit(self, job: DecodeJob) -> concurrent.futures.Future[Decoded]:
         """Queue a decode; raises ``DecodeBusy`` when ``max_pending`` jobs already wait or run."""
-        future: concurrent.futures.Future[Decoded] = concurrent.futures.Future()
+        return self._submit(job, None)
+
+    def submit_timeline(self, job: DecodeJob, sink: TimelineSink) -> concurrent.futures.Future[TimelineDone]:
+        """Queue a timeline decode (``job.timeline`` set): its segments go to ``sink`` as they are decoded
+        (``service.decode.timeline``); the future's result is the pass's summary."""
+        assert job.timeline is not None
+        return self._submit(job, sink)
+
+    def _submit(self, job: DecodeJob, sink: TimelineSink | None) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
             if self._closed:
                 raise DecodeBusy("the decoder pool is shut down")
@@ -255,10 +271,10 @@ class DecodePool:
                 raise DecodeBusy(f"{self._pending} uploads are waiting for a decoder; retry later")
             self._pending += 1
         future.add_done_callback(self._done)
-        self._jobs.put((job, future))
+        self._jobs.put((job, future, sink))
         return future
 
-    def _done(self, _: concurrent.futures.Future[Decoded]) -> None:
+    def _done(self, _: concurrent.futures.Future[Any]) -> None:
         with self._lock:
             self._pending -= 1
 
@@ -292,11 +308,11 @@ class DecodePool:
             item = self._jobs.get()
             if item is None:
                 return
-            job, future = item
+            job, future, sink = item
             if not future.set_running_or_notify_cancel():
                 continue  # cancelled while waiting
             try:
-                future.set_result(self._run(worker, job))
+                future.set_result(self._run(worker, job) if sink is None else receive_timeline(self, worker, job, sink))
             except BaseException as exc:
                 future.set_exception(exc)
             if worker.broken is not None:  # the job is answered first; only then is its crashed worker replaced
@@ -336,10 +352,16 @@ class DecodePool:
                 raise DecodeError("decode_timeout", f"decoding took longer than {self.limits.max_decode_s:.1f} s")
             return tuple(worker.conn.recv())
         except (EOFError, OSError):
-            status = worker.exit_status()
-            log.warning("decoder worker %s died (%s) decoding an upload; replacing it", worker.pid, status)
-            worker.broken = "crashed"
-            raise DecoderCrashed(f"the video decoder crashed on this file ({status})") from None
+            self._died(worker)
+            raise
+
+    @staticmethod
+    def _died(worker: _Worker) -> NoReturn:
+        """The worker's pipe broke under a job: it crashed on the file (it is replaced once the job is answered)."""
+        status = worker.exit_status()
+        log.warning("decoder worker %s died (%s) decoding an upload; replacing it", worker.pid, status)
+        worker.broken = "crashed"
+        raise DecoderCrashed(f"the video decoder crashed on this file ({status})") from None
 
     @staticmethod
     def _deliver(worker: _Worker, job: DecodeJob, max_upload: int, shared: bool) -> bool:

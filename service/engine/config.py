@@ -44,13 +44,16 @@ class EngineConfig:
     # a request whose deadline comes within about one step and that had its glance leaves with its prediction so
     # far (exit reason "deadline") instead of failing with DeadlineExceeded; False: it fails at its deadline
     deadline_answers: bool = True
+    # fairness (service.engine.fairness): one request group (the segments of one long video) holds at most this many
+    # active slots, and the waiting groups are admitted round robin
+    group_max_active: int = 16
 
     def __post_init__(self) -> None:
         if self.mode not in ENGINE_MODES:
             raise ValueError(f"unknown engine mode {self.mode!r}; choose one of {ENGINE_MODES}")
         if self.admission not in ADMISSION_RULES:
             raise ValueError(f"unknown admission rule {self.admission!r}; choose one of {ADMISSION_RULES}")
-        for name in ("max_batch", "max_active", "max_queue", "max_glance_wait_steps"):
+        for name in ("max_batch", "max_active", "max_queue", "max_glance_wait_steps", "group_max_active"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_glance_batch is not None and self.min_glance_batch < 1:

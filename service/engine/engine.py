@@ -211,7 +211,7 @@ class Engine:
             rid = next(self._ids)
             try:
                 self.pilot.on_arrival(now, self._scheduler.num_waiting)
-                self._scheduler.add(rid, request.deadline)
+                self._scheduler.add(rid, request.deadline, request.group)
             except QueueFull:
                 self.observer.on_reject("queue_full")
                 raise

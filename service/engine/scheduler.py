@@ -32,6 +32,7 @@ from service.engine.admission import ARRIVAL_WEIGHT, Admission, ExitHazards, adm
 from service.engine.batch_costs import StepCosts, knee_batch
 from service.engine.config import EngineConfig
 from service.engine.errors import QueueFull
+from service.engine.fairness import active_per_group, check, pick
 
 
 class RequestStatus(enum.IntEnum):
@@ -61,6 +62,7 @@ class SchedRequest:
     exit_index: int = -1  # last exit evaluated: -1 before the glance, then 0..K
     cubes_run: int = 0  # cubes computed through f_L (skipped cubes advance exit_index only)
     last_step: int = -1  # last step that scheduled it, for round-robin when more are active than fit a batch
+    group: str | None = None  # requests of one group (a long video's segments) share its fairness cap
 
 
 @dataclass(frozen=True)
@@ -128,13 +130,15 @@ class Scheduler:
         return self.requests[request_id].exit_index
 
     # ------------------------------------------------------------------------------------------ transitions
-    def add(self, request_id: int, deadline: float | None = None) -> None:
-        """Queue a request; raises QueueFull when ``max_queue`` are already waiting."""
+    def add(self, request_id: int, deadline: float | None = None, group: str | None = None) -> None:
+        """Queue a request (of ``group``, if any); raises QueueFull when ``max_queue`` are already waiting."""
         if request_id in self.requests:
             raise ValueError(f"request {request_id} is already scheduled")
         if len(self.waiting) >= self.config.max_queue:
             raise QueueFull(f"admission queue is full ({self.config.max_queue} waiting)")
-        self.requests[request_id] = SchedRequest(request_id, self._arrivals, deadline, queued_step=self.step)
+        self.requests[request_id] = SchedRequest(
+            request_id, self._arrivals, deadline, queued_step=self.step, group=group
+        )
         self._arrivals += 1
         self._added += 1
         self.waiting.append(request_id)
@@ -154,7 +158,7 @@ class Scheduler:
         ready = sorted(self.running.values(), key=lambda r: (r.last_step, r.arrival))
         assert all(r.exit_index >= 0 for r in ready), "an active request has no glance"
         focus = tuple(r.request_id for r in ready[:cap])
-        glance = tuple(self.waiting.popleft() for _ in range(self._admissible(costs)))
+        glance = self._pick(self._admissible(costs))
         for rid in glance:
             req = self.requests[rid]
             req.status = RequestStatus.RUNNING
@@ -269,6 +273,22 @@ class Scheduler:
             return admissible if self._admission_pays(costs, admissible) else 0
         return admissible
 
+    def _pick(self, n: int) -> tuple[int, ...]:
+        """Which ``n`` (at most) waiting requests to admit: ``service.engine.fairness`` (FIFO without groups)."""
+        if n <= 0:
+            return ()
+        if all(self.requests[rid].group is None for rid in self.waiting) and not self._grouped_running():
+            return tuple(self.waiting.popleft() for _ in range(n))  # no groups: the plain queue order
+        running = active_per_group((r.request_id, r.group) for r in self.running.values())
+        waiting = [(rid, self.requests[rid].group) for rid in self.waiting]
+        chosen = pick(waiting, running, n, self.config.group_max_active)
+        for rid in chosen:
+            self.waiting.remove(rid)
+        return tuple(chosen)
+
+    def _grouped_running(self) -> bool:
+        return any(r.group is not None for r in self.running.values())
+
     def _admission_pays(self, costs: StepCosts, n: int) -> bool:
         """The cost rule for admitting ``n`` now (``service.engine.admission``); recorded in ``last_admission``."""
         in_flight = [r.cubes_run for r in self.running.values()]
@@ -296,6 +316,7 @@ class Scheduler:
         assert waiting | self.running.keys() == self.requests.keys(), "a request is in neither or an unknown set"
         for rid in waiting:
             assert self.requests[rid].status == RequestStatus.WAITING
+        check(active_per_group((r.request_id, r.group) for r in self.running.values()), self.config.group_max_active)
         for req in self.running.values():
             assert req.status == RequestStatus.RUNNING, f"{req} in the running set"
             assert -1 <= req.exit_index < self.num_cubes, f"{req} should have finished"

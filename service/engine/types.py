@@ -32,6 +32,9 @@ class EngineRequest:
     # predictions); must be cheap and thread-safe; whatever it raises is logged and ignored
     on_progress: Callable[[Progress], None] | None = None
     client_id: str = "-"  # the client-facing X-Request-ID (log lines); "-" outside HTTP
+    # requests of one group (the segments of one long video) share a cap on active slots and take turns with the
+    # other requests waiting (service.engine.fairness); None: a group of its own
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ class EngineResult:
     # eta_0 .. eta_K the request ran under, bound at its glance (a swap meanwhile does not change them); () only
     # in results built by hand
     thresholds: tuple[float, ...] = ()
-    probabilities: tuple[float, ...] = ()  # softmax over every class at the exit (the OIP answer's tensor)
+    probabilities: tuple[float, ...] = ()  # the softmax over every class at the exit (() only in results built by hand)
 
 
 @dataclass(frozen=True)

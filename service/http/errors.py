@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from model.budgets import BudgetError
 from model.video import DecodeError
+from model.video_segments import SegmentError
 from service.budget.store import BudgetFileReadOnly
 from service.classify.flow import ClientGone, ServiceDraining
 from service.classify.tensor_errors import TENSOR_STATUS, TensorError
@@ -69,6 +70,11 @@ ERRORS: dict[type[Exception], ErrorRule] = {
         description="an Open Inference Protocol body or tensor that cannot be used (`invalid_inference_request`, "
         "`tensor_datatype`, `tensor_shape`, `tensor_shape_mismatch`, `tensor_too_large`, `too_few_frames`, "
         "`too_many_clips`, `invalid_parameter`)",
+    ),
+    SegmentError: ErrorRule(
+        422, None, INVALID_INPUT, description="a timeline's `segment_s` or `stride_s` that is not a positive number "
+        "(`bad_segment`), below `ADAFOCUS_MIN_SEGMENT_S` (`segment_too_short`), longer than the video "
+        "(`segment_too_long`), or giving more segments than `ADAFOCUS_MAX_SEGMENTS` (`too_many_segments`)",
     ),
     IncompleteUpload: ErrorRule(
         400, "incomplete_upload", INVALID_INPUT, description="the upload ended before its multipart closing boundary "

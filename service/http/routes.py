@@ -23,6 +23,7 @@ from service.schemas import (
     ClassifyResponse,
     Health,
     Readiness,
+    TimelineResponse,
 )
 
 log = logging.getLogger(__name__)
@@ -136,12 +137,14 @@ GrantDep = Annotated[Grant | None, Depends(require_api_key)]
 
 @router.post(
     "/classify",
-    response_model=ClassifyResponse,
+    response_model=ClassifyResponse | TimelineResponse,
     response_model_exclude_none=True,
     responses=error_responses(400, 401, 403, 413, 415, 422, 429, 503, 504),
     openapi_extra={"requestBody": CLASSIFY_BODY},
 )
-async def classify(request: Request, state: StateDep, grant: GrantDep) -> ClassifyResponse | Response:
+async def classify(
+    request: Request, state: StateDep, grant: GrantDep
+) -> ClassifyResponse | TimelineResponse | Response:
     """Classify one uploaded video (multipart field `video`); with `Accept: text/event-stream` or `stream=true`,
     stream the prediction after the glance and after each cube, then the answer (Server-Sent Events)."""
     started = state.clock()
@@ -160,7 +163,7 @@ async def classify(request: Request, state: StateDep, grant: GrantDep) -> Classi
 
     try:
         answer = await flow.answer()
-        if not isinstance(answer, ClassifyResponse):
+        if not isinstance(answer, ClassifyResponse | TimelineResponse):
             streaming = True  # a stream records its outcome when it ends
             return sse.respond(state, answer, ended)
         status = 200

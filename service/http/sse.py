@@ -19,7 +19,7 @@ from service.classify.progress import STREAM_MEDIA_TYPE
 from service.engine.types import Progress
 from service.http.errors import to_api_error
 from service.lifecycle import ServiceState
-from service.schemas import ClassifyResponse
+from service.schemas import ClassifyResponse, Segment, TimelineResponse
 
 
 def respond(state: ServiceState, events: ProgressStream, on_end: Callable[[int], None]) -> StreamingResponse:
@@ -38,9 +38,11 @@ async def _encode(state: ServiceState, events: ProgressStream, on_end: Callable[
     status = 499  # the client left before the end
     try:
         async for event in events:
-            if isinstance(event, ClassifyResponse):
+            if isinstance(event, ClassifyResponse | TimelineResponse):
                 status = 200
                 yield sse("result", event.model_dump(exclude_none=True))
+            elif isinstance(event, Segment):  # a timeline's segment, as soon as it finished (any order)
+                yield sse("segment", event.model_dump(exclude_none=True))
             else:
                 yield sse("progress", progress_body(event, labels))
     except Exception as exc:  # the request failed after its first event

@@ -133,14 +133,26 @@ async function classify(event) {
   const form = new FormData();
   form.append("video", state.file, state.file.name);
   if ($("budget").value) form.append("budget", $("budget").value);
-  form.append("explain", "true");
-  form.append("frames", "true");
+  const segment = $("segment").value.trim();
+  if (segment) {
+    form.append("segment_s", segment); // a timeline (timeline.js draws it)
+  } else {
+    form.append("explain", "true");
+    form.append("frames", "true");
+  }
   $("submit").disabled = true;
   $("submit").textContent = "Classifying…";
   $("error").classList.add("hidden");
   try {
     const answer = await api("/classify", { method: "POST", body: form, headers: apiKeyHeaders() });
-    await render(answer);
+    if (answer.segments) {
+      $("result").classList.add("hidden");
+      renderTimeline(answer, state.model);
+      document.body.dataset.state = "answered";
+    } else {
+      $("timeline").classList.add("hidden");
+      await render(answer);
+    }
   } catch (error) {
     $("result").classList.add("hidden");
     $("error").textContent = error.message;

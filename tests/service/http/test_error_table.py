@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import get_args
 
 from model.video import DecodeCode, DecodeError
+from model.video_segments import SegmentCode, SegmentError
 from service.classify.tensor_errors import TensorCode, TensorError
 from service.http.errors import ERRORS, INTERNAL, ROUTING_CODES
 
@@ -27,7 +28,9 @@ def readme_answers() -> set[tuple[int, str]]:
 
 def code_answers() -> set[tuple[int, str]]:
     """(status, code) of every rule of the table in code, of the routing errors and of request validation."""
-    own_codes = {DecodeError: get_args(DecodeCode), TensorError: get_args(TensorCode)}  # rules without a code
+    own_codes = {  # rules without a code: the exception's own
+        DecodeError: get_args(DecodeCode), TensorError: get_args(TensorCode), SegmentError: get_args(SegmentCode),
+    }
     assert [kind for kind, rule in ERRORS.items() if rule.code is None] == list(own_codes)
     answers = {(INTERNAL.status, str(INTERNAL.code)), (422, "invalid_request"), *ROUTING_CODES.items()}
     for kind, rule in ERRORS.items():

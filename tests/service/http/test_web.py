@@ -91,6 +91,51 @@ def test_the_page_shows_an_error_body(server: Server, tmp_path: Path) -> None:
     assert [e for e in errors if "415" not in e] == []  # the browser logs the failed request itself
 
 
+def test_the_page_draws_a_long_videos_timeline(server: Server, tmp_path: Path) -> None:
+    executable = chromium_path()
+    video = encode_video(tmp_path / "long.mp4", ramp(80, 48, 64, seed=6), "libx264", fps=8)  # 10 s
+    # the tiny bundle's `mid` level exits after one cube: every segment's exit step is 1
+    expected = httpx.post(
+        f"{server.url}/classify", files={"video": video.open("rb")}, data={"budget": "mid", "segment_s": "2"},
+        timeout=60,
+    ).json()
+    errors: list[str] = []
+    with browser(executable) as chromium:
+        page = offline_page(chromium, server.url, errors)
+        page.goto(f"{server.url}/")
+        page.wait_for_selector("body[data-state=loaded]")
+        page.set_input_files("#file", str(video))
+        page.select_option("#budget", "mid")
+        page.fill("#segment", "2")
+        page.click("#submit")
+        page.wait_for_selector("body[data-state=answered]", timeout=ANSWER_TIMEOUT_MS)
+        page.screenshot(path=str(tmp_path / "web-timeline.png"), full_page=True)
+        assert page.locator("#result.hidden").count() == 1 and page.locator("#timeline:not(.hidden)").count() == 1
+        assert page.inner_text("#timeline-label") == expected["label"]
+        drawn = page.evaluate(
+            """() => [...document.querySelectorAll("#strip .seg")].map((node) => {
+                 const box = node.getBoundingClientRect(), strip = node.parentNode.getBoundingClientRect();
+                 return {index: Number(node.dataset.index), classId: Number(node.dataset.classId),
+                         exit: Number(node.dataset.exit), colour: getComputedStyle(node).backgroundColor,
+                         expected: window.CLASS_COLORS[Number(node.dataset.classId) % window.CLASS_COLORS.length],
+                         left: (box.left - strip.left) / strip.width, width: box.width / strip.width};
+               })"""
+        )
+        segments = expected["segments"]
+        assert [(d["index"], d["classId"], d["exit"]) for d in drawn] == [
+            (s["index"], s["class_id"], s["exit_step"]) for s in segments
+        ]
+        assert {d["exit"] for d in drawn} == {1}
+        for d, s in zip(drawn, segments, strict=True):  # a strip over time, each in its class's colour
+            red, green, blue = (int(d["expected"][i : i + 2], 16) for i in (1, 3, 5))
+            assert d["colour"] == f"rgb({red}, {green}, {blue})"
+            assert d["left"] == pytest.approx(s["start_s"] / 10.0, abs=0.01)
+            assert d["width"] == pytest.approx((s["end_s"] - s["start_s"]) / 10.0, abs=0.01)
+        labels = {s["label"] for s in segments}
+        assert sorted(page.locator("#legend li").all_inner_texts()) == sorted(labels)
+    assert errors == []
+
+
 API_KEY = "web-page-key-0123456789abcdef"
 
 
