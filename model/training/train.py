@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 from model.adafocus import AdaFocusV3
 from model.data.datasets import batch_plan, build_dataset, iterate
+from model.pretrained import load_backbone_weights
 from model.training.config import TrainConfig
 from model.training.objectives import PAPER_STAGES, STAGE_MODULES, STEP_FNS
 
@@ -106,13 +107,18 @@ def train(
     """Run every stage (continuing a checkpoint in ``run_dir`` if ``resume``); returns the trained model.
 
     ``init_from`` (a run directory's ``checkpoint.safetensors`` or a bundle's ``weights.safetensors``) gives the
-    starting weights of a fresh run, e.g. ablations that all start from one pretrained checkpoint."""
+    starting weights of a fresh run, e.g. ablations that all start from one pretrained checkpoint;
+    ``cfg.backbone_weights`` (torchvision-format state dicts) the encoders' starting weights."""
+    if init_from is not None and cfg.backbone_weights:
+        raise ValueError("give either starting weights (init_from) or backbone weights, not both")
     torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
     model = AdaFocusV3(cfg.model)
     state, opt_state = load_checkpoint(run_dir, model) if resume else (TrainState(), None)
     if init_from is not None and opt_state is None:
         model.load_state_dict(load_file(str(init_from)))
+    if cfg.backbone_weights and opt_state is None:
+        load_backbone_weights(model, cfg.backbone_weights)
     model.to(device).train()
     data = build_dataset(cfg.data, cfg.model.num_frames, cfg.model.frame_size, cfg.model.labels or None)
     length = len(data)  # type: ignore[arg-type]

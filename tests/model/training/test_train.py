@@ -1,3 +1,4 @@
+import math
 import re
 from pathlib import Path
 
@@ -168,3 +169,18 @@ def test_training_section_names_the_benchmark_module_that_exists(source: str) ->
     text = training_section(cfg, TrainState(1, 0), "adafocus train ...", "exit 0: 1.0 MMACs")
     assert re.findall(r"`([\w/]+\.py)`", text) == [f"model/data/{source}.py"]
     assert (ROOT / "model" / "data" / f"{source}.py").is_file()
+
+
+def test_the_placement_term_is_the_heatmaps_log_mass_off_the_products_cells() -> None:
+    from model.training.objectives import placement_loss
+
+    model = AdaFocusV3(get_config("tiny"))  # 4 frames of 32 px; heatmaps of (4, 8, 8) cells here
+    boxes = torch.tensor([[[0, 0, 8, 1], [12, 20, 8, 1], [0, 0, 8, 0], [0, 0, 8, 0]]])  # visible on 2 frames
+    uniform = torch.zeros(1, 3, 4, 8, 8)
+    assert placement_loss(model, uniform, boxes).item() == pytest.approx(math.log(4 * 64 / 2))
+    peaked = uniform.clone()
+    peaked[0, :, 1, 24 * 8 // 32, 16 * 8 // 32] = 50.0  # the product's centre (16, 24) on frame 1
+    assert placement_loss(model, peaked, boxes).item() == pytest.approx(0.0, abs=1e-6)
+    hidden = boxes.clone()
+    hidden[..., 3] = 0
+    assert placement_loss(model, uniform, hidden).item() == 0.0
