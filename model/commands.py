@@ -52,7 +52,10 @@ def register(sub: Any) -> None:
     train.add_argument(
         "--stages",
         default=None,
-        help=f"comma list of stage:steps (stages: pretrain_local, policy, deep_feature, pixel, random, policy_only); "
+        help="comma list of stage:steps (stages: pretrain_glance and pretrain_local_still on stills of the fashion "
+        "benchmark, pretrain_local on box-centred cubes of clips, pretrain_glance_clip, placement (f_G + policy on the "
+        "hit-rate term alone), policy, deep_feature, pixel, "
+        f"random, policy_only); "
         f"default {GENERATED_STAGES} on a generated benchmark, {FOLDER_STAGES} on class folders (no target "
         "locations there)",
     )
@@ -100,6 +103,11 @@ def register(sub: Any) -> None:
     cal.add_argument("--test-count", type=int, default=1024)
     cal.add_argument("--calib-data", default=None, help="class-folder calibration set (real data)")
     cal.add_argument("--test-data", default=None, help="class-folder test set (real data)")
+    cal.add_argument(
+        "--served-count", type=int, default=256,
+        help="fashion: the first N test clips also written as MP4 and decoded as the server does (card's served-path "
+        "table); 0: skip",
+    )
     cal.add_argument("--criterion", default="entropy", choices=("entropy", "max_prob"))
     cal.add_argument("--default-level", default="balanced")
     cal.add_argument(

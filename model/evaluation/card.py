@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt
 
 from model.config import AdaFocusConfig
 from model.evaluation.report import targets_summary
+from model.evaluation.served import served_section
 
 DATA_TEXT = {
     "fashion": (
@@ -163,6 +164,7 @@ accuracy ({_pct(t["k_cube_accuracy"])}%).
 {t["learned_vs_random_1_cube_points"]:+.1f} points.
 - Entropy exits reach 99% of the K-cube accuracy at {at99_text}.
 
+{served_section(report["served"]) if report.get("served") else ""}
 ![Figure 6: test accuracy vs MMACs/video]({plot_name})
 """
 

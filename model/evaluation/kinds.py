@@ -9,7 +9,8 @@ encoders and classifier. Per kind (``clear``, ``small``, ``degraded``), the repo
 - exit accuracy (glance, 1 cube, K cubes) at the policy's and at the oracle's centres;
 - placement: cube-1 hit rate, any-of-K hit rate, mean IoU of cube 1 with the product's box, and the share of
   missing cubes that sit on a distractor;
-- the local encoder: ``local_aux`` accuracy on cubes that hit, on cubes that miss, and on box-centred cubes.
+- the local encoder: ``local_aux`` accuracy on cubes that hit, on cubes that miss, on cubes that sit on a
+  distractor and on a cube centred on the product in its first visible frame; the glance encoder: ``global_aux``.
 
 A kind whose oracle accuracy is far above its policy accuracy fails on placement; one whose box-centred local
 accuracy is low fails on the encoder.
@@ -81,12 +82,12 @@ def _staged(
 def record_kinds(
     model: AdaFocusV3, dataset: Dataset[Sample], batch_size: int = 64, workers: int = 0
 ) -> dict[str, np.ndarray]:
-    """Per clip: labels, targets, policy and oracle exit predictions, cube starts and f_L's predictions at the
-    policy's cubes and at one box-centred cube (on the first cube's frame)."""
+    """Per clip: labels, targets, policy and oracle exit predictions, cube starts, f_L's predictions at the
+    policy's cubes and at one cube centred on the product in its first visible frame, and f_G's own prediction
+    (its auxiliary head ``global_aux``)."""
     model.eval()
-    out: dict[str, list[np.ndarray]] = {
-        k: [] for k in ("labels", "targets", "pred", "oracle", "starts", "local", "centred")
-    }
+    keys = ("labels", "targets", "pred", "oracle", "starts", "local", "centred", "glance_aux")
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     with torch.inference_mode():
         for frames, y, boxes in eval_batches(dataset, batch_size, workers):
             glance = model.glance(model.glance_input(frames))
@@ -96,10 +97,14 @@ def record_kinds(
             oracle_c = torch.stack(
                 [box_centres(model, boxes, starts[:, k, 2], centres[:, k]) for k in range(centres.shape[1])], dim=1
             )  # (B, K, 3)
-            oracle_logits, oracle_local = _staged(model, frames, oracle_c, glance)
-            for key, value in (("labels", y), ("targets", boxes), ("pred", logits.argmax(-1)), ("starts", starts),
-                               ("oracle", oracle_logits.argmax(-1)), ("local", local),
-                               ("centred", oracle_local[:, 0])):  # fmt: skip
+            oracle_logits, _ = _staged(model, frames, oracle_c, glance)
+            first_visible = (boxes[..., 3] > 0).long().argmax(dim=1)  # (B,)
+            centred = box_centres(model, boxes, first_visible, centres[:, 0])  # (B, 3)
+            cube = model.normalize(model.crop_cubes(frames, centred))  # (B, 3, t, h, w)
+            centred_pred = model.local_aux(model.encode_frames(model.local_encoder, cube).mean(dim=(2, 3, 4)))
+            values = (y, boxes, logits.argmax(-1), oracle_logits.argmax(-1), starts, local,
+                      centred_pred.argmax(-1), model.global_aux(glance.global_feats).argmax(-1))  # fmt: skip
+            for key, value in zip(keys, values, strict=True):
                 out[key].append(value.numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -149,6 +154,7 @@ def kind_report(
             if distractors is not None
             else None,
             "local_acc_box_centred": _mean(rec["centred"][m] == y[m]),
+            "glance_aux_acc": _mean(rec["glance_aux"][m] == y[m]),
         }
     return report
 
@@ -172,6 +178,7 @@ KIND_COLUMNS = (
     ("f_L on misses", ("local_acc_on_misses", None)),
     ("f_L on distractors", ("local_acc_on_distractors", None)),
     ("f_L box-centred", ("local_acc_box_centred", None)),
+    ("f_G head", ("glance_aux_acc", None)),
 )
 
 

@@ -11,8 +11,12 @@ from typing import Any, Literal
 from model.config import AdaFocusConfig
 from model.data.datasets import DataSpec
 
-STAGES = ("pretrain_local", "policy", "deep_feature", "pixel", "random", "policy_only")
-NEEDS_TARGETS = ("pretrain_local",)
+STAGES = (
+    "pretrain_glance", "pretrain_local_still", "pretrain_local", "pretrain_glance_clip", "placement",
+    "policy", "deep_feature", "pixel", "random", "policy_only",
+)  # fmt: skip
+NEEDS_TARGETS = ("pretrain_local", "placement")
+STILL_STAGES = ("pretrain_glance", "pretrain_local_still")  # trained on stills (model.data.stills): fashion only
 MODULES = ("global_encoder", "local_encoder", "policy", "classifier", "global_aux", "local_aux")
 
 
@@ -49,6 +53,8 @@ class TrainConfig:
                 raise ValueError(f"stage {name} has negative steps")
             if name in NEEDS_TARGETS and not self.data.is_generated:
                 raise ValueError(f"stage {name} needs target locations: generated benchmarks only")
+            if name in STILL_STAGES and self.data.source != "fashion":
+                raise ValueError(f"stage {name} trains on stills of the fashion benchmark: --data fashion only")
         if self.placement_weight < 0:
             raise ValueError(f"placement_weight must be >= 0, got {self.placement_weight}")
         if self.policy_reward not in ("marginal", "own"):

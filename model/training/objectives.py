@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from model.adafocus import AdaFocusV3, GlanceOutput
+from model.data.targets import cube_hits
 from model.training.config import MODULES, TrainConfig
 
 
@@ -176,6 +177,32 @@ def step_pretrain_local(
     return StepResult(F.cross_entropy(logits, y), logits.argmax(-1) == y)
 
 
+def step_pretrain_glance(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    """f_G + its auxiliary head on the whole (low-resolution) input: stills (``pretrain_glance``) or clips
+    (``pretrain_glance_clip``), which differ only in the number of frames."""
+    frames, y, _ = batch
+    maps = model.encode_frames(model.global_encoder, model.normalize(model.glance_input(frames)))  # (B, Cg, T, h, w)
+    logits = model.global_aux(model.pool_glance(maps))  # (B, classes)
+    return StepResult(F.cross_entropy(logits, y), logits.argmax(-1) == y)
+
+
+def step_placement(
+    model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
+) -> StepResult:
+    """Where to look, before what to do (curriculum): f_G and the policy on the hit-rate term alone (the policy's
+    gradient reaches f_G), plus f_G's auxiliary CE so that its features keep the class. Only the glance runs: no
+    cube, so a step costs a fraction of a policy step. Correct = cube 1 at the heatmap's centre sees the product."""
+    frames, y, targets = batch
+    glance = run_glance(model, frames, policy_trains_glance=True)
+    term = placement_loss(model, glance.policy_logits, targets)
+    loss = term + F.cross_entropy(model.global_aux(glance.global_feats), y)
+    starts = model.cube_starts(glance.centres.detach()).cpu().numpy()  # (B, K, 3)
+    hits = torch.from_numpy(cube_hits(starts, model.cube_shape, targets.cpu().numpy())[:, 0])  # (B,)
+    return StepResult(loss, hits, {"placement_nll": term.item()})
+
+
 def step_policy(
     model: AdaFocusV3, cfg: TrainConfig, batch: tuple[torch.Tensor, ...], gen: torch.Generator
 ) -> StepResult:
@@ -249,7 +276,11 @@ def step_policy_only(
 
 
 STEP_FNS = {
+    "pretrain_glance": step_pretrain_glance,
+    "pretrain_glance_clip": step_pretrain_glance,
+    "pretrain_local_still": step_pretrain_local,  # a still's box is its only frame's: the same centred crop
     "pretrain_local": step_pretrain_local,
+    "placement": step_placement,
     "policy": step_policy,
     "deep_feature": step_deep_feature,
     "pixel": step_pixel,
@@ -258,7 +289,11 @@ STEP_FNS = {
 }
 # modules each stage trains (the rest stay frozen in that stage)
 STAGE_MODULES = {
+    "pretrain_glance": ("global_encoder", "global_aux"),
+    "pretrain_glance_clip": ("global_encoder", "global_aux"),
+    "pretrain_local_still": ("local_encoder", "local_aux"),
     "pretrain_local": ("local_encoder", "local_aux"),
+    "placement": ("global_encoder", "policy", "global_aux"),
     "policy": MODULES,
     "deep_feature": MODULES,
     "pixel": MODULES,

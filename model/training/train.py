@@ -37,12 +37,15 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from model.adafocus import AdaFocusV3
-from model.data.datasets import batch_plan, build_dataset, iterate
+from model.data.datasets import Sample, batch_plan, build_dataset, iterate
+from model.data.fashion import FashionConfig
+from model.data.stills import StillDataset
 from model.pretrained import load_backbone_weights
-from model.training.config import TrainConfig
+from model.training.config import STILL_STAGES, TrainConfig
 from model.training.objectives import PAPER_STAGES, STAGE_MODULES, STEP_FNS
 
 log = logging.getLogger(__name__)
@@ -120,10 +123,11 @@ def train(
     if cfg.backbone_weights and opt_state is None:
         load_backbone_weights(model, cfg.backbone_weights)
     model.to(device).train()
-    data = build_dataset(cfg.data, cfg.model.num_frames, cfg.model.frame_size, cfg.model.labels or None)
-    length = len(data)  # type: ignore[arg-type]
+    cache: dict[str, Dataset[Sample]] = {}
     while state.stage < len(cfg.stages):
         stage, total = cfg.stages[state.stage]
+        data = stage_data(cfg, stage, cache)
+        length = len(data)  # type: ignore[arg-type]
         opt = make_optimizer(model, cfg, stage)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
@@ -143,6 +147,19 @@ def train(
         )
     model.eval()
     return model, state
+
+
+def stage_data(cfg: TrainConfig, stage: str, cache: dict[str, Dataset[Sample]]) -> Dataset[Sample]:
+    """The stage's data: stills of the benchmark's train images for ``STILL_STAGES``, else the run's clips."""
+    key = "stills" if stage in STILL_STAGES else "clips"
+    if key not in cache:
+        if key == "stills":
+            bench = cfg.data.benchmark
+            assert isinstance(bench, FashionConfig)  # TrainConfig checked it
+            cache[key] = StillDataset(bench, cfg.data.split, cfg.data.seed, cfg.data.count)
+        else:
+            cache[key] = build_dataset(cfg.data, cfg.model.num_frames, cfg.model.frame_size, cfg.model.labels or None)
+    return cache[key]
 
 
 def _run_stage(
@@ -201,14 +218,17 @@ def training_section(cfg: TrainConfig, state: TrainState, command: str, cost_lin
         for h in state.history
     )
     mult = ", ".join(f"{k} x{v}" for k, v in cfg.lr_mult) or "none"
+    start = "".join(f"- Encoder start: {name} from `{path}` (torchvision format)\n" for name, path in cfg.backbone_weights)
     return (
         f"## Training\n\n"
         f"- Data: {data}\n"
         f"- Stages, in order (batch {cfg.batch_size}, AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, "
         f"warm-up {cfg.warmup_steps} steps then cosine per stage; lr multipliers in the paper stages: {mult}; "
         f"entropy bonus {cfg.entropy_bonus}; policy reward {cfg.policy_reward} (own-CE weight "
-        f"{cfg.own_reward_weight}); {cfg.centred_fraction:.0%} of random-branch cubes on the target):\n\n"
+        f"{cfg.own_reward_weight}); {cfg.centred_fraction:.0%} of random-branch cubes on the target; hit-rate term "
+        f"weight {cfg.placement_weight}):\n\n"
         f"| stage | steps | final loss (EMA) | final train acc (EMA) |\n|---|---|---|---|\n{rows}\n\n"
+        f"{start}"
         f"- Wall-clock: {state.seconds / 60:.1f} min on `{cfg.device}`.\n"
         f"- Cost: {cost_line}\n"
         f"- Command:\n\n```\n{command}\n```\n"

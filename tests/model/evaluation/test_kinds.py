@@ -53,6 +53,7 @@ def test_kind_report_counts_hits_misses_and_distractors_exactly() -> None:
         "starts": np.array([[[0, 0, 0], [20, 20, 1]], [[0, 0, 0], [20, 20, 1]]]),  # clip 0 hits with cube 1 only
         "local": np.array([[1, 3], [3, 2]]),
         "centred": np.array([1, 0]),
+        "glance_aux": np.array([1, 1]),
     }
     distractors = np.full((2, 1, 4, 4), -1, dtype=np.int64)
     distractors[1, 0] = (0, 0, 8, 1)  # clip 1's first cube sits on a distractor
@@ -64,6 +65,7 @@ def test_kind_report_counts_hits_misses_and_distractors_exactly() -> None:
     assert (clear["cube1_hit_rate"], clear["any_hit_rate"], clear["misses_on_distractor"]) == (0.0, 1.0, 1.0)
     assert clear["local_acc_on_distractors"] == 0.0 and clear["local_acc_on_hits"] == 1.0
     assert clear["oracle_accuracy"] == {"1_cube": 1.0, "k_cubes": 1.0} and clear["local_acc_box_centred"] == 0.0
+    assert (small["glance_aux_acc"], clear["glance_aux_acc"]) == (1.0, 0.0)
     assert report["all"]["clips"] == 2 and report["all"]["accuracy"]["1_cube"] == 0.5
     table = render_kinds(report)
     assert table.splitlines()[3].startswith("| `clear` | 1 | 0.0 | 0.0 | 100.0 | 100.0 | 100.0 | 0.0 | 100.0 |")

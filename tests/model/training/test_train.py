@@ -1,3 +1,4 @@
+import dataclasses
 import math
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ import torch
 from model.adafocus import AdaFocusV3
 from model.config import get_config
 from model.data.datasets import PRESETS, DataSpec, build_dataset, iterate
+from model.data.fashion import FASHION_DIR
 from model.data.synth import SynthConfig
 from model.data.targets import cube_hits
 from model.training.config import TrainConfig
@@ -23,6 +25,7 @@ from model.training.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[3]
+FASHION_INSTALLED = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
 
 # clips shaped like the tiny config's input: 4 frames of 32x32, 5 classes
 SMALL = SynthConfig(num_frames=4, size=32, num_classes=5, target_size=8, visible_frames=1, distractor_sizes=(3, 6))
@@ -184,3 +187,50 @@ def test_the_placement_term_is_the_heatmaps_log_mass_off_the_products_cells() ->
     hidden = boxes.clone()
     hidden[..., 3] = 0
     assert placement_loss(model, uniform, hidden).item() == 0.0
+
+
+def test_a_run_starts_from_the_backbone_weights_it_names(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from tests.model import torchvision_layout as tv
+
+    local = get_config("tiny").local
+    state = {k: torch.full(s, 0.25) for k, s in tv.resnet("basic", local.layers, local.base_channels).items()}
+    save_file(state, str(tmp_path / "r.safetensors"))
+    cfg = dataclasses.replace(
+        tiny_setup((("random", 0),)), backbone_weights=(("local", str(tmp_path / "r.safetensors")),)
+    )
+    model, _ = train(cfg, tmp_path / "run", progress=False)
+    assert torch.equal(model.local_encoder.layer1[0].conv2.weight, state["layer1.0.conv2.weight"])
+    with pytest.raises(ValueError, match="not both"):
+        train(cfg, tmp_path / "run2", progress=False, init_from=tmp_path / "r.safetensors")
+
+
+@pytest.mark.skipif(not FASHION_INSTALLED, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("stage", ["pretrain_glance", "pretrain_local_still"])
+def test_still_stages_train_on_one_frame_stills_of_the_train_images(stage: str) -> None:
+    from model.data.stills import StillDataset
+
+    bench = PRESETS["fashion:tiny"]
+    with pytest.raises(ValueError, match="stills of the fashion benchmark"):
+        tiny_setup(((stage, 1),))
+    stills = StillDataset(bench, "train", 0, 8)  # type: ignore[arg-type]
+    frames, _, boxes = stills[0]
+    assert frames.shape == (3, 1, 32, 32) and boxes.shape == (1, 4) and int(boxes[0, 3]) == 1
+    cfg = TrainConfig(
+        model=get_config("tiny").replace(num_classes=10), data=DataSpec("fashion", 0, 8, bench), stages=((stage, 1),)
+    )
+    batch = tuple(next(iterate(stills, [list(range(8))], workers=0)))
+    torch.manual_seed(0)
+    model = AdaFocusV3(cfg.model).train()
+    opt = make_optimizer(model, cfg, stage)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    losses = []
+    for _ in range(2):
+        loss = STEP_FNS[stage](model, cfg, batch, torch.Generator().manual_seed(1)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
