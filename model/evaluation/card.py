@@ -2,7 +2,8 @@
 
 ``adafocus calibrate`` writes both into the bundle; every number comes from the report built on the test split,
 with the thresholds solved on the calibration split. The card keeps the ``## Training`` section that
-``adafocus train`` wrote and any ``## Ablations`` section (measured by separate runs, see its commands).
+``adafocus train`` wrote and any ``## Diagnosis`` and ``## Ablations`` sections (measured by separate runs, see
+their commands).
 """
 
 from __future__ import annotations
@@ -213,6 +214,7 @@ def render_card(
     name = config.name
     training = section(old_card, "Training")
     ablations = section(old_card, "Ablations")
+    diagnosis = section(old_card, "Diagnosis")  # measured by separate runs (adafocus diagnose), kept like Ablations
     train_cmd, resumed_note = "", ""
     if "```\n" in training:
         train_cmd = training.split("```\n")[1].strip()
@@ -234,6 +236,7 @@ at runtime; see `budgets.json`. Costs are multiply-adds (the paper's "GFLOPs") c
 {method_notes(config, training)}
 {training}
 {results_section(report, calib_desc, plot_name)}
+{diagnosis}
 {ablations}
 ## Reproduce
 

@@ -112,16 +112,8 @@ def train(
     ``init_from`` (a run directory's ``checkpoint.safetensors`` or a bundle's ``weights.safetensors``) gives the
     starting weights of a fresh run, e.g. ablations that all start from one pretrained checkpoint;
     ``cfg.backbone_weights`` (torchvision-format state dicts) the encoders' starting weights."""
-    if init_from is not None and cfg.backbone_weights:
-        raise ValueError("give either starting weights (init_from) or backbone weights, not both")
-    torch.manual_seed(cfg.seed)
     device = torch.device(cfg.device)
-    model = AdaFocusV3(cfg.model)
-    state, opt_state = load_checkpoint(run_dir, model) if resume else (TrainState(), None)
-    if init_from is not None and opt_state is None:
-        model.load_state_dict(load_file(str(init_from)))
-    if cfg.backbone_weights and opt_state is None:
-        load_backbone_weights(model, cfg.backbone_weights)
+    model, state, opt_state = start(cfg, run_dir, resume, init_from)
     model.to(device).train()
     cache: dict[str, Dataset[Sample]] = {}
     while state.stage < len(cfg.stages):
@@ -138,15 +130,35 @@ def train(
             length, cfg.batch_size, offset + state.step, total - state.step, cfg.seed, cfg.data.is_generated
         )
         bar = tqdm(total=total, initial=state.step, desc=stage, disable=not progress, dynamic_ncols=True)
+        before, first_step = state.seconds, state.step
         summary = _run_stage(model, cfg, stage, state, opt, iterate(data, plan, cfg.workers), device, bar, run_dir)
         bar.close()
-        state.history.append({"stage": stage, "steps": total, **summary})
+        # seconds per step of this process's part of the stage (a resumed stage: the steps after the resume)
+        rate = (state.seconds - before) / max(total - first_step, 1)
+        state.history.append({"stage": stage, "steps": total, **summary, "seconds_per_step": rate})
         state.stage, state.step = state.stage + 1, 0
         save_checkpoint(
             run_dir, model, make_optimizer(model, cfg, cfg.stages[min(state.stage, len(cfg.stages) - 1)][0]), state, cfg
         )
     model.eval()
     return model, state
+
+
+def start(
+    cfg: TrainConfig, run_dir: Path, resume: bool, init_from: Path | None
+) -> tuple[AdaFocusV3, TrainState, dict[str, Any] | None]:
+    """The model a run starts from (a checkpoint to resume, ``init_from``'s weights, the backbone weights, or a
+    fresh seeded init), its state and the optimizer state to restore (None unless resumed)."""
+    if init_from is not None and cfg.backbone_weights:
+        raise ValueError("give either starting weights (init_from) or backbone weights, not both")
+    torch.manual_seed(cfg.seed)
+    model = AdaFocusV3(cfg.model)
+    state, opt_state = load_checkpoint(run_dir, model) if resume else (TrainState(), None)
+    if init_from is not None and opt_state is None:
+        model.load_state_dict(load_file(str(init_from)))
+    if cfg.backbone_weights and opt_state is None:
+        load_backbone_weights(model, cfg.backbone_weights)
+    return model, state, opt_state
 
 
 def stage_data(cfg: TrainConfig, stage: str, cache: dict[str, Dataset[Sample]]) -> Dataset[Sample]:
@@ -218,7 +230,9 @@ def training_section(cfg: TrainConfig, state: TrainState, command: str, cost_lin
         for h in state.history
     )
     mult = ", ".join(f"{k} x{v}" for k, v in cfg.lr_mult) or "none"
-    start = "".join(f"- Encoder start: {name} from `{path}` (torchvision format)\n" for name, path in cfg.backbone_weights)
+    start = "".join(
+        f"- Encoder start: {name} from `{path}` (torchvision format)\n" for name, path in cfg.backbone_weights
+    )
     return (
         f"## Training\n\n"
         f"- Data: {data}\n"

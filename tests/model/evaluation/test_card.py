@@ -63,5 +63,13 @@ def test_results_section_rows() -> None:
 def test_every_source_file_the_shipped_card_names_exists() -> None:
     card = (ROOT / "model" / "bundles" / "default" / "model_card.md").read_text()
     named = re.findall(r"`([\w/]+\.py)`", card)
-    assert sorted(set(named)) == ["model/data/fashion.py", "model/macs.py"]
+    assert sorted(set(named)) == [
+        "model/data/fashion.py", "model/evaluation/kinds.py", "model/macs.py", "model/video.py"
+    ]
     assert [path for path in named if not (ROOT / path).is_file()] == []
+
+
+def test_the_diagnosis_and_ablation_sections_are_kept_in_order() -> None:
+    old = OLD_CARD + "\n## Diagnosis\n\nsmall: placement\n"
+    card = render_card(old, get_config("tiny"), "fashion", report(True), "calib", "adafocus calibrate", "f.png")
+    assert card.index("## Results") < card.index("## Diagnosis\n\nsmall: placement") < card.index("## Ablations")
