@@ -99,3 +99,20 @@ def test_record_kinds_follows_the_served_path_and_the_oracle_sits_on_the_product
     visible = rec["targets"][np.arange(12), rec["starts"][:, 0, 2], 3] > 0
     assert np.array_equal(cube_hits(starts, model.cube_shape, rec["targets"])[:, 0], visible)
     assert math.isfinite(float(rec["centred"].mean()))
+
+
+@needs_data
+def test_the_diagnose_command_prints_one_row_per_kind(tmp_path, capsys) -> None:
+    from model.bundle import save_bundle
+    from model.testing import fixed_budgets
+    from service.cli import main
+
+    model = spread_exit_model(get_config("tiny").replace(num_classes=10))
+    save_bundle(tmp_path / "b", model, fixed_budgets(model), "# tiny\n", benchmark="fashion:tiny")
+    assert main(["diagnose", "--bundle", str(tmp_path / "b"), "--seed", "3", "--count", "12"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "`fashion:tiny` test stream seed 3, 12 clips"
+    kinds = sorted(set(stream_facts(TINY, "test", 3, 12)[0].tolist()))
+    assert [line.split(" | ")[0] for line in lines[3:]] == ["| `all`"] + [f"| `{k}`" for k in kinds]
+    save_bundle(tmp_path / "s", model, fixed_budgets(model), "# tiny\n", benchmark="synth:easy")
+    assert main(["diagnose", "--bundle", str(tmp_path / "s"), "--seed", "3"]) == 2
