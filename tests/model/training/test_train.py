@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 import re
 from pathlib import Path
@@ -234,3 +235,36 @@ def test_still_stages_train_on_one_frame_stills_of_the_train_images(stage: str) 
         opt.step()
         losses.append(loss.item())
     assert losses[1] < losses[0]
+
+
+@pytest.mark.skipif(not FASHION_INSTALLED, reason="Debian's dataset-fashion-mnist is not installed")
+def test_a_killed_run_of_stills_then_clips_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model.training import objectives
+
+    bench = PRESETS["fashion:tiny"]
+    cfg = TrainConfig(
+        model=get_config("tiny").replace(num_classes=10), data=DataSpec("fashion", 0, 32, bench),
+        stages=(("pretrain_local_still", 3), ("placement", 4)), batch_size=4, workers=0, checkpoint_every=2,
+    )  # fmt: skip
+    whole, _ = train(cfg, tmp_path / "whole", progress=False)
+    calls = {"n": 0}
+    placement = objectives.STEP_FNS["placement"]
+
+    def dies_on_the_third_call(*args: object) -> objectives.StepResult:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as a kill: after the step-2 checkpoint of the clip stage
+        return placement(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setitem(objectives.STEP_FNS, "placement", dies_on_the_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setitem(objectives.STEP_FNS, "placement", placement)
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())["state"]
+    assert (state["stage"], state["step"]) == (1, 2)
+    resumed, resumed_state = train(cfg, tmp_path / "killed", resume=True, progress=False)
+    assert [h["stage"] for h in resumed_state.history] == ["pretrain_local_still", "placement"]
+    for key, value in whole.state_dict().items():
+        assert torch.allclose(value.float(), resumed.state_dict()[key].float(), atol=1e-6), key
