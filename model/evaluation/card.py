@@ -191,8 +191,21 @@ def method_notes(config: AdaFocusConfig, training: str) -> str:
             "**Policy-discovery stage** before the paper's objective: cube cells are sampled from the heatmaps "
             "(cube k excluding the frames of cubes 1..k-1) and trained with REINFORCE; the reward of cube k is its "
             "marginal gain, CE at exit k-1 minus CE at exit k (plus half the CE of its own auxiliary head), so a cube "
-            "that repeats what earlier cubes saw earns nothing. The local encoder is first pretrained on cubes "
-            "centred on the ground-truth boxes (standing in for ImageNet pretraining); the policy never sees them."
+            "that repeats what earlier cubes saw earns nothing."
+            + ("" if "| placement |" in training else " The local encoder is first pretrained on cubes centred on the "
+               "ground-truth boxes (standing in for ImageNet pretraining); the policy never sees them.")
+        )
+    if "| pretrain_local_still |" in training or "| pretrain_glance |" in training:
+        notes.append(
+            "**Encoder pretraining on stills** (standing in for the paper's ImageNet weights): one-frame stills of "
+            "the benchmark from the train images (`model/data/stills.py`), the glance on whole stills, the local "
+            "encoder on cubes centred on the product."
+        )
+    if "| placement |" in training:
+        notes.append(
+            "**Placement curriculum**: before policy discovery, f_G and the policy learn where the product is from the "
+            "generator's boxes (the heatmaps' log-mass on the product's cells; training only, inference never sees "
+            "boxes), and the same term keeps weight in the later stages (`--placement-weight`)."
         )
     if config.skip_covered_frames:
         notes.append("**Covered cubes are skipped** (paper 4.1) and cost nothing, in calibration and in answers.")
