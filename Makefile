@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 
-.PHONY: install tools data test lint serve screenshot operator-token clean
+.PHONY: install tools data test lint serve screenshot operator-token clean pretrain-bench retrain ablation
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -68,6 +68,51 @@ operator-token:
 	@test -s service/deploy/secrets/operator_token || \
 		{ python3 -c "import secrets; print(secrets.token_hex(32))" > service/deploy/secrets/operator_token && \
 		echo "wrote service/deploy/secrets/operator_token"; }
+
+# ---- training (issue 24). RUN prefixes every long command (here: RUN="flock /tmp/adafocus-bench.lock nice -n 5").
+RUN ?=
+TRAIN_DIR ?= runs
+# Still vs clip encoder pretraining at the same budget: samples/s (state.json) and the accuracy each reaches on test
+# clips (`adafocus diagnose`: f_G's head on whole clips, f_L's head on a cube centred on the product).
+PRETRAIN_STEPS ?= 150
+pretrain-bench: install data
+	@for stage in pretrain_local pretrain_local_still pretrain_glance_clip pretrain_glance; do \
+		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$stage:$(PRETRAIN_STEPS) --no-progress \
+			--run-dir $(TRAIN_DIR)/pretrain-bench/$$stage --resume --out $(TRAIN_DIR)/pretrain-bench/$$stage/bundle && \
+		$(RUN) $(BIN)/adafocus diagnose --bundle $(TRAIN_DIR)/pretrain-bench/$$stage/bundle --seed 4242 --count 512 \
+			--json > $(TRAIN_DIR)/pretrain-bench/$$stage/diagnose.json || exit 1; \
+	done
+
+# The next shipped recipe (issue 24), ONE resumable command: every stage checkpoints (every 50 steps and at its end)
+# in $(TRAIN_DIR)/retrain; run it again after a kill and it continues where it stopped (same clips, same draws), then
+# calibrates (budgets, card with the served-path table, Figure 6). It never touches model/bundles/default: copy
+# $(TRAIN_DIR)/retrain/bundle there after reviewing its card. Expected duration: docs/benchmarks.md, section
+# "Issue 24: the retrain".
+RETRAIN_STAGES ?= pretrain_local_still:4000,placement:2000,policy:1500,deep_feature:1500
+RETRAIN_FLAGS ?= --placement-weight 1.0 --workers 1 --threads 1
+retrain: install data
+	$(RUN) $(BIN)/adafocus train --config default --data fashion --train-seed 0 --stages $(RETRAIN_STAGES) \
+		$(RETRAIN_FLAGS) --run-dir $(TRAIN_DIR)/retrain --resume --out $(TRAIN_DIR)/retrain/bundle --no-progress
+	$(RUN) $(BIN)/adafocus calibrate --bundle $(TRAIN_DIR)/retrain/bundle --calib-seed 1 --test-seed 2 \
+		--report $(TRAIN_DIR)/retrain/eval_test.json
+	$(RUN) $(BIN)/adafocus diagnose --bundle $(TRAIN_DIR)/retrain/bundle --seed 5550123 --count 1024 \
+		--json > $(TRAIN_DIR)/retrain/diagnose.json
+
+# The paper's ablation at equal budget: deep-feature gradient (Eq. 5-6) vs pixel interpolation (Eq. 2-4) vs random
+# placement, every row from the same still-pretrained local encoder, ABLATION_STEPS steps each, seeds 0 and 1; each row
+# calibrated on 512 calibration clips (seed 30) and evaluated on the same 1,024 test clips (seed 31). Resumable too.
+ABLATION_STEPS ?= 1500
+ABLATION_START ?= pretrain_local_still:4000
+ablation: install data
+	$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $(ABLATION_START) --no-progress \
+		--run-dir $(TRAIN_DIR)/ablation/start --resume --out $(TRAIN_DIR)/ablation/start/bundle
+	@for seed in 0 1; do for row in deep_feature pixel random; do d=$(TRAIN_DIR)/ablation/$$row-seed$$seed; \
+		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$row:$(ABLATION_STEPS) --seed $$seed \
+			--init-from $(TRAIN_DIR)/ablation/start/bundle/weights.safetensors --run-dir $$d --resume \
+			--out $$d/bundle --no-progress && \
+		$(RUN) $(BIN)/adafocus calibrate --bundle $$d/bundle --calib-count 512 --calib-seed 30 --test-count 1024 \
+			--test-seed 31 --served-count 0 --report $$d/eval.json || exit 1; \
+	done; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

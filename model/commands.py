@@ -52,7 +52,10 @@ def register(sub: Any) -> None:
     train.add_argument(
         "--stages",
         default=None,
-        help=f"comma list of stage:steps (stages: pretrain_local, policy, deep_feature, pixel, random, policy_only); "
+        help="comma list of stage:steps (stages: pretrain_glance and pretrain_local_still on stills of the fashion "
+        "benchmark, pretrain_local on box-centred cubes of clips, pretrain_glance_clip, placement (f_G + policy on the "
+        "hit-rate term alone), policy, deep_feature, pixel, "
+        f"random, policy_only); "
         f"default {GENERATED_STAGES} on a generated benchmark, {FOLDER_STAGES} on class folders (no target "
         "locations there)",
     )
@@ -68,6 +71,10 @@ def register(sub: Any) -> None:
     )
     train.add_argument("--own-reward-weight", type=float, default=0.5, help="own-CE weight in the marginal reward")
     train.add_argument("--centred-fraction", type=float, default=0.25)
+    train.add_argument(
+        "--placement-weight", type=float, default=0.0,
+        help="weight of the hit-rate term (heatmap mass on the product's cells; generated benchmarks only)",
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--workers", type=int, default=1, help="data worker processes")
     train.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -76,6 +83,11 @@ def register(sub: Any) -> None:
     train.add_argument("--resume", action="store_true", help="continue the checkpoint in --run-dir")
     train.add_argument(
         "--init-from", default=None, help="starting weights (a checkpoint.safetensors or weights.safetensors file)"
+    )
+    train.add_argument(
+        "--backbone-weights", default=None, metavar="glance=PATH,local=PATH",
+        help="torchvision-format state dicts (.pth or .safetensors, e.g. ImageNet MobileNetV2 / ResNet files) the "
+        "encoders start from; strict, the classification head ignored",
     )
     train.add_argument("--checkpoint-every", type=int, default=50)
     train.add_argument("--out", required=True, help="bundle directory to write")
@@ -91,6 +103,11 @@ def register(sub: Any) -> None:
     cal.add_argument("--test-count", type=int, default=1024)
     cal.add_argument("--calib-data", default=None, help="class-folder calibration set (real data)")
     cal.add_argument("--test-data", default=None, help="class-folder test set (real data)")
+    cal.add_argument(
+        "--served-count", type=int, default=256,
+        help="fashion: the first N test clips also written as MP4 and decoded as the server does (card's served-path "
+        "table); 0: skip",
+    )
     cal.add_argument("--criterion", default="entropy", choices=("entropy", "max_prob"))
     cal.add_argument("--default-level", default="balanced")
     cal.add_argument(
@@ -120,6 +137,18 @@ def register(sub: Any) -> None:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--json", action="store_true", help="print the whole report as JSON")
     ev.set_defaults(handler=run_evaluate)
+
+    dg = sub.add_parser(
+        "diagnose", help="per clip kind: placement (hits, IoU, distractors) vs the local encoder (fashion benchmark)"
+    )
+    dg.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle)")
+    dg.add_argument("--split", default="test", choices=("train", "calibration", "test"))
+    dg.add_argument("--seed", type=int, required=True, help="stream seed (pick one no training run used)")
+    dg.add_argument("--count", type=int, default=512)
+    dg.add_argument("--batch-size", type=int, default=64)
+    dg.add_argument("--threads", type=int, default=1)
+    dg.add_argument("--json", action="store_true", help="print the report as JSON")
+    dg.set_defaults(handler=run_diagnose)
 
 
 def _add_data_args(parser: Any, default: str | None = "fashion") -> None:
@@ -234,14 +263,22 @@ def run_train(args: argparse.Namespace) -> int:
     import torch
 
     from model.bundle import save_bundle
+    from model.pretrained import BackboneWeightsError
     from model.training.train import train
 
     torch.set_num_threads(args.threads)
-    cfg, benchmark = _train_config(args)
-    init_from = Path(args.init_from) if args.init_from else None
-    model, state = train(
-        cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress, init_from=init_from
-    )
+    if args.init_from and args.backbone_weights:
+        sys.stderr.write("adafocus train: give --init-from or --backbone-weights, not both\n")
+        return 2
+    try:
+        cfg, benchmark = _train_config(args)
+        init_from = Path(args.init_from) if args.init_from else None
+        model, state = train(
+            cfg, Path(args.run_dir), resume=args.resume, progress=not args.no_progress, init_from=init_from
+        )
+    except BackboneWeightsError as exc:
+        sys.stderr.write(f"adafocus train: {exc}\n")
+        return 2
     model.cpu()
     budgets, card = _uncalibrated_budgets_and_card(args, cfg, model, state)
     out = save_bundle(args.out, model, budgets, card, benchmark=benchmark)
@@ -254,6 +291,7 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
     name (None for class folders)."""
     from model.config import get_config
     from model.data.datasets import DataSpec, VideoFolderDataset, generated_spec, preset_name
+    from model.pretrained import parse_backbone_weights
     from model.training.config import TrainConfig
 
     model_cfg = get_config(args.config)
@@ -283,6 +321,8 @@ def _train_config(args: argparse.Namespace) -> tuple[TrainConfig, str | None]:
         policy_reward=args.policy_reward,
         own_reward_weight=args.own_reward_weight,
         centred_fraction=args.centred_fraction,
+        placement_weight=args.placement_weight,
+        backbone_weights=parse_backbone_weights(args.backbone_weights) if args.backbone_weights else (),
         seed=args.seed,
         workers=args.workers,
         device=args.device,
@@ -361,4 +401,33 @@ def run_evaluate(args: argparse.Namespace) -> int:
             f"{lvl['fixed_mix_accuracy']:.3f}  random exits {lvl['random_exit_accuracy']:.3f}\n"
         )
     sys.stdout.write(f"distinct cube frames per clip: {report['distinct_cube_frames_mean']:.2f}\n")
+    return 0
+
+
+def run_diagnose(args: argparse.Namespace) -> int:
+    import torch
+
+    from model.bundle import load_bundle
+    from model.data.datasets import PRESETS, build_dataset, generated_spec
+    from model.data.fashion import FashionConfig
+    from model.data.scene_facts import stream_facts
+    from model.evaluation.kinds import kind_report, record_kinds, render_kinds
+
+    torch.set_num_threads(args.threads)
+    bundle = load_bundle(args.bundle)
+    benchmark = bundle.benchmark or ""
+    bench = PRESETS.get(benchmark)
+    if not isinstance(bench, FashionConfig):
+        sys.stderr.write(f"diagnose needs a bundle of the fashion benchmark (this one: {benchmark or 'none'})\n")
+        return 2
+    spec = generated_spec(benchmark, args.split, args.seed, args.count)
+    dataset = build_dataset(spec, bundle.config.num_frames, bundle.config.frame_size, bundle.config.class_names)
+    kinds, distractors = stream_facts(bench, args.split, args.seed, args.count)
+    record = record_kinds(bundle.model, dataset, args.batch_size)
+    report = kind_report(record, kinds, bundle.model.cube_shape, distractors)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    sys.stdout.write(f"`{benchmark}` {args.split} stream seed {args.seed}, {args.count} clips\n{render_kinds(report)}")
     return 0

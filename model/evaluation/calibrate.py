@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -19,7 +20,8 @@ from torch.utils.data import Dataset
 from model.budgets import BudgetTable, Criterion
 from model.bundle import load_bundle, save_bundle
 from model.config import AdaFocusConfig
-from model.data.datasets import DataSpec, Sample, build_dataset, generated_spec, preset_name
+from model.data.datasets import PRESETS, DataSpec, Sample, build_dataset, generated_spec, preset_name
+from model.data.fashion import FashionConfig
 from model.evaluation.card import draw_figure6, render_card
 from model.evaluation.collect import ExitRecord, collect, exit_accuracy
 from model.evaluation.operating_points import (
@@ -32,6 +34,7 @@ from model.evaluation.operating_points import (
     sweep,
 )
 from model.evaluation.report import evaluation_report, targets_summary
+from model.evaluation.served import served_report
 from model.macs import cost_report
 
 log = logging.getLogger(__name__)
@@ -82,6 +85,12 @@ def calibrate_command(args: argparse.Namespace, command: str) -> int:
     calib = collect(model, calib_data, "policy", args.batch_size, args.workers)
     table, front = solve_levels(calib, args.criterion, exit_gmacs, args.default_level, args.min_gain)
     report = evaluation_report(model, table, exit_gmacs, test_data, test_desc, args.batch_size, args.workers, front)
+    bench = PRESETS.get(benchmark or "")
+    if isinstance(bench, FashionConfig) and args.served_count > 0 and not args.test_data:
+        with tempfile.TemporaryDirectory(prefix="adafocus-served-") as tmp:
+            report["served"] = served_report(
+                model, bench, Path(tmp), "test", args.test_seed, args.served_count, args.batch_size
+            )
     plot = Path(args.plot) if args.plot else Path(args.bundle) / "figure6.png"
     draw_figure6(plot, report, f"{cfg.name}: test split, {test_desc.replace('`', '')}")
     card = render_card(bundle.model_card, cfg, benchmark, report, calib_desc, command, plot.name)

@@ -2,7 +2,8 @@
 
 ``adafocus calibrate`` writes both into the bundle; every number comes from the report built on the test split,
 with the thresholds solved on the calibration split. The card keeps the ``## Training`` section that
-``adafocus train`` wrote and any ``## Ablations`` section (measured by separate runs, see its commands).
+``adafocus train`` wrote and any ``## Diagnosis`` and ``## Ablations`` sections (measured by separate runs, see
+their commands).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import matplotlib.pyplot as plt
 
 from model.config import AdaFocusConfig
 from model.evaluation.report import targets_summary
+from model.evaluation.served import served_section
 
 DATA_TEXT = {
     "fashion": (
@@ -163,6 +165,7 @@ accuracy ({_pct(t["k_cube_accuracy"])}%).
 {t["learned_vs_random_1_cube_points"]:+.1f} points.
 - Entropy exits reach 99% of the K-cube accuracy at {at99_text}.
 
+{served_section(report["served"]) if report.get("served") else ""}
 ![Figure 6: test accuracy vs MMACs/video]({plot_name})
 """
 
@@ -188,8 +191,21 @@ def method_notes(config: AdaFocusConfig, training: str) -> str:
             "**Policy-discovery stage** before the paper's objective: cube cells are sampled from the heatmaps "
             "(cube k excluding the frames of cubes 1..k-1) and trained with REINFORCE; the reward of cube k is its "
             "marginal gain, CE at exit k-1 minus CE at exit k (plus half the CE of its own auxiliary head), so a cube "
-            "that repeats what earlier cubes saw earns nothing. The local encoder is first pretrained on cubes "
-            "centred on the ground-truth boxes (standing in for ImageNet pretraining); the policy never sees them."
+            "that repeats what earlier cubes saw earns nothing."
+            + ("" if "| placement |" in training else " The local encoder is first pretrained on cubes centred on the "
+               "ground-truth boxes (standing in for ImageNet pretraining); the policy never sees them.")
+        )
+    if "| pretrain_local_still |" in training or "| pretrain_glance |" in training:
+        notes.append(
+            "**Encoder pretraining on stills** (standing in for the paper's ImageNet weights): one-frame stills of "
+            "the benchmark from the train images (`model/data/stills.py`), the glance on whole stills, the local "
+            "encoder on cubes centred on the product."
+        )
+    if "| placement |" in training:
+        notes.append(
+            "**Placement curriculum**: before policy discovery, f_G and the policy learn where the product is from the "
+            "generator's boxes (the heatmaps' log-mass on the product's cells; training only, inference never sees "
+            "boxes), and the same term keeps weight in the later stages (`--placement-weight`)."
         )
     if config.skip_covered_frames:
         notes.append("**Covered cubes are skipped** (paper 4.1) and cost nothing, in calibration and in answers.")
@@ -211,6 +227,7 @@ def render_card(
     name = config.name
     training = section(old_card, "Training")
     ablations = section(old_card, "Ablations")
+    diagnosis = section(old_card, "Diagnosis")  # measured by separate runs (adafocus diagnose), kept like Ablations
     train_cmd, resumed_note = "", ""
     if "```\n" in training:
         train_cmd = training.split("```\n")[1].strip()
@@ -232,6 +249,7 @@ at runtime; see `budgets.json`. Costs are multiply-adds (the paper's "GFLOPs") c
 {method_notes(config, training)}
 {training}
 {results_section(report, calib_desc, plot_name)}
+{diagnosis}
 {ablations}
 ## Reproduce
 

@@ -11,8 +11,12 @@ from typing import Any, Literal
 from model.config import AdaFocusConfig
 from model.data.datasets import DataSpec
 
-STAGES = ("pretrain_local", "policy", "deep_feature", "pixel", "random", "policy_only")
-NEEDS_TARGETS = ("pretrain_local",)
+STAGES = (
+    "pretrain_glance", "pretrain_local_still", "pretrain_local", "pretrain_glance_clip", "placement",
+    "policy", "deep_feature", "pixel", "random", "policy_only",
+)  # fmt: skip
+NEEDS_TARGETS = ("pretrain_local", "placement")
+STILL_STAGES = ("pretrain_glance", "pretrain_local_still")  # trained on stills (model.data.stills): fashion only
 MODULES = ("global_encoder", "local_encoder", "policy", "classifier", "global_aux", "local_aux")
 
 
@@ -31,6 +35,11 @@ class TrainConfig:
     own_reward_weight: float = 0.5  # weight of the cube's own auxiliary CE in the marginal reward
     centred_fraction: float = 0.25  # share of random-branch cubes put on the target (synthetic data only)
     jitter: int = 4  # pixels of random offset of a target-centred cube
+    # weight of the hit-rate term (objectives.placement_loss: heatmap mass on the product's cells; generated
+    # benchmarks only) in the policy and paper stages; 0 = off (the recipe of the shipped bundle)
+    placement_weight: float = 0.0
+    # (glance | local, path) torchvision-format state dicts the encoders start from (model.pretrained)
+    backbone_weights: tuple[tuple[str, str], ...] = ()
     seed: int = 0
     workers: int = 1
     device: str = "cpu"
@@ -44,6 +53,10 @@ class TrainConfig:
                 raise ValueError(f"stage {name} has negative steps")
             if name in NEEDS_TARGETS and not self.data.is_generated:
                 raise ValueError(f"stage {name} needs target locations: generated benchmarks only")
+            if name in STILL_STAGES and self.data.source != "fashion":
+                raise ValueError(f"stage {name} trains on stills of the fashion benchmark: --data fashion only")
+        if self.placement_weight < 0:
+            raise ValueError(f"placement_weight must be >= 0, got {self.placement_weight}")
         if self.policy_reward not in ("marginal", "own"):
             raise ValueError(f"policy_reward must be 'marginal' or 'own', got {self.policy_reward!r}")
         for name, _ in self.lr_mult:

@@ -37,11 +37,15 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from model.adafocus import AdaFocusV3
-from model.data.datasets import batch_plan, build_dataset, iterate
-from model.training.config import TrainConfig
+from model.data.datasets import Sample, batch_plan, build_dataset, iterate
+from model.data.fashion import FashionConfig
+from model.data.stills import StillDataset
+from model.pretrained import load_backbone_weights
+from model.training.config import STILL_STAGES, TrainConfig
 from model.training.objectives import PAPER_STAGES, STAGE_MODULES, STEP_FNS
 
 log = logging.getLogger(__name__)
@@ -106,18 +110,16 @@ def train(
     """Run every stage (continuing a checkpoint in ``run_dir`` if ``resume``); returns the trained model.
 
     ``init_from`` (a run directory's ``checkpoint.safetensors`` or a bundle's ``weights.safetensors``) gives the
-    starting weights of a fresh run, e.g. ablations that all start from one pretrained checkpoint."""
-    torch.manual_seed(cfg.seed)
+    starting weights of a fresh run, e.g. ablations that all start from one pretrained checkpoint;
+    ``cfg.backbone_weights`` (torchvision-format state dicts) the encoders' starting weights."""
     device = torch.device(cfg.device)
-    model = AdaFocusV3(cfg.model)
-    state, opt_state = load_checkpoint(run_dir, model) if resume else (TrainState(), None)
-    if init_from is not None and opt_state is None:
-        model.load_state_dict(load_file(str(init_from)))
+    model, state, opt_state = start(cfg, run_dir, resume, init_from)
     model.to(device).train()
-    data = build_dataset(cfg.data, cfg.model.num_frames, cfg.model.frame_size, cfg.model.labels or None)
-    length = len(data)  # type: ignore[arg-type]
+    cache: dict[str, Dataset[Sample]] = {}
     while state.stage < len(cfg.stages):
         stage, total = cfg.stages[state.stage]
+        data = stage_data(cfg, stage, cache)
+        length = len(data)  # type: ignore[arg-type]
         opt = make_optimizer(model, cfg, stage)
         if opt_state is not None:
             opt.load_state_dict(opt_state)
@@ -128,15 +130,48 @@ def train(
             length, cfg.batch_size, offset + state.step, total - state.step, cfg.seed, cfg.data.is_generated
         )
         bar = tqdm(total=total, initial=state.step, desc=stage, disable=not progress, dynamic_ncols=True)
+        before, first_step = state.seconds, state.step
         summary = _run_stage(model, cfg, stage, state, opt, iterate(data, plan, cfg.workers), device, bar, run_dir)
         bar.close()
-        state.history.append({"stage": stage, "steps": total, **summary})
+        # seconds per step of this process's part of the stage (a resumed stage: the steps after the resume)
+        rate = (state.seconds - before) / max(total - first_step, 1)
+        state.history.append({"stage": stage, "steps": total, **summary, "seconds_per_step": rate})
         state.stage, state.step = state.stage + 1, 0
         save_checkpoint(
             run_dir, model, make_optimizer(model, cfg, cfg.stages[min(state.stage, len(cfg.stages) - 1)][0]), state, cfg
         )
     model.eval()
     return model, state
+
+
+def start(
+    cfg: TrainConfig, run_dir: Path, resume: bool, init_from: Path | None
+) -> tuple[AdaFocusV3, TrainState, dict[str, Any] | None]:
+    """The model a run starts from (a checkpoint to resume, ``init_from``'s weights, the backbone weights, or a
+    fresh seeded init), its state and the optimizer state to restore (None unless resumed)."""
+    if init_from is not None and cfg.backbone_weights:
+        raise ValueError("give either starting weights (init_from) or backbone weights, not both")
+    torch.manual_seed(cfg.seed)
+    model = AdaFocusV3(cfg.model)
+    state, opt_state = load_checkpoint(run_dir, model) if resume else (TrainState(), None)
+    if init_from is not None and opt_state is None:
+        model.load_state_dict(load_file(str(init_from)))
+    if cfg.backbone_weights and opt_state is None:
+        load_backbone_weights(model, cfg.backbone_weights)
+    return model, state, opt_state
+
+
+def stage_data(cfg: TrainConfig, stage: str, cache: dict[str, Dataset[Sample]]) -> Dataset[Sample]:
+    """The stage's data: stills of the benchmark's train images for ``STILL_STAGES``, else the run's clips."""
+    key = "stills" if stage in STILL_STAGES else "clips"
+    if key not in cache:
+        if key == "stills":
+            bench = cfg.data.benchmark
+            assert isinstance(bench, FashionConfig)  # TrainConfig checked it
+            cache[key] = StillDataset(bench, cfg.data.split, cfg.data.seed, cfg.data.count)
+        else:
+            cache[key] = build_dataset(cfg.data, cfg.model.num_frames, cfg.model.frame_size, cfg.model.labels or None)
+    return cache[key]
 
 
 def _run_stage(
@@ -195,14 +230,19 @@ def training_section(cfg: TrainConfig, state: TrainState, command: str, cost_lin
         for h in state.history
     )
     mult = ", ".join(f"{k} x{v}" for k, v in cfg.lr_mult) or "none"
+    start = "".join(
+        f"- Encoder start: {name} from `{path}` (torchvision format)\n" for name, path in cfg.backbone_weights
+    )
     return (
         f"## Training\n\n"
         f"- Data: {data}\n"
         f"- Stages, in order (batch {cfg.batch_size}, AdamW lr {cfg.lr}, weight decay {cfg.weight_decay}, "
         f"warm-up {cfg.warmup_steps} steps then cosine per stage; lr multipliers in the paper stages: {mult}; "
         f"entropy bonus {cfg.entropy_bonus}; policy reward {cfg.policy_reward} (own-CE weight "
-        f"{cfg.own_reward_weight}); {cfg.centred_fraction:.0%} of random-branch cubes on the target):\n\n"
+        f"{cfg.own_reward_weight}); {cfg.centred_fraction:.0%} of random-branch cubes on the target; hit-rate term "
+        f"weight {cfg.placement_weight}):\n\n"
         f"| stage | steps | final loss (EMA) | final train acc (EMA) |\n|---|---|---|---|\n{rows}\n\n"
+        f"{start}"
         f"- Wall-clock: {state.seconds / 60:.1f} min on `{cfg.device}`.\n"
         f"- Cost: {cost_line}\n"
         f"- Command:\n\n```\n{command}\n```\n"

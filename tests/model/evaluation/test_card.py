@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from model.config import get_config
-from model.evaluation.card import render_card, results_section
+from model.evaluation.card import method_notes, render_card, results_section
 
 ROOT = Path(__file__).resolve().parents[3]
 OLD_CARD = "# old\n\n## Training\n\n- Data: x\n\n```\nadafocus train --out b --resume\n```\n\n## Ablations\n\nnone\n"
@@ -63,5 +63,20 @@ def test_results_section_rows() -> None:
 def test_every_source_file_the_shipped_card_names_exists() -> None:
     card = (ROOT / "model" / "bundles" / "default" / "model_card.md").read_text()
     named = re.findall(r"`([\w/]+\.py)`", card)
-    assert sorted(set(named)) == ["model/data/fashion.py", "model/macs.py"]
+    assert sorted(set(named)) == [
+        "model/data/fashion.py", "model/evaluation/kinds.py", "model/macs.py", "model/video.py"
+    ]
     assert [path for path in named if not (ROOT / path).is_file()] == []
+
+
+def test_the_diagnosis_and_ablation_sections_are_kept_in_order() -> None:
+    old = OLD_CARD + "\n## Diagnosis\n\nsmall: placement\n"
+    card = render_card(old, get_config("tiny"), "fashion", report(True), "calib", "adafocus calibrate", "f.png")
+    assert card.index("## Results") < card.index("## Diagnosis\n\nsmall: placement") < card.index("## Ablations")
+
+
+def test_the_new_recipe_stages_are_named_in_the_method_notes() -> None:
+    training = "## Training\n\n| pretrain_local_still | 10 |\n| placement | 10 |\n"
+    notes = method_notes(get_config("default"), training)
+    assert "**Encoder pretraining on stills**" in notes and "**Placement curriculum**" in notes
+    assert "Placement curriculum" not in method_notes(get_config("default"), "## Training\n\n| policy | 1 |\n")

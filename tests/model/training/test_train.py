@@ -1,3 +1,6 @@
+import dataclasses
+import json
+import math
 import re
 from pathlib import Path
 
@@ -7,6 +10,7 @@ import torch
 from model.adafocus import AdaFocusV3
 from model.config import get_config
 from model.data.datasets import PRESETS, DataSpec, build_dataset, iterate
+from model.data.fashion import FASHION_DIR
 from model.data.synth import SynthConfig
 from model.data.targets import cube_hits
 from model.training.config import TrainConfig
@@ -22,6 +26,7 @@ from model.training.train import (
 )
 
 ROOT = Path(__file__).resolve().parents[3]
+FASHION_INSTALLED = (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file()
 
 # clips shaped like the tiny config's input: 4 frames of 32x32, 5 classes
 SMALL = SynthConfig(num_frames=4, size=32, num_classes=5, target_size=8, visible_frames=1, distractor_sizes=(3, 6))
@@ -168,3 +173,98 @@ def test_training_section_names_the_benchmark_module_that_exists(source: str) ->
     text = training_section(cfg, TrainState(1, 0), "adafocus train ...", "exit 0: 1.0 MMACs")
     assert re.findall(r"`([\w/]+\.py)`", text) == [f"model/data/{source}.py"]
     assert (ROOT / "model" / "data" / f"{source}.py").is_file()
+
+
+def test_the_placement_term_is_the_heatmaps_log_mass_off_the_products_cells() -> None:
+    from model.training.objectives import placement_loss
+
+    model = AdaFocusV3(get_config("tiny"))  # 4 frames of 32 px; heatmaps of (4, 8, 8) cells here
+    boxes = torch.tensor([[[0, 0, 8, 1], [12, 20, 8, 1], [0, 0, 8, 0], [0, 0, 8, 0]]])  # visible on 2 frames
+    uniform = torch.zeros(1, 3, 4, 8, 8)
+    assert placement_loss(model, uniform, boxes).item() == pytest.approx(math.log(4 * 64 / 2))
+    peaked = uniform.clone()
+    peaked[0, :, 1, 24 * 8 // 32, 16 * 8 // 32] = 50.0  # the product's centre (16, 24) on frame 1
+    assert placement_loss(model, peaked, boxes).item() == pytest.approx(0.0, abs=1e-6)
+    hidden = boxes.clone()
+    hidden[..., 3] = 0
+    assert placement_loss(model, uniform, hidden).item() == 0.0
+
+
+def test_a_run_starts_from_the_backbone_weights_it_names(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from tests.model import torchvision_layout as tv
+
+    local = get_config("tiny").local
+    state = {k: torch.full(s, 0.25) for k, s in tv.resnet("basic", local.layers, local.base_channels).items()}
+    save_file(state, str(tmp_path / "r.safetensors"))
+    cfg = dataclasses.replace(
+        tiny_setup((("random", 0),)), backbone_weights=(("local", str(tmp_path / "r.safetensors")),)
+    )
+    model, _ = train(cfg, tmp_path / "run", progress=False)
+    assert torch.equal(model.local_encoder.layer1[0].conv2.weight, state["layer1.0.conv2.weight"])
+    with pytest.raises(ValueError, match="not both"):
+        train(cfg, tmp_path / "run2", progress=False, init_from=tmp_path / "r.safetensors")
+
+
+@pytest.mark.skipif(not FASHION_INSTALLED, reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.parametrize("stage", ["pretrain_glance", "pretrain_local_still"])
+def test_still_stages_train_on_one_frame_stills_of_the_train_images(stage: str) -> None:
+    from model.data.stills import StillDataset
+
+    bench = PRESETS["fashion:tiny"]
+    with pytest.raises(ValueError, match="stills of the fashion benchmark"):
+        tiny_setup(((stage, 1),))
+    stills = StillDataset(bench, "train", 0, 8)  # type: ignore[arg-type]
+    frames, _, boxes = stills[0]
+    assert frames.shape == (3, 1, 32, 32) and boxes.shape == (1, 4) and int(boxes[0, 3]) == 1
+    cfg = TrainConfig(
+        model=get_config("tiny").replace(num_classes=10), data=DataSpec("fashion", 0, 8, bench), stages=((stage, 1),)
+    )
+    batch = tuple(next(iterate(stills, [list(range(8))], workers=0)))
+    torch.manual_seed(0)
+    model = AdaFocusV3(cfg.model).train()
+    opt = make_optimizer(model, cfg, stage)
+    for group in opt.param_groups:
+        group["lr"] = 1e-2
+    losses = []
+    for _ in range(2):
+        loss = STEP_FNS[stage](model, cfg, batch, torch.Generator().manual_seed(1)).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[1] < losses[0]
+
+
+@pytest.mark.skipif(not FASHION_INSTALLED, reason="Debian's dataset-fashion-mnist is not installed")
+def test_a_killed_run_of_stills_then_clips_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model.training import objectives
+
+    bench = PRESETS["fashion:tiny"]
+    cfg = TrainConfig(
+        model=get_config("tiny").replace(num_classes=10), data=DataSpec("fashion", 0, 32, bench),
+        stages=(("pretrain_local_still", 3), ("placement", 4)), batch_size=4, workers=0, checkpoint_every=2,
+    )  # fmt: skip
+    whole, _ = train(cfg, tmp_path / "whole", progress=False)
+    calls = {"n": 0}
+    placement = objectives.STEP_FNS["placement"]
+
+    def dies_on_the_third_call(*args: object) -> objectives.StepResult:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # as a kill: after the step-2 checkpoint of the clip stage
+        return placement(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setitem(objectives.STEP_FNS, "placement", dies_on_the_third_call)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "killed", progress=False)
+    monkeypatch.setitem(objectives.STEP_FNS, "placement", placement)
+    state = json.loads((tmp_path / "killed" / "state.json").read_text())["state"]
+    assert (state["stage"], state["step"]) == (1, 2)
+    resumed, resumed_state = train(cfg, tmp_path / "killed", resume=True, progress=False)
+    assert [h["stage"] for h in resumed_state.history] == ["pretrain_local_still", "placement"]
+    for key, value in whole.state_dict().items():
+        assert torch.allclose(value.float(), resumed.state_dict()[key].float(), atol=1e-6), key
