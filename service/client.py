@@ -90,21 +90,34 @@ def body(response: httpx.Response) -> Any:
 
 
 def classify_request(
-    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None
+    video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None, api_key: str | None = None
 ) -> dict[str, Any]:
     """The keyword arguments of httpx's ``post`` for one /classify request."""
     return {
         "files": {"video": video_part(video)},
         "data": classify_form(budget, explain, frames),
-        "headers": _headers(None, request_id),
+        "headers": _headers(None, request_id, api_key),
     }
 
 
-def _headers(token: str | None, request_id: str | None) -> dict[str, str]:
+def _headers(token: str | None, request_id: str | None, api_key: str | None = None) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if api_key:  # its own header: `Authorization` may carry the operator token on the same client
+        headers["X-API-Key"] = api_key
     if request_id:
         headers["X-Request-ID"] = request_id
     return headers
+
+
+def read_api_key(path: Path) -> str:
+    """The API key held in a file (its one line; kept out of shell history and the process list); ``ValueError``."""
+    try:
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the API key file {path} cannot be read: {exc}") from exc
+    if not key or any(c.isspace() for c in key):
+        raise ValueError(f"the API key file {path} must hold one key on one line")
+    return key
 
 
 class Client:
@@ -115,11 +128,13 @@ class Client:
         url: str = DEFAULT_URL,
         *,
         token: str | None = None,
+        api_key: str | None = None,
         timeout: float = 60.0,
         http: httpx.Client | None = None,
     ) -> None:
         self.http = http or httpx.Client(base_url=url, timeout=timeout)
-        self.token = token
+        self.token = token  # the operator token, for PUT /budget
+        self.api_key = api_key  # sent with /classify as `X-API-Key` (the server's ADAFOCUS_API_KEYS_FILE)
         self._owned = http is None
 
     def post_classify(
@@ -131,7 +146,8 @@ class Client:
         frames: bool = False,
         request_id: str | None = None,
     ) -> httpx.Response:
-        return self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id))
+        request = classify_request(video, budget, explain, frames, request_id, self.api_key)
+        return self.http.post("/classify", **request)
 
     def classify(
         self,
@@ -191,11 +207,13 @@ class AsyncClient:
         url: str = DEFAULT_URL,
         *,
         token: str | None = None,
+        api_key: str | None = None,
         timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.http = http or httpx.AsyncClient(base_url=url, timeout=timeout)
         self.token = token
+        self.api_key = api_key
         self._owned = http is None
 
     async def post_classify(
@@ -207,7 +225,8 @@ class AsyncClient:
         frames: bool = False,
         request_id: str | None = None,
     ) -> httpx.Response:
-        return await self.http.post("/classify", **classify_request(video, budget, explain, frames, request_id))
+        request = classify_request(video, budget, explain, frames, request_id, self.api_key)
+        return await self.http.post("/classify", **request)
 
     async def classify(
         self,
