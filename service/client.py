@@ -101,19 +101,21 @@ def body(response: httpx.Response) -> Any:
 
 def classify_request(
     video: Video, budget: str | None, explain: bool, frames: bool, request_id: str | None, sampling: str | None = None,
-    fields: Mapping[str, str] | None = None,
+    fields: Mapping[str, str] | None = None, api_key: str | None = None,
 ) -> dict[str, Any]:
     """The keyword arguments of httpx's ``post`` for one /classify request (``fields``: more form fields, e.g.
     ``{"segment_s": "2"}`` for a timeline)."""
     return {
         "files": {"video": video_part(video)},
         "data": {**classify_form(budget, explain, frames, sampling), **(fields or {})},
-        "headers": _headers(None, request_id),
+        "headers": _headers(None, request_id, api_key),
     }
 
 
-def _headers(token: str | None, request_id: str | None) -> dict[str, str]:
+def _headers(token: str | None, request_id: str | None, api_key: str | None = None) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
+    if api_key:  # its own header: `Authorization` may carry the operator token on the same client
+        headers["X-API-Key"] = api_key
     if request_id:
         headers["X-Request-ID"] = request_id
     return headers
@@ -140,11 +142,13 @@ def local_frames(video: Video, model: Geometry, sampling: Literal["exact", "fast
     return clip.frames, time.monotonic() - started
 
 
-def frames_request(frames: np.ndarray, budget: str | None, explain: bool, request_id: str | None) -> dict[str, Any]:
+def frames_request(
+    frames: np.ndarray, budget: str | None, explain: bool, request_id: str | None, api_key: str | None = None
+) -> dict[str, Any]:
     """httpx ``post`` keyword arguments: one clip's frames (1, T, H, W, 3) as a binary OIP inference request."""
     parameters: dict[str, Any] = {"explain": explain} | ({"budget": budget} if budget else {})
     content, header = wire.encode_request([wire.Output("frames", "UINT8", frames[None])], parameters)
-    headers = _headers(None, request_id) | {wire.HEADER_LENGTH: str(header), "Content-Type": "application/octet-stream"}
+    headers = _headers(None, request_id, api_key) | {wire.HEADER_LENGTH: str(header), "Content-Type": "application/octet-stream"}
     return {"content": content, "headers": headers}
 
 
@@ -170,6 +174,17 @@ def frames_answer(response: httpx.Response, decode_s: float) -> dict[str, Any]:
     return answer
 
 
+def read_api_key(path: Path) -> str:
+    """The API key held in a file (its one line; kept out of shell history and the process list); ``ValueError``."""
+    try:
+        key = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the API key file {path} cannot be read: {exc}") from exc
+    if not key or any(c.isspace() for c in key):
+        raise ValueError(f"the API key file {path} must hold one key on one line")
+    return key
+
+
 class Client:
     """Blocking client; ``http`` may be any httpx.Client whose base URL is the server (a TestClient too)."""
 
@@ -178,11 +193,13 @@ class Client:
         url: str = DEFAULT_URL,
         *,
         token: str | None = None,
+        api_key: str | None = None,
         timeout: float = 60.0,
         http: httpx.Client | None = None,
     ) -> None:
         self.http = http or httpx.Client(base_url=url, timeout=timeout)
-        self.token = token
+        self.token = token  # the operator token, for PUT /budget
+        self.api_key = api_key  # sent with /classify as `X-API-Key` (the server's ADAFOCUS_API_KEYS_FILE)
         self._owned = http is None
         self._geometry: Geometry | None = None  # the served model's, fetched at the first local decode
 
@@ -197,7 +214,7 @@ class Client:
         sampling: str | None = None,
         fields: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        request = classify_request(video, budget, explain, frames, request_id, sampling, fields)
+        request = classify_request(video, budget, explain, frames, request_id, sampling, fields, self.api_key)
         return self.http.post("/classify", **request)
 
     def classify(
@@ -218,7 +235,7 @@ class Client:
         if decode == "local":
             model = self._model_geometry()
             clip, seconds = local_frames(video, model, "fast" if sampling == "fast" else "exact")
-            post = frames_request(clip, budget, explain, request_id)
+            post = frames_request(clip, budget, explain, request_id, self.api_key)
             return frames_answer(self.http.post(f"/v2/models/{model.name}/infer", **post), seconds)
         result: dict[str, Any] = body(self.post_classify(
             video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling,
@@ -275,11 +292,13 @@ class AsyncClient:
         url: str = DEFAULT_URL,
         *,
         token: str | None = None,
+        api_key: str | None = None,
         timeout: float = 60.0,
         http: httpx.AsyncClient | None = None,
     ) -> None:
         self.http = http or httpx.AsyncClient(base_url=url, timeout=timeout)
         self.token = token
+        self.api_key = api_key
         self._owned = http is None
         self._geometry: Geometry | None = None
 
@@ -294,7 +313,7 @@ class AsyncClient:
         sampling: str | None = None,
         fields: Mapping[str, str] | None = None,
     ) -> httpx.Response:
-        request = classify_request(video, budget, explain, frames, request_id, sampling, fields)
+        request = classify_request(video, budget, explain, frames, request_id, sampling, fields, self.api_key)
         return await self.http.post("/classify", **request)
 
     async def classify(
@@ -313,8 +332,9 @@ class AsyncClient:
             if self._geometry is None:
                 self._geometry = geometry(await self.model())
             model = self._geometry
-            clip, seconds = await asyncio.to_thread(local_frames, video, model, "fast" if sampling == "fast" else "exact")
-            post = frames_request(clip, budget, explain, request_id)
+            local = "fast" if sampling == "fast" else "exact"
+            clip, seconds = await asyncio.to_thread(local_frames, video, model, local)
+            post = frames_request(clip, budget, explain, request_id, self.api_key)
             return frames_answer(await self.http.post(f"/v2/models/{model.name}/infer", **post), seconds)
         response = await self.post_classify(
             video, budget=budget, explain=explain, frames=frames, request_id=request_id, sampling=sampling,

@@ -51,6 +51,10 @@ def register(sub: Any) -> None:
     classify.add_argument("--segment-s", type=float, default=None,
                           help="cut each video into segments of this many seconds: a timeline (one line per segment)")
     classify.add_argument("--stride-s", type=float, default=None, help="seconds between segment starts (--segment-s)")
+    key = classify.add_mutually_exclusive_group()
+    key.add_argument("--api-key", default=None, help="API key for a server with ADAFOCUS_API_KEYS_FILE (sent as "
+                     "X-API-Key; visible in the process list: prefer --api-key-file)")
+    key.add_argument("--api-key-file", type=Path, default=None, help="file holding the API key (one line)")
     classify.set_defaults(handler=run_classify)
 
 
@@ -92,10 +96,16 @@ def run_classify(args: argparse.Namespace) -> int:
     import asyncio
     import sys
 
-    from service.client import AsyncClient, classify_files, write_outcomes
+    from service.client import AsyncClient, classify_files, read_api_key, write_outcomes
+
+    try:
+        api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else args.api_key
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
 
     async def run() -> int:
-        async with AsyncClient(args.url, timeout=args.timeout) as client:
+        async with AsyncClient(args.url, timeout=args.timeout, api_key=api_key) as client:
             paths = [Path(f) for f in args.files]
             missing = [str(p) for p in paths if not p.is_file()]
             if missing:

@@ -272,10 +272,14 @@ def _bench_engine(args: argparse.Namespace) -> int:
 
         made = plot_engine_modes(result, Path(args.plot), title=f"engine modes, model {result['model']}")
         result["plot"] = str(made) if made else None
+    from loadtest.bench.breakdown import breakdown_markdown
     from loadtest.bench.engine import repeats_markdown
     from loadtest.markdown import engine_markdown
 
-    print_result(result, args, format_engine, lambda r: f"{engine_markdown(r)}\n\n{repeats_markdown(r)}")
+    def markdown(r: dict[str, Any]) -> str:
+        return f"{engine_markdown(r)}\n\n{repeats_markdown(r)}\n\n{breakdown_markdown(r)}"
+
+    print_result(result, args, format_engine, markdown)
     return 0
 
 

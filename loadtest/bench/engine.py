@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from loadtest.bench.breakdown import add_floors, stated_curve
 from loadtest.bench.simulated import runner_info, runner_line
 from loadtest.bench.workload import Workload
 from loadtest.report import format_ratio, latency_summary, ratio_stats
@@ -166,6 +167,8 @@ def _summarize(run: _Run, stats: StatsObserver, deadline_s: float | None, starte
             "focus": statistics.fmean(focus) if focus else 0.0,
         },
         "steps": {"glance": len(glance), "focus": len(focus)},
+        "device_s": {"glance": stats.busy_seconds("glance"), "focus": stats.busy_seconds("focus")},  # in calls
+        "cubes": sum(r.cubes_used for r in results),
         "gmacs_per_video": statistics.fmean(gmacs) if gmacs else 0.0,
         "gmacs_per_s": sum(gmacs) / wall,
         "busy_fraction": min(1.0, stats.busy_seconds() / wall),
@@ -339,6 +342,7 @@ def run_engine_bench(
     engines = _engines(work, cfg, runner)
     try:
         levels = [run_level(engines, work, cfg, name, log) for name in names]
+        levels = add_floors(levels, stated_curve(runner, cfg.max_batch))
     finally:
         for engine, _ in engines.values():
             engine.shutdown(drain=True, timeout=30)

@@ -4,7 +4,8 @@ FFmpeg can crash its process on malformed input (SIGSEGV, PyAV #2344), so every 
 process. Each worker serves one job at a time over its own pipe, watched by one supervisor thread: when a worker
 dies (any signal) or overruns its time limit, only the job it held fails (``DecoderCrashed`` /
 ``DecodeError("decode_timeout")``), and the supervisor starts a fresh process. Workers are started with
-``spawn``: the server process holds torch threads, which a fork would copy in an unusable state.
+``spawn``: the server process holds torch threads, which a fork would copy in an unusable state; and with an
+environment that holds none of the server's secrets (``service.decode.isolation``).
 
 Uploads go in and frames come back through shared memory, not the pipe: each worker slot has one block
 (``service.decode.shared_memory.FrameBlock``), created and unlinked by the pool's process only, that holds the upload
@@ -21,6 +22,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import multiprocessing as mp
+import os
 import queue
 import signal
 import threading
@@ -35,6 +37,7 @@ from typing import Any, Literal, NoReturn
 import numpy as np
 
 from model.video import Clip, DecodeError, DecodeLimits, Sampling, Source, encode_video, sample_clip
+from service.decode.isolation import IsolatedContext
 from service.decode.shared_memory import SHM_BACKOFF_S, FrameBlock, attach, reply, sweep_orphans, upload_in
 from service.decode.timeline import TimelineDone, TimelineJob, TimelineSink, receive_timeline, serve_timeline
 
@@ -229,7 +232,8 @@ class DecodePool:
         self.kill_grace_s = kill_grace_s
         self.max_pending = max_pending
         self.on_restart = on_restart or (lambda reason: None)
-        ctx = mp.get_context(start_method)
+        # spawn: each worker starts with only the harmless part of the server's environment (no secrets)
+        ctx = IsolatedContext(os.environ) if start_method == "spawn" else mp.get_context(start_method)
         self._workers = [_Worker(ctx, job_fn, limits, FrameBlock(clock, shm_backoff_s)) for _ in range(workers)]
         self._jobs: queue.Queue[tuple[DecodeJob, concurrent.futures.Future[Any], TimelineSink | None] | None] = (
             queue.Queue()

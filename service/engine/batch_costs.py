@@ -87,3 +87,20 @@ def _fill(row: list[float | None]) -> tuple[float, ...] | None:
         else:  # before the first or after the last measured size
             out.append(s1 * b / b1)
     return tuple(out)
+
+
+def fewest_seconds(per_call: Sequence[float], samples: int) -> float:
+    """The least time any schedule needs for ``samples`` samples of one stage, in calls of 1..len(per_call)
+    samples each costing ``per_call[b - 1]`` (exact for any curve: the cheapest split of ``samples`` into calls)."""
+    best = [0.0] + [float("inf")] * samples  # best[s]: the cheapest s samples
+    for s in range(1, samples + 1):
+        best[s] = min(per_call[b - 1] + best[s - b] for b in range(1, min(s, len(per_call)) + 1))
+    return best[samples]
+
+
+def schedule_floor(costs: StepCosts, videos: int, cubes: int) -> float:
+    """Device seconds below which no schedule can serve ``videos`` glances and ``cubes`` focus samples: each
+    stage in its cheapest calls. Exits do not depend on the schedule (a request's exit depends only on its own
+    cubes), so this bounds every mode on the same requests; it ignores that a request's cubes run one per step
+    and that at most ``max_active`` requests hold slots, so no schedule need reach it."""
+    return fewest_seconds(costs.glance, videos) + fewest_seconds(costs.focus, cubes)

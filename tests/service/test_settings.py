@@ -11,6 +11,7 @@ from model.video import DecodeLimits, encode_video
 from service.engine.config import EngineConfig
 from service.engine.runners.torch_runner import TorchOptions, TorchRunner
 from service.settings import Settings
+from service.startup import StartupError, load_settings
 from tests.service.conftest import in_process, ramp, service_state
 
 
@@ -165,3 +166,21 @@ def test_the_server_runs_the_runner_variant_its_settings_name(tiny_bundle: Path,
             answer = client.post("/classify", files={"video": ("v.mp4", fh)})
         assert answer.status_code == 200, answer.text
         assert 0 <= answer.json()["class_id"] < 10
+
+
+@pytest.mark.parametrize("value", ["cost", "eager", "EAGER"])
+def test_admission_rule_reaches_the_engine_config(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    assert Settings().engine_config().admission == "cost"  # the default
+    monkeypatch.setenv("ADAFOCUS_ADMISSION", value)
+    if value == "EAGER":  # the rule names are lower case, as every other choice's
+        with pytest.raises(ValidationError):
+            Settings()
+        return
+    assert Settings().engine_config() == EngineConfig(admission=value)  # type: ignore[arg-type]
+
+
+def test_a_bad_admission_rule_fails_fast_naming_the_variable_and_the_choices(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ADAFOCUS_ADMISSION", "greedy")
+    with pytest.raises(StartupError) as refused:
+        load_settings({})
+    assert str(refused.value) == "invalid settings: ADAFOCUS_ADMISSION: Input should be 'cost' or 'eager'"

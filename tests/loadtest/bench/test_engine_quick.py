@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from loadtest.bench.breakdown import breakdown_markdown
 from loadtest.bench.engine import admission_rule, parse_mode, repeats_markdown
 from service.cli import main
 
@@ -35,6 +36,13 @@ def test_the_quick_mode_of_both_runners(runner: str, capsys: pytest.CaptureFixtu
         assert r["completed"] + sum(r["failed"].values()) + r["rejected"] == r["submitted"]
         assert len(r["repeats_videos_per_s"] if r["offered_rate"] is None else r["repeats_p50_s"]) == 3
     assert set(level["ratios"]["saturation_videos_per_s"]) == {"continuous/drain", "continuous/single"}
+    for r in level["runs"][:3]:  # saturation: the device time inside the calls, and (simulated) the floor
+        assert 0 < r["cubes"] <= sum(int(step) * count for step, count in r["exit_steps"].items())  # skips
+        assert r["device_s"]["glance"] > 0 and ("floor_s" in r) == (runner != "torch")
+        if runner != "torch":  # every call sleeps to its curve: no schedule's device time is below the floor
+            assert sum(r["device_s"].values()) >= r["floor_s"] * 0.999
+    table = breakdown_markdown(result).splitlines()
+    assert len(table) == 2 + 3 and table[2].startswith("| max | continuous | ")
 
 
 def test_a_runner_that_is_neither_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

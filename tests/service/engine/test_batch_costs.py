@@ -3,7 +3,7 @@ decisions with costs as an input (pure: no model, no clock)."""
 
 import pytest
 
-from service.engine.batch_costs import StepCosts, StepCostTable, knee_batch
+from service.engine.batch_costs import StepCosts, StepCostTable, fewest_seconds, knee_batch, schedule_floor
 from service.engine.config import EngineConfig
 from service.engine.scheduler import RequestOutput, Scheduler
 
@@ -102,3 +102,26 @@ def test_the_oldest_waiting_request_waits_at_most_max_glance_wait_steps() -> Non
     assert advance(s, FLAT, exit_ids=(0,)) == ()  # step 1
     assert advance(s, FLAT) == ()  # step 2: one free slot, the knee is 4
     assert advance(s, FLAT) == (4,)  # step 3: request 4 has waited 3 steps: admit what fits
+
+
+@pytest.mark.parametrize(
+    ("per_call", "samples", "seconds"),
+    [
+        ((10.0, 11.0, 12.0, 13.0), 9, 2 * 13.0 + 10.0),  # flat-ish: full calls, then one for the rest
+        ((1.0, 2.0, 3.0, 4.0), 9, 9.0),  # linear: any split costs the same
+        ((2.0, 3.0, 9.0, 12.0), 6, 9.0),  # a knee: three calls of 2 beat a full one and a pair (15)
+        ((5.0,), 3, 15.0),  # a cap of one sample per call
+        ((5.0, 6.0), 0, 0.0),
+    ],
+)
+def test_the_fewest_seconds_of_a_stage_is_its_cheapest_split(
+    per_call: tuple[float, ...], samples: int, seconds: float
+) -> None:
+    assert fewest_seconds(per_call, samples) == pytest.approx(seconds)
+
+
+def test_the_schedule_floor_sums_both_stages_cheapest_calls() -> None:
+    a, c = 12.5e-3, 2.23e-3  # the simulated V100's glance; focus 12.5 ms + 0.104 ms per cube, batch cap 32
+    costs = StepCosts(tuple(a + c * b for b in range(1, 33)), tuple(12.5e-3 + 0.104e-3 * b for b in range(1, 33)))
+    floor = schedule_floor(costs, 128, 56)  # 4 full glance calls; 56 cubes: one call of 32 and one of 24
+    assert floor == pytest.approx(4 * a + 128 * c + 2 * 12.5e-3 + 56 * 0.104e-3)

@@ -1,11 +1,15 @@
 """Optional API keys for /classify (service/http/api_keys.py): the token bucket and the check with an injected clock,
 the keys file and its reload, the start-up refusal of a bad file; then a real server: 401, 403, 429 with
-Retry-After, a concurrency slot held by an upload, a reloaded file, the metrics by key name, and no key in its log."""
+Retry-After, a concurrency slot held by an upload, a reloaded file, the metrics by key name, and no key in its log;
+the Python clients and `adafocus classify` sending a key (``--api-key`` or ``--api-key-file``)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +18,9 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from loadtest.http.server_process import ADAFOCUS
 from model.video import encode_video
+from service.client import AsyncClient, Client, ServerError, read_api_key
 from service.http.api_keys import (
     ApiKeyInvalid,
     ApiKeyMissing,
@@ -31,6 +37,7 @@ from service.settings import Settings
 from tests.service.conftest import Server, ramp, serve, wait_until
 
 ALPHA, BETA, GAMMA = "alpha-key-0123456789abcdef", "beta-key-0123456789abcdef", "gamma-key-0123456789abcdef"
+DELTA = "delta-key-0123456789abcdef"  # the clients' key, with room in its bucket
 
 
 class FakeClock:
@@ -170,7 +177,7 @@ def test_the_keys_file_is_read_again_when_it_changes(tmp_path: Path, caplog: pyt
 @pytest.fixture(scope="module")
 def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("keys") / "api-keys"
-    path.write_text(f"{ALPHA} alpha\n{BETA} beta concurrency=1\n")
+    path.write_text(f"{ALPHA} alpha\n{BETA} beta concurrency=1\n{DELTA} delta rate=100 burst=100\n")
     return path
 
 
@@ -234,6 +241,54 @@ def test_an_upload_in_flight_holds_its_keys_slot(server: Server, video: bytes) -
     # the client's close ends its body short of its Content-Length: answered 400 incomplete_upload (nobody reads it)
     wait_until(lambda: 'adafocus_requests_total{status="400"} 1.0' in metrics(server), what="the slow one gone")
     assert classify(server, video, **{"x-api-key": BETA}).status_code == 200
+
+
+def test_the_python_clients_send_their_api_key(server: Server, video: bytes) -> None:
+    with Client(server.url, api_key=DELTA) as client:
+        assert client.classify(("clip.mp4", video))["label"]
+    with Client(server.url) as client, pytest.raises(ServerError) as refused:
+        client.classify(("clip.mp4", video))
+    assert (refused.value.status, refused.value.code) == (401, "api_key_required")
+
+    async def run() -> dict[str, object]:
+        async with AsyncClient(server.url, api_key=DELTA, token="not-this") as client:  # the two headers apart
+            return await client.classify(("clip.mp4", video))
+
+    assert asyncio.run(run())["label"]
+    assert 'adafocus_api_key_requests_total{key="delta"} 2.0' in metrics(server)
+
+
+def test_the_classify_command_takes_a_key_or_a_key_file(server: Server, video: bytes, tmp_path: Path) -> None:
+    clip, key_file, empty = tmp_path / "clip.mp4", tmp_path / "key", tmp_path / "empty"
+    clip.write_bytes(video)
+    key_file.write_text(f"{DELTA}\n")
+    empty.write_text("\n")
+
+    def classify_command(*options: str) -> subprocess.CompletedProcess[str]:
+        command = [str(ADAFOCUS), "classify", str(clip), "--url", server.url, "--json", *options]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+    by_file = classify_command("--api-key-file", str(key_file))
+    assert by_file.returncode == 0 and json.loads(by_file.stdout)["label"], by_file.stderr
+    assert classify_command("--api-key", DELTA).returncode == 0
+    wrong = classify_command("--api-key", GAMMA)
+    assert (wrong.returncode, json.loads(wrong.stdout)["error"]["code"]) == (1, "api_key_invalid")
+    unreadable = classify_command("--api-key-file", str(empty))
+    assert unreadable.returncode == 2 and "must hold one key on one line" in unreadable.stderr
+    both = classify_command("--api-key", DELTA, "--api-key-file", str(key_file))
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+
+
+def test_an_api_key_file_holds_one_key(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    path.write_text(f"  {DELTA}\n")
+    assert read_api_key(path) == DELTA
+    for text in ("", "\n", f"{DELTA} delta\n", f"{DELTA}\n{ALPHA}\n"):
+        path.write_text(text)
+        with pytest.raises(ValueError, match="one key on one line"):
+            read_api_key(path)
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_api_key(tmp_path / "missing")
 
 
 def test_the_keys_file_is_reloaded_and_no_key_is_logged(server: Server, keys_file: Path, video: bytes) -> None:
