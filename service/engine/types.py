@@ -14,6 +14,7 @@ import numpy as np
 
 from model.budgets import BudgetTable, Criterion
 from service.engine.autobudget import AutoBudgetConfig
+from service.engine.config import Stage
 
 # confident: met its threshold; max_cubes: used every cube; deadline: answered with its prediction so far because
 # its deadline was near (``EngineConfig.deadline_answers``)
@@ -32,6 +33,7 @@ class EngineRequest:
     # predictions); must be cheap and thread-safe; whatever it raises is logged and ignored
     on_progress: Callable[[Progress], None] | None = None
     client_id: str = "-"  # the client-facing X-Request-ID (log lines); "-" outside HTTP
+    record_steps: bool = False  # keep a StepRecord of every model call it takes part in (its trace), in the result
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,18 @@ class CubeBox:
     frames: int  # cube duration t
     size: int  # cube side h = w
     skipped: bool  # skipped because earlier cubes covered its frames
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One model call a request took part in (``EngineRequest.record_steps``): what its trace shows of the step."""
+
+    stage: Stage
+    exit_index: int  # the exit it reached: 0 after the glance, k after cube k (skipped cubes advance it too)
+    batch_size: int  # samples in that model call
+    start: float  # engine clock
+    end: float  # engine clock
+    exited: bool  # it met its threshold at ``exit_index``
 
 
 @dataclass(frozen=True)
@@ -76,6 +90,7 @@ class EngineResult:
     # eta_0 .. eta_K the request ran under, bound at its glance (a swap meanwhile does not change them); () only
     # in results built by hand
     thresholds: tuple[float, ...] = ()
+    steps: tuple[StepRecord, ...] = ()  # with ``record_steps``: its model calls in order, glance first
 
 
 @dataclass(frozen=True)
