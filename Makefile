@@ -13,7 +13,7 @@ $(PY):
 INSTALLED := $(VENV)/.installed
 install: $(INSTALLED)
 $(INSTALLED): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[dev,ray]'
+	$(PY) -m pip install --quiet -e '.[dev,ray,otel]'
 	touch $@
 
 lint: install

@@ -25,7 +25,7 @@ from service.classify.result_cache import ResultCache
 from service.engine.runners.torch_runner import Runner
 from service.http.body_guard import BodyGuard, BodyLimits, routed_by
 from service.http.budget_routes import router as budget_router
-from service.http.errors import install_handlers
+from service.http.errors import install_handlers, to_api_error
 from service.http.oip_infer import router as oip_infer_router
 from service.http.open_inference import router as oip_router
 from service.http.routes import router
@@ -48,7 +48,8 @@ def create_app(
     ``budget``, ``peers``, ``replica``, ``wrap_runner``: a fleet replica's (fleet/replica.py); by default a single
     server's."""
     state = ServiceState(
-        settings or Settings(), clock=clock, budget=budget, peers=peers, replica=replica, wrap_runner=wrap_runner
+        settings or Settings(), clock=clock, budget=budget, peers=peers, replica=replica, wrap_runner=wrap_runner,
+        describe_error=describe_error,
     )
 
     @asynccontextmanager
@@ -84,6 +85,12 @@ def create_app(
     app.add_middleware(RequestIdMiddleware, clock=clock)  # every response has an X-Request-ID
     app.add_middleware(ReplicaHeader, state=state)  # outermost: every response names the replica (fleet or not)
     return app
+
+
+def describe_error(exc: BaseException) -> tuple[int, str]:
+    """A request error's HTTP status and stable code, for its trace (service/tracing/)."""
+    error = to_api_error(exc, 0)
+    return error.status, error.code
 
 
 class ReplicaHeader:

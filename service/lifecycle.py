@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import torch
 from prometheus_client.metrics_core import Metric
@@ -34,6 +34,10 @@ from service.engine.types import BudgetState, EngineRequest
 from service.metrics import Metrics, labelled
 from service.schemas import ReplicaBudget
 from service.settings import Settings
+from service.tracing.setup import Tracing, start_tracing
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -84,6 +88,10 @@ class ServiceState:
     peers: Peers | None = None  # the fleet's replicas; None: a single server
     wrap_runner: Callable[[Runner], Runner] | None = None  # wraps the runner once built (a benchmark's fake device)
     replica: str = ""  # this server's name in every answer; "": the settings' (ADAFOCUS_REPLICA_NAME or the host)
+    tracing: Tracing = field(default_factory=Tracing.off)  # chosen at start-up from the settings (service/tracing/)
+    # a request error's (HTTP status, stable code) for its trace: the app's error table (service/http/errors.py)
+    describe_error: Callable[[BaseException], tuple[int, str]] = lambda _: (500, "internal")
+    span_exporter: SpanExporter | None = None  # tests: spans go here (the SDK's in-memory exporter), not over OTLP
     # one future per request in ``until_aborted``, set by ``abort_inflight`` (event-loop side only)
     _aborts: set[asyncio.Future[None]] = field(default_factory=set)
 
@@ -109,6 +117,8 @@ class ServiceState:
             clock=self.clock,
         )
         self.replica = self.replica or s.replica()
+        tracing = s.tracing_config(self.replica)
+        self.tracing = start_tracing(tracing, self.describe_error, self.clock, self.span_exporter)
         self.control = BudgetControl(self.engine.budget, s.slo_p99_s, on_apply=self._on_budget)
         self.budget = self.budget or store_for(s)
         # an unknown ADAFOCUS_BUDGET or ADAFOCUS_MIN_LEVEL, or a bad budget file, stops the start-up here
@@ -184,6 +194,7 @@ class ServiceState:
             self.engine.shutdown(drain=True, timeout=self.settings.drain_timeout_s)
         if self.pool is not None:
             self.pool.shutdown()
+        self.tracing.shutdown()  # the last spans exported
         log.info("stopped")
 
     def begin_drain(self) -> None:

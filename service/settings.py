@@ -11,13 +11,14 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model.video import DecodeLimits
 from service.engine.config import AdmissionRule, Backend, EngineConfig, EngineMode, Precision
 from service.logs import LogFormat
 from service.schemas import P99_MAX_S, P99_MIN_S, ApiKeyFileError, BudgetUpdate, read_api_keys
+from service.tracing.setup import TracingConfig, sdk_missing
 
 MIN_TOKEN_CHARS = 16
 # The engine's settings default to EngineConfig's own defaults (written once, there); every other default is
@@ -27,7 +28,10 @@ ENGINE = EngineConfig()
 
 class Settings(BaseSettings):
     # hide_input_in_errors: a rejected value (the operator token ...) must never reach a log through the error text
-    model_config = SettingsConfigDict(env_prefix="ADAFOCUS_", extra="ignore", frozen=True, hide_input_in_errors=True)
+    # validate_by_name: the fields read from standard OTEL_* variables too (validation_alias) still take their name
+    model_config = SettingsConfigDict(
+        env_prefix="ADAFOCUS_", extra="ignore", frozen=True, hide_input_in_errors=True, validate_by_name=True
+    )
 
     host: str = Field(default="0.0.0.0", description="address to bind")
     port: int = Field(default=8000, ge=0, le=65535, description="TCP port (0 = any free port)")
@@ -197,12 +201,37 @@ class Settings(BaseSettings):
         default="text", description="`text`, or `json`: one JSON object per line (access log included), with the "
         "request ID"
     )
+    otlp_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("ADAFOCUS_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        description="OpenTelemetry: the OTLP/HTTP collector's base URL (spans go to <it>/v1/traces); also read from "
+        "OTEL_EXPORTER_OTLP_ENDPOINT; unset = tracing off",
+    )
+    trace_service_name: str = Field(
+        default="adafocus", min_length=1,
+        validation_alias=AliasChoices("ADAFOCUS_TRACE_SERVICE_NAME", "OTEL_SERVICE_NAME"),
+        description="tracing: the spans' service.name (also read from OTEL_SERVICE_NAME)",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0, ge=0, le=1, description="tracing: the share of new traces kept (a client's traceparent decides "
+        "for its own)",
+    )
 
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
             raise ValueError(f"ADAFOCUS_DEVICE must be auto, cpu, cuda or cuda:N, got {value!r}")
+        return value
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _otlp_endpoint(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # an empty variable means "no endpoint": tracing off
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
+            raise ValueError("must be an http:// or https:// URL (the collector's OTLP/HTTP base URL)")
+        if sdk_missing():
+            raise ValueError("tracing needs the OpenTelemetry SDK: pip install 'adafocus-serve[otel]'")
         return value
 
     @field_validator("log_level", mode="before")
@@ -281,6 +310,10 @@ class Settings(BaseSettings):
             deadline_answers=self.deadline_answers,
             group_max_active=self.group_max_active,
         )
+
+    def tracing_config(self, instance: str) -> TracingConfig:
+        """Tracing as set (off without an endpoint); ``instance`` names this server in its spans."""
+        return TracingConfig(self.otlp_endpoint, self.trace_service_name, self.trace_sample_ratio, instance)
 
     def startup_budget(self) -> BudgetUpdate:
         """The budget setting to start with when no budget file holds one (levels are checked by the engine)."""

@@ -24,6 +24,8 @@ class StartupError(Exception):
 
 def setting_name(field: str, overrides: dict[str, Any]) -> str:
     """How the user set ``field``: its flag when given on the command line, else its environment variable."""
+    if field.isupper():  # a setting read under an alias (validation_alias): the loc is the variable's name already
+        return field
     return FLAGS[field] if field in overrides else f"ADAFOCUS_{field.upper()}"
 
 

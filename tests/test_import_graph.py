@@ -25,7 +25,8 @@ LAYERS = ("model", "exporters", "service", "loadtest", "fleet")  # bottom to top
 SUBLAYERS: dict[str, tuple[str, ...]] = {
     "model": ("model", "model.data", "model.training", "model.evaluation", "model.testing", "model.commands"),
     "service": (
-        "service.engine", "service.decode", "service.logs", "service.schemas", "service.metrics", "service.settings",
+        "service.engine", "service.decode", "service.logs", "service.schemas", "service.metrics", "service.tracing",
+        "service.settings",
         "service.budget", "service.lifecycle", "service.classify", "service.http", "service.app", "service.startup",
         "service.client", "service.commands", "service.cli",
     ),

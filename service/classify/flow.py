@@ -82,14 +82,17 @@ class ClassifyFlow:
         self._progress = RequestProgress(asyncio.get_running_loop())
         self._engine_future: Future[EngineResult] | None = None  # to cancel when a streaming client leaves
         self._results: ResultCache | None = getattr(request.app.state, "results", None)  # service/app.py's
+        self._trace = state.tracing.begin(request.headers, request.method, request.url.path, started)
 
     async def answer(self) -> ClassifyResponse | TimelineResponse | ProgressStream:
         """The answer, or, once the first progress event arrives before it, the stream of events that ends with
         it. An error before the first event raises here (the route answers it as ordinary JSON); shutdown's
         ``abort_inflight`` ends the request either way (``ShutdownAborted``)."""
         if self._draining:
-            raise ServiceDraining("the server is draining and admits no new requests")
+            self._trace.end(refused := ServiceDraining("the server is draining and admits no new requests"))
+            raise refused
         work = asyncio.ensure_future(self.state.until_aborted(self._classify()))
+        work.add_done_callback(lambda done: self._trace.end(outcome(done)))
         first = asyncio.ensure_future(self._progress.arrived.wait())
         try:
             await asyncio.wait({work, first}, return_when=asyncio.FIRST_COMPLETED)
@@ -132,6 +135,7 @@ class ClassifyFlow:
         assert self.state.pool is not None and self.state.metrics is not None and self.state.bundle is not None
         deadline = request_deadline(self.state, self.started, self.request.headers.get("x-deadline-ms"))
         upload = await self._read_upload(deadline)
+        self._trace.uploaded()
         disconnect = asyncio.ensure_future(wait_disconnect(self.request))
         try:
             with upload.spool:
@@ -146,9 +150,11 @@ class ClassifyFlow:
                 source = upload.spool.source()
                 decoded = await decode_upload(self.state, source, form.sampling, form.deadline, disconnect)
             self.state.metrics.on_decode(decoded.seconds, decoded.backend, decoded.sampling)
+            self._trace.decoded(decoded)
             result = await self._infer(form, decoded, disconnect)
         finally:
             disconnect.cancel()
+        self._trace.inferred(result)
         body = await self._answer(form, decoded, result)
         if key is not None and self._results is not None:  # under the version the thresholds were really bound to
             self._results.put(dataclasses.replace(key, budget_version=result.budget_version), body)
@@ -215,6 +221,7 @@ class ClassifyFlow:
             explain=form.explain,
             on_progress=self._progress.listener(keep=form.explain, relay=form.stream),
             client_id=current_request_id() or "-",
+            record_steps=self._trace.recording,
         )
         self._engine_future = future = engine.submit(request)
         try:
@@ -307,6 +314,11 @@ def answer(state: ServiceState, result: EngineResult, decode_s: float, total_s: 
         cubes=cubes,
         replica=state.replica,
     )
+
+
+def outcome(work: asyncio.Future[ClassifyResponse]) -> BaseException | None:
+    """How the request's work ended, for its trace: None (answered), its error, or ``ClientGone`` when cancelled."""
+    return ClientGone() if work.cancelled() else work.exception()
 
 
 async def wait_disconnect(request: Request) -> None:

@@ -29,7 +29,15 @@ from service.engine.config import Stage
 from service.engine.observer import EngineObserver
 from service.engine.runners.torch_runner import Runner
 from service.engine.scheduler import Finished, RequestOutput, RequestStatus
-from service.engine.types import BudgetState, CubeBox, EngineRequest, EngineResult, ExitReason, Progress
+from service.engine.types import (
+    BudgetState,
+    CubeBox,
+    EngineRequest,
+    EngineResult,
+    ExitReason,
+    Progress,
+    StepRecord,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +79,7 @@ class Entry:
     logits: torch.Tensor | None = None  # (classes,) at the last exit evaluated
     score: float = 0.0  # the exit criterion's score at the last exit evaluated
     error: BaseException | None = None
+    steps: list[StepRecord] = field(default_factory=list)  # with ``request.record_steps``: its model calls
 
 
 class StepExecutor:
@@ -139,6 +148,10 @@ class StepExecutor:
         self.observer.on_step(stage, len(items), elapsed)
         if self.cost_table is not None:
             self.cost_table.record(stage, len(items), elapsed)
+        for entry, _ in items:  # a trace's record: a tuple appended, no export work on this thread
+            if entry.request.record_steps:
+                out = outputs[entry.request_id]
+                entry.steps.append(StepRecord(stage, out.exit_index, len(items), start, start + elapsed, out.exited))
         return outputs
 
     def _glance(self, entries: list[Entry], snapshot: BudgetState, start: float) -> dict[int, RequestOutput]:
@@ -247,6 +260,7 @@ class StepExecutor:
             cubes=cubes,
             thresholds=entry.budget.thresholds,
             probabilities=tuple(probs.tolist()),
+            steps=tuple(entry.steps),
         )
 
     def progress(self, entry: Entry, out: RequestOutput, final: bool) -> Progress:

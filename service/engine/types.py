@@ -14,6 +14,7 @@ import numpy as np
 
 from model.budgets import BudgetTable, Criterion
 from service.engine.autobudget import AutoBudgetConfig
+from service.engine.config import Stage
 
 # confident: met its threshold; max_cubes: used every cube; deadline: answered with its prediction so far because
 # its deadline was near (``EngineConfig.deadline_answers``)
@@ -35,6 +36,7 @@ class EngineRequest:
     # requests of one group (the segments of one long video) share a cap on active slots and take turns with the
     # other requests waiting (service.engine.fairness); None: a group of its own
     group: str | None = None
+    record_steps: bool = False  # keep a StepRecord of every model call it takes part in (its trace), in the result
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,18 @@ class CubeBox:
     frames: int  # cube duration t
     size: int  # cube side h = w
     skipped: bool  # skipped because earlier cubes covered its frames
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One model call a request took part in (``EngineRequest.record_steps``): what its trace shows of the step."""
+
+    stage: Stage
+    exit_index: int  # the exit it reached: 0 after the glance, k after cube k (skipped cubes advance it too)
+    batch_size: int  # samples in that model call
+    start: float  # engine clock
+    end: float  # engine clock
+    exited: bool  # it met its threshold at ``exit_index``
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,7 @@ class EngineResult:
     # in results built by hand
     thresholds: tuple[float, ...] = ()
     probabilities: tuple[float, ...] = ()  # the softmax over every class at the exit (() only in results built by hand)
+    steps: tuple[StepRecord, ...] = ()  # with ``record_steps``: its model calls in order, glance first
 
 
 @dataclass(frozen=True)

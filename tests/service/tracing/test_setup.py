@@ -1,0 +1,126 @@
+"""Tracing chosen at start-up: off by default; on, the spans reach a real OTLP/HTTP endpoint (a tiny HTTP server in
+this test decoding the protobuf export the SDK's exporter sends); the settings that turn it on."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+from service.startup import StartupError, load_settings
+from service.tracing.request import NO_TRACE
+from service.tracing.setup import traces_url
+from tests.service.conftest import classify_ok, in_process, service_state
+
+
+class Collector(ThreadingHTTPServer):
+    """An OTLP/HTTP receiver on a free loopback port: keeps every export request it is sent."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), CollectorHandler)
+        self.received: list[tuple[str, str, ExportTraceServiceRequest]] = []  # (path, content type, request)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class CollectorHandler(BaseHTTPRequestHandler):
+    server: Collector
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        request = ExportTraceServiceRequest.FromString(body)
+        self.server.received.append((self.path, self.headers["Content-Type"], request))
+        answer = ExportTraceServiceResponse().SerializeToString()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+
+@pytest.fixture
+def collector() -> Iterator[Collector]:
+    server = Collector()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def values(attributes: list[KeyValue]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for kv in attributes:
+        kind = kv.value.WhichOneof("value")
+        out[kv.key] = getattr(kv.value, kind) if kind else None
+    return out
+
+
+def test_spans_reach_a_real_otlp_http_endpoint(tiny_bundle: Path, clip: Path, collector: Collector) -> None:
+    for client in in_process(tiny_bundle, otlp_endpoint=collector.url, replica_name="replica-a"):
+        assert service_state(client).tracing.on
+        body = classify_ok(client, clip, budget="mid")
+    # the lifespan's end shut the tracer provider down: its batch processor exported what was left
+    assert collector.received, "the collector received no export"
+    assert {(path, kind) for path, kind, _ in collector.received} == {("/v1/traces", "application/x-protobuf")}
+    spans, resources = [], []
+    for _, _, request in collector.received:
+        for resource_spans in request.resource_spans:
+            resources.append(values(list(resource_spans.resource.attributes)))
+            spans += [span for scope in resource_spans.scope_spans for span in scope.spans]
+    assert {(r["service.name"], r["service.instance.id"]) for r in resources} == {("adafocus", "replica-a")}
+    assert sorted(span.name for span in spans) == sorted(
+        ["POST /classify", "upload", "decode", "infer", "queue", "glance", "cube", "answer"]
+    )
+    (root,) = [span for span in spans if span.name == "POST /classify"]
+    assert values(list(root.attributes))["adafocus.request_id"] == body["request_id"]
+    assert {span.trace_id for span in spans} == {root.trace_id}
+
+
+def test_tracing_is_off_by_default(tiny_bundle: Path, clip: Path) -> None:
+    for client in in_process(tiny_bundle):
+        tracing = service_state(client).tracing
+        assert not tracing.on
+        assert tracing.begin({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, "POST",
+                             "/classify", 0.0) is NO_TRACE
+        classify_ok(client, clip)
+
+
+def test_the_endpoint_setting_and_its_standard_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("ADAFOCUS_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"):
+        monkeypatch.delenv(key, raising=False)
+    assert load_settings({}).otlp_endpoint is None
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "video-edge")
+    config = load_settings({}).tracing_config("pod-1")
+    assert (config.endpoint, config.service_name, config.instance) == ("http://collector:4318", "video-edge", "pod-1")
+    monkeypatch.setenv("ADAFOCUS_OTLP_ENDPOINT", "https://otel.example:4318/")  # the project's own name wins
+    assert load_settings({}).otlp_endpoint == "https://otel.example:4318/"
+    monkeypatch.setenv("ADAFOCUS_OTLP_ENDPOINT", "collector:4318")
+    with pytest.raises(StartupError, match=r"^invalid settings: ADAFOCUS_OTLP_ENDPOINT: must be an http:// or https"):
+        load_settings({})
+    monkeypatch.setenv("ADAFOCUS_OTLP_ENDPOINT", "")  # empty: off
+    assert load_settings({}).otlp_endpoint is None
+
+
+def test_the_traces_url_under_the_base_url() -> None:
+    assert traces_url("http://collector:4318") == "http://collector:4318/v1/traces"
+    assert traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
+    assert traces_url("http://gw/otlp/") == "http://gw/otlp/v1/traces"
+    assert traces_url("http://collector:4318/v1/traces") == "http://collector:4318/v1/traces"
