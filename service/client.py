@@ -148,7 +148,8 @@ def frames_request(
     """httpx ``post`` keyword arguments: one clip's frames (1, T, H, W, 3) as a binary OIP inference request."""
     parameters: dict[str, Any] = {"explain": explain} | ({"budget": budget} if budget else {})
     content, header = wire.encode_request([wire.Output("frames", "UINT8", frames[None])], parameters)
-    headers = _headers(None, request_id, api_key) | {wire.HEADER_LENGTH: str(header), "Content-Type": "application/octet-stream"}
+    binary = {wire.HEADER_LENGTH: str(header), "Content-Type": "application/octet-stream"}
+    headers = _headers(None, request_id, api_key) | binary
     return {"content": content, "headers": headers}
 
 
@@ -332,7 +333,7 @@ class AsyncClient:
             if self._geometry is None:
                 self._geometry = geometry(await self.model())
             model = self._geometry
-            local = "fast" if sampling == "fast" else "exact"
+            local: Literal["exact", "fast"] = "fast" if sampling == "fast" else "exact"
             clip, seconds = await asyncio.to_thread(local_frames, video, model, local)
             post = frames_request(clip, budget, explain, request_id, self.api_key)
             return frames_answer(await self.http.post(f"/v2/models/{model.name}/infer", **post), seconds)

@@ -316,7 +316,7 @@ def answer(state: ServiceState, result: EngineResult, decode_s: float, total_s: 
     )
 
 
-def outcome(work: asyncio.Future[ClassifyResponse]) -> BaseException | None:
+def outcome(work: asyncio.Future[Any]) -> BaseException | None:
     """How the request's work ended, for its trace: None (answered), its error, or ``ClientGone`` when cancelled."""
     return ClientGone() if work.cancelled() else work.exception()
 
