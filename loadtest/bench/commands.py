@@ -126,6 +126,10 @@ def _register_e2e(kinds: Any) -> None:
     e2e.add_argument("--client", choices=("auto", "hey", "python"), default="auto", help="load client (default auto)")
     e2e.add_argument("--json", default=None, help="also write the full result as JSON to this file")
     e2e.add_argument("--quick", action="store_true", help="a smoke run: short rounds, still 3 interleaved")
+    e2e.add_argument("--frames", action="store_true", help="also send the clips as client-decoded frames "
+                     "(/v2/models/{name}/infer, binary tensors) vs uploads: server videos/s and CPU per video")
+    e2e.add_argument("--frames-corpus", default=None, help="with --frames: the files to compare (clip_* of this "
+                     "directory, e.g. an `adafocus synth --realistic` preset); default the bench's clips")
     e2e.set_defaults(handler=run_bench_e2e)
 
 
@@ -343,6 +347,8 @@ def run_bench_e2e(args: argparse.Namespace) -> int:
         engine_requests=min(args.requests, 32) if args.quick else args.requests,
         decode_clips=min(args.decode_clips, 8) if args.quick else args.decode_clips,
         client=args.client,
+        frames=args.frames or args.frames_corpus is not None,
+        frames_corpus=args.frames_corpus,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per metrics scrape
     steady_allocator()  # as `bench engine`: the in-process engine runs as it does there
