@@ -127,7 +127,7 @@ def outputs_of(state: ServiceState, clips: list[ClipAnswer], explain: bool) -> l
     return outputs
 
 
-async def _infer(request: Request, state: ServiceState, name: str, started: float) -> Response:
+async def _infer(request: Request, state: ServiceState, flow: ClipsFlow, name: str, started: float) -> Response:
     s = state.settings
     deadline = request_deadline(state, started, request.headers.get("x-deadline-ms"))
     try:  # a slow body counts against the deadline, as a /classify upload does
@@ -139,7 +139,7 @@ async def _infer(request: Request, state: ServiceState, name: str, started: floa
         raise DeadlineExceeded(f"the body did not arrive within {s.request_timeout_s:g} s") from None
     parsed = wire.parse_infer(body, request.headers.get(wire.HEADER_LENGTH), MAX_JSON_BYTES, s.max_json_depth)
     clips = clips_of(state, parsed)
-    answers = await ClipsFlow(state, request, started).answer(clips)
+    answers = await flow.answer(clips)
     wanted = parsed.outputs
     outputs = [o for o in outputs_of(state, answers, clips.explain) if wanted is None or o.name in wanted]
     first = answers[0].body
@@ -167,6 +167,7 @@ async def infer(
 ) -> Response:
     """Classify N clips (input `video`: BYTES files; or `frames`: UINT8 [N, T, H, W, 3]), JSON or binary tensors."""
     started = state.clock()
+    flow = ClipsFlow(state, request, started)  # before the request counts in flight: it reads ``draining``
     grant = None
     state.inflight += 1
     status = 500
@@ -174,7 +175,7 @@ async def infer(
         grant = await require_api_key(request, state, bearer, header)
         if name != served_name(state):
             raise ModelNotFound(name, served_name(state))
-        response = await _infer(request, state, name, started)
+        response = await _infer(request, state, flow, name, started)
         status = 200
         return response
     except Exception as exc:
