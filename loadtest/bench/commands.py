@@ -147,6 +147,10 @@ def _register_e2e(kinds: Any) -> None:
     )
     e2e.add_argument("--corpus-dir", default=None, help="realistic: the preset folder to post")
     e2e.add_argument("--tolerance-s", type=float, default=0.5, help="realistic: fast sampling's tolerance")
+    e2e.add_argument("--frames", action="store_true", help="also send the clips as client-decoded frames "
+                     "(/v2/models/{name}/infer, binary tensors) vs uploads: server videos/s and CPU per video")
+    e2e.add_argument("--frames-corpus", default=None, help="with --frames: the files to compare (clip_* of this "
+                     "directory, e.g. an `adafocus synth --realistic` preset); default the bench's clips")
     e2e.set_defaults(handler=run_bench_e2e)
 
 
@@ -370,6 +374,8 @@ def run_bench_e2e(args: argparse.Namespace) -> int:
         engine_requests=min(args.requests, 32) if args.quick else args.requests,
         decode_clips=min(args.decode_clips, 8) if args.quick else args.decode_clips,
         client=args.client,
+        frames=args.frames or args.frames_corpus is not None,
+        frames_corpus=args.frames_corpus,
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per metrics scrape
     steady_allocator()  # as `bench engine`: the in-process engine runs as it does there

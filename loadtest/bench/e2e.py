@@ -12,7 +12,8 @@ by default, CPU-sized batches) and, in each of ``repeats`` interleaved rounds, m
   upload arrives): clips/s and the workers' CPU per clip; and PyAV's bare decode of the same frames (one thread,
   no conversion, in a spawned process like a worker) in CPU ms per clip.
 Ratios per round: HTTP / in-process, and decode-pool CPU per clip / bare decode CPU per clip; each reported as the
-median and min-max of the rounds.
+median and min-max of the rounds. With ``frames`` each round also sends the clips as uploads and as client-decoded
+frames through the OIP route (loadtest/bench/frames_http.py): server videos/s and server CPU per video, both ways.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import numpy as np
 
 from loadtest.bench.decode import bare_decode_cpu_ms, measure_pool
 from loadtest.bench.engine import EngineBenchConfig, mode_label, run_engine_bench
+from loadtest.bench.frames_http import format_summary, frame_bodies, upload_bodies, uploads_vs_frames
+from loadtest.bench.frames_http import summary as frames_summary
 from loadtest.bench.proc_cpu import CpuSnapshot, children, command_line
 from loadtest.bench.workload import Workload, load_workload
 from loadtest.http.hey_client import (
@@ -79,6 +82,8 @@ class E2EBenchConfig:
     client: str = "auto"  # auto (hey when installed) | hey | python
     timeout_s: float = 30.0  # per request
     seed: int = 0
+    frames: bool = False  # also uploads vs client-decoded frames (OIP binary tensors) each round
+    frames_corpus: str | None = None  # files for that comparison (clip_* of a directory); None: the bench's clips
 
 
 # ---------------------------------------------------------------------------------------------- the server
@@ -238,6 +243,7 @@ def run_e2e_bench(cfg: E2EBenchConfig, log: Log = lambda _: None) -> dict[str, A
             measure_pool(pool, sources, 2 * cfg.decode_workers, clips.num_frames, clips.size)  # warm, unmeasured
             list(bare.map(bare_decode_cpu_ms, sources))  # the bare decoder's first calls, unmeasured
             client(cfg.warmup_s)
+            compare = _frames_bodies(cfg, bundle, clips) if cfg.frames else None
             for i in range(cfg.repeats):
                 http = http_phase(server, lambda: client(cfg.duration_s))
                 log(f"round {i + 1}: HTTP {http['requests_per_s']:.1f} requests/s")
@@ -246,7 +252,22 @@ def run_e2e_bench(cfg: E2EBenchConfig, log: Log = lambda _: None) -> dict[str, A
                 decode = decode_phase(pool, bare, sources, clips, cfg.decode_clips)
                 log(f"round {i + 1}: decode pool {decode['clips_per_s']:.1f} clips/s")
                 rounds.append({"http": http, "engine": engine, "decode": decode})
+                if compare is not None:
+                    rounds[-1]["frames"] = uploads_vs_frames(
+                        lambda run: http_phase(server, run), server.url, *compare, cfg.concurrency, cfg.duration_s,
+                        cfg.timeout_s,
+                    )
+                    log(f"round {i + 1}: uploads vs frames {rounds[-1]['frames']['uploads']['videos_per_s']:.1f} vs "
+                        f"{rounds[-1]['frames']['frames']['videos_per_s']:.1f} videos/s")
     return _result(cfg, work, level, hey is not None, rounds) | {"hey_hung": hey_hung}
+
+
+def _frames_bodies(cfg: E2EBenchConfig, bundle: Path, clips: Clips) -> tuple[list[Any], list[Any]]:
+    """The comparison's request bodies: uploads and client-decoded frames of the same files."""
+    files = clips.files
+    if cfg.frames_corpus is not None:
+        files = sorted(p for p in Path(cfg.frames_corpus).iterdir() if p.name.startswith("clip_"))[: cfg.clips]
+    return upload_bodies(files), frame_bodies(files, bundle.name, clips.num_frames, clips.size)
 
 
 CPU_PARTS = ("server_main", "decode_workers", "server_other_children", "client", "other_processes")
@@ -291,6 +312,8 @@ def _result(cfg: E2EBenchConfig, work: Workload, level: str, hey: bool, rounds: 
             },
         },
         "ratios": ratios,
+        "uploads_vs_frames": frames_summary(rounds, spread, ratio_stats)
+        | ({"corpus": cfg.frames_corpus or "the bench's clips"} if cfg.frames else {}),
         "targets": {
             "http_vs_in_process": {"target": TARGET_HTTP_VS_IN_PROCESS,
                                    "met": ratios["http_vs_in_process"]["median"] >= TARGET_HTTP_VS_IN_PROCESS},
@@ -342,4 +365,5 @@ def format_e2e(result: dict[str, Any]) -> str:
     }
     for key, label in names.items():
         lines.append(f"  {label:<42s} {_cell(s['cpu_share_of_machine_busy'][key], '{:.0%}')}")
+    lines += format_summary(result.get("uploads_vs_frames", {}), _cell)
     return "\n".join(lines)

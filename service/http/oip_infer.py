@@ -29,7 +29,7 @@ from service.classify.tensor_errors import TensorError
 from service.classify.upload import FALSE_WORDS, TRUE_WORDS
 from service.engine.errors import DeadlineExceeded
 from service.http import oip_tensors as wire
-from service.http.errors import ApiError, rule_for, to_api_error
+from service.http.errors import ApiError, error_responses, rule_for, to_api_error
 from service.http.open_inference import ModelNotFound, StateDep, served_name
 from service.http.routes import BEARER, X_API_KEY, require_api_key
 from service.lifecycle import ServiceState
@@ -44,6 +44,19 @@ CUBE_FIELDS = 6  # t, y, x, frames, size, skipped per cube; -1 rows past the cli
 # parameters tritonclient and Triton reserve: accepted and ignored (``timeout`` is honoured as a deadline)
 RESERVED = frozenset({"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "headers"})
 PARAMETERS = frozenset({"budget", "deadline_ms", "explain", "sampling", "timeout"})
+
+
+# The body is read by oip_tensors.read_body (JSON, or JSON then binary tensors), so it is described here.
+INFER_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"type": "object", "required": ["inputs"], "description": "an OIP "
+                             "inference request: `inputs` (`video` BYTES [N] or `frames` UINT8 [N, T, H, W, 3]), "
+                             "optional `outputs` and `parameters` (budget, deadline_ms, explain, sampling)"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": "the same "
+                                     "JSON (its length in `Inference-Header-Content-Length`), then binary tensors"}},
+    },
+}
 
 
 def oip_error(error: ApiError) -> JSONResponse:
@@ -127,7 +140,7 @@ def outputs_of(state: ServiceState, clips: list[ClipAnswer], explain: bool) -> l
     return outputs
 
 
-async def _infer(request: Request, state: ServiceState, name: str, started: float) -> Response:
+async def _infer(request: Request, state: ServiceState, flow: ClipsFlow, name: str, started: float) -> Response:
     s = state.settings
     deadline = request_deadline(state, started, request.headers.get("x-deadline-ms"))
     try:  # a slow body counts against the deadline, as a /classify upload does
@@ -139,7 +152,7 @@ async def _infer(request: Request, state: ServiceState, name: str, started: floa
         raise DeadlineExceeded(f"the body did not arrive within {s.request_timeout_s:g} s") from None
     parsed = wire.parse_infer(body, request.headers.get(wire.HEADER_LENGTH), MAX_JSON_BYTES, s.max_json_depth)
     clips = clips_of(state, parsed)
-    answers = await ClipsFlow(state, request, started).answer(clips)
+    answers = await flow.answer(clips)
     wanted = parsed.outputs
     outputs = [o for o in outputs_of(state, answers, clips.explain) if wanted is None or o.name in wanted]
     first = answers[0].body
@@ -157,7 +170,11 @@ async def _infer(request: Request, state: ServiceState, name: str, started: floa
     return Response(content, media_type="application/octet-stream", headers={wire.HEADER_LENGTH: str(header)})
 
 
-@router.post("/models/{name}/infer", response_class=Response)
+@router.post(
+    "/models/{name}/infer", response_class=Response,
+    responses=error_responses(400, 401, 403, 404, 413, 422, 429, 503, 504),
+    openapi_extra={"requestBody": INFER_BODY},
+)
 async def infer(
     request: Request,
     state: StateDep,
@@ -167,6 +184,7 @@ async def infer(
 ) -> Response:
     """Classify N clips (input `video`: BYTES files; or `frames`: UINT8 [N, T, H, W, 3]), JSON or binary tensors."""
     started = state.clock()
+    flow = ClipsFlow(state, request, started)  # before the request counts in flight: it reads ``draining``
     grant = None
     state.inflight += 1
     status = 500
@@ -174,7 +192,7 @@ async def infer(
         grant = await require_api_key(request, state, bearer, header)
         if name != served_name(state):
             raise ModelNotFound(name, served_name(state))
-        response = await _infer(request, state, name, started)
+        response = await _infer(request, state, flow, name, started)
         status = 200
         return response
     except Exception as exc:

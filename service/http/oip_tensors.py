@@ -63,9 +63,9 @@ class InferBody:
         return self.outputs.get(name, self.binary_output) if self.outputs is not None else self.binary_output
 
 
-async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, max_bytes: int) -> bytes:
+async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, max_bytes: int) -> bytearray:
     """The whole body: ``UploadTooLarge`` past ``max_bytes`` (from Content-Length at once, else as it arrives),
-    ``IncompleteUpload`` when it ends short of its Content-Length."""
+    ``IncompleteUpload`` when it ends short of its Content-Length. Held once (no copy: tensors are views of it)."""
     declared = int(content_length) if content_length is not None and content_length.isdigit() else None
     if declared is not None and declared > max_bytes:
         raise UploadTooLarge(max_bytes)
@@ -76,14 +76,16 @@ async def read_body(chunks: AsyncIterator[bytes], content_length: str | None, ma
         body += chunk
     if declared is not None and len(body) < declared:
         raise IncompleteUpload(f"the body ended after {len(body)} of the {declared} bytes its Content-Length announced")
-    return bytes(body)
+    return body
 
 
 def _bad(message: str) -> TensorError:
     return TensorError("invalid_inference_request", message)
 
 
-def parse_infer(body: bytes, header_length: str | None, max_json_bytes: int, max_depth: int) -> InferBody:
+def parse_infer(
+    body: bytes | bytearray, header_length: str | None, max_json_bytes: int, max_depth: int
+) -> InferBody:
     """The request's JSON (at most ``max_json_bytes``, nested at most ``max_depth``) and views of its tensors."""
     size = len(body)
     if header_length is None:
@@ -95,7 +97,7 @@ def parse_infer(body: bytes, header_length: str | None, max_json_bytes: int, max
     if json_size > max_json_bytes:
         raise TensorError("tensor_too_large", f"the JSON part has {json_size} bytes; the limit is {max_json_bytes} "
                           "(send tensors as binary data)")
-    head = body[:json_size]
+    head = bytes(body[:json_size])  # the JSON part only (capped)
     check_json(head, max_depth)
     request = json.loads(head)
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:

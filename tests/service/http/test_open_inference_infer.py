@@ -183,3 +183,20 @@ def test_draining_refuses_inference(app: TestClient, clip: Path) -> None:
         assert (status, body["code"]) == (503, "draining")
     finally:
         state.draining = False
+
+
+def test_api_keys_guard_inference_in_the_protocols_error_form(tiny_bundle: Path, clip: Path, tmp_path: Path) -> None:
+    key = "oip-test-key-0123456789"
+    keys = tmp_path / "api-keys"
+    keys.write_text(f"{key} team-oip\n")
+    body, header = wire.encode_request([wire.Output("video", "BYTES", [clip.read_bytes()])], {})
+    for keyed in in_process(tiny_bundle, api_keys_file=keys):
+        def post(**headers: str) -> Any:
+            return keyed.post(  # noqa: B023 (called inside the loop's only pass)
+                "/v2/models/tiny/infer", content=body, headers={wire.HEADER_LENGTH: str(header), **headers}
+            )
+        missing, wrong, good = post(), post(**{"X-API-Key": "x" * 20}), post(Authorization=f"Bearer {key}")
+        assert (missing.status_code, missing.json()["code"]) == (401, "api_key_required")
+        assert missing.json()["error"].startswith("api_key_required: ")
+        assert (wrong.status_code, wrong.json()["code"]) == (403, "api_key_invalid")
+        assert good.status_code == 200
