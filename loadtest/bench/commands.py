@@ -152,6 +152,48 @@ def _register_e2e(kinds: Any) -> None:
     e2e.add_argument("--frames-corpus", default=None, help="with --frames: the files to compare (clip_* of this "
                      "directory, e.g. an `adafocus synth --realistic` preset); default the bench's clips")
     e2e.set_defaults(handler=run_bench_e2e)
+    _register_timeline(kinds)
+
+
+def _register_timeline(kinds: Any) -> None:
+    tl = kinds.add_parser(
+        "timeline",
+        help="a long video of scenes as a timeline of segments on a real server, against the scenes' labels",
+        description="Writes (once, under --corpus) a long realistic video made of fashion scenes with their "
+        "boundaries, then measures segment accuracy, decode CPU, time to the first and last segment, GMACs against "
+        "all-K and the single-clip p99 with and without the long video in flight (loadtest/bench/timeline.py).",
+    )
+    tl.add_argument("--preset", default="720p30-600s-gop60-h264", help="realistic preset of the long video")
+    tl.add_argument("--seconds", type=float, default=None, help="a shorter video of the preset (quick runs)")
+    tl.add_argument("--height", type=int, default=None, help="and a smaller frame (shorter side, pixels)")
+    tl.add_argument("--segment-s", type=float, default=2.0, help="segment length (default 2 s)")
+    tl.add_argument("--sampling", default="exact", choices=("exact", "fast"), help="the decoder's sampling")
+    tl.add_argument("--corpus", type=Path, default=Path("/tmp/adafocus-timeline"), help="where the videos live")
+    tl.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the shipped bundle)")
+    tl.add_argument("--clip-rate", type=float, default=4.0, help="single clips/s offered (default 4)")
+    tl.add_argument("--clip-seconds", type=float, default=20.0, help="seconds of single-clip load (default 20)")
+    tl.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    tl.set_defaults(handler=run_bench_timeline)
+
+
+def run_bench_timeline(args: argparse.Namespace) -> int:
+    import logging
+
+    from loadtest.bench.timeline import TimelineBenchConfig, format_timeline, run_timeline_bench
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+
+    cfg = TimelineBenchConfig(
+        preset=args.preset, seconds=args.seconds, height=args.height, segment_s=args.segment_s,
+        sampling=args.sampling, corpus=args.corpus, bundle=args.bundle, clip_rate=args.clip_rate,
+        clip_seconds=args.clip_seconds,
+    )
+    result = run_timeline_bench(cfg, log_line)
+    if args.json:
+        write_json(result)
+    else:
+        sys.stdout.write(format_timeline(result) + "\n")
+    return 0
 
 
 def _register_adaptive(kinds: Any) -> None:

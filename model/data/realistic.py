@@ -30,6 +30,7 @@ from typing import Literal
 
 import numpy as np
 
+from model.config import FASHION_LABELS
 from model.data.fashion import (
     FASHION_DIR,
     LABELS_HEADER,
@@ -281,3 +282,68 @@ def write_realistic(
             writer.writerows(rows)
         written.append(labels)
     return written
+
+
+# ---------------------------------------------------------------------------------------------- long scene videos
+TIMELINE_HEADER = ("scene", "start_s", "end_s", "label", "class_name", "kind", "image_index")
+
+
+@dataclass(frozen=True)
+class TimelineScene:
+    index: int  # the benchmark clip (split, seed, index) this scene draws
+    start_s: float
+    end_s: float
+    label: int
+
+
+def timeline_plan(total_s: float, seed: int, min_s: int = 2, max_s: int = 12) -> list[tuple[float, float]]:
+    """Scene boundaries: whole-second durations drawn in ``min_s`` .. ``max_s`` until ``total_s`` (the last one cut
+    to fit), so that some boundaries fall inside 2 s segments and some on their edges."""
+    rng = np.random.default_rng([7, seed])
+    spans, at = [], 0.0
+    while at < total_s - 1e-9:
+        end = min(total_s, at + int(rng.integers(min_s, max_s + 1)))
+        spans.append((at, end))
+        at = end
+    return spans
+
+
+def write_timeline(
+    out: Path, preset: RealisticPreset, period_s: float = 2.0, seed: int = 2, split: str = "test",
+    cfg: FashionConfig = FashionConfig(), root: str = str(FASHION_DIR),
+) -> tuple[Path, Path]:
+    """One long video of ``preset``'s size, rate and length made of scenes with different labels and difficulties
+    (the benchmark's test scenes 0, 1, 2 ... in turn), and ``<name>.scenes.csv`` with each scene's boundaries.
+
+    Within a scene the benchmark clip's timeline repeats every ``period_s`` of absolute time (its T slots in each
+    period), so a segment of ``period_s`` starting on a multiple of it sees the benchmark clip of its scene, as the
+    realistic single clips do; a segment that straddles a boundary sees parts of two scenes."""
+    out.mkdir(parents=True, exist_ok=True)
+    spans = timeline_plan(preset.seconds, seed)
+    scenes = [draw_scene(cfg, split, seed, i, root) for i in range(len(spans))]
+    per_period = max(1, round(period_s * preset.fps))
+
+    def frames() -> Iterator[np.ndarray]:
+        for (start, end), scene in zip(spans, scenes, strict=True):
+            renderer = SceneRenderer(cfg, scene, preset.width, preset.height, per_period)
+            for j in range(round(start * preset.fps), round(end * preset.fps)):
+                yield renderer.frame(j % per_period)
+
+    video = out / f"{preset.name}.timeline.{preset.suffix}"
+    codec, options = preset.encoder()
+    encode_frames(video, frames(), (preset.width, preset.height), codec, preset.fps, 0, preset.gop, options)
+    labels = out / f"{preset.name}.scenes.csv"
+    with labels.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(TIMELINE_HEADER)
+        for i, ((start, end), scene) in enumerate(zip(spans, scenes, strict=True)):
+            writer.writerow((i, start, end, scene.label, FASHION_LABELS[scene.label], scene.difficulty.kind,
+                             scene.image_index))
+    return video, labels
+
+
+def read_timeline(labels: Path) -> list[TimelineScene]:
+    """The scenes of a ``write_timeline`` labels file."""
+    with labels.open(newline="") as fh:
+        return [TimelineScene(int(r["scene"]), float(r["start_s"]), float(r["end_s"]), int(r["label"]))
+                for r in csv.DictReader(fh)]
