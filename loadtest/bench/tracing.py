@@ -6,6 +6,7 @@ otlp_receiver.py, in this process: it decodes every export as a collector's rece
 time: ``pairs`` off/on pairs in ABBA order (off-on, on-off, ...), so that drift on a shared machine falls on both
 sides alike. Per round: answered requests/s, the server main process's CPU ms per request, p50 latency; per pair the
 ratio on / off; at the end the spans the collector received per traced request (every request exports its tree).
+First, in this process: the CPU that building one request's spans costs the event loop (``span_build_cost``).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from loadtest.bench.e2e import E2EBenchConfig, make_clips, spread
 from loadtest.bench.proc_cpu import CpuSnapshot
@@ -26,6 +32,9 @@ from loadtest.http.otlp_receiver import OtlpReceiver
 from loadtest.http.server_process import ServerProcess
 from loadtest.report import ratio_stats
 from model.bundle import DEFAULT_BUNDLE
+from service.decode.pool import Decoded
+from service.engine.types import EngineResult, StepRecord
+from service.tracing.setup import TracingConfig, start_tracing
 
 TARGET_ON_VS_OFF = 0.95  # issue 22: tracing on within 5% of tracing off
 Log = Callable[[str], None]
@@ -50,6 +59,38 @@ class TracingServer(ServerProcess):
         super().__init__(bundle, log_path, settings)
 
 
+class NullExporter(SpanExporter):
+    """Takes every span batch and drops it: the build cost alone."""
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def span_build_cost(requests: int = 2000, cubes: int = 3) -> dict[str, float]:
+    """CPU µs per request of ``begin`` .. ``end`` of a request trace with ``cubes`` cube steps (the event loop's
+    share of tracing), exported to a null exporter; in batches under the processor's queue size."""
+    tracing = start_tracing(TracingConfig(None, "bench", 1.0, "bench"), lambda _: (500, "internal"),
+                            exporter=NullExporter())
+    decoded = Decoded(np.zeros((8, 4, 4, 3), np.uint8), 0.01)  # (T, H, W, 3): only its shape is read
+    t0 = time.monotonic()
+    steps = tuple(StepRecord("glance" if i == 0 else "focus", i, 8, t0 + i, t0 + i + 0.5, i == cubes)
+                  for i in range(cubes + 1))
+    result = EngineResult(0, 0, 1.0, [(0, 1.0)], cubes, cubes, "confident", 1.0, "b", 1, 0.1, 1.0, None, (), steps)
+    cpu = 0.0
+    for _ in range(requests // 100):
+        start = time.process_time()
+        for _ in range(100):
+            trace = tracing.begin({}, "POST", "/classify", time.monotonic())
+            trace.uploaded()
+            trace.decoded(decoded)
+            trace.inferred(result)
+            trace.end(None)
+        cpu += time.process_time() - start
+        tracing.flush()
+    tracing.shutdown()
+    return {"cpu_us_per_request": 1e6 * cpu / (requests // 100 * 100), "spans_per_request": 7 + cubes}
+
+
 def measure(server: ServerProcess, client: Callable[[str, float], ClientRun], seconds: float) -> dict[str, Any]:
     """One closed-loop round against ``server``: throughput, the main process's CPU per request, latency."""
     pid = [server.process.pid]
@@ -71,6 +112,8 @@ def run_tracing_bench(cfg: TracingBenchConfig, log: Log = lambda _: None) -> dic
     work = load_workload(str(bundle), None, s.clips, s.seed)
     level = s.budget or work.budgets.default
     hey = hey_path(s.client)
+    build = span_build_cost()
+    log(f"building one request's spans: {build['cpu_us_per_request']:.0f} µs of CPU")
     rounds: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="adafocus-tracing-") as tmp, OtlpReceiver() as receiver:
         root = Path(tmp)
@@ -102,6 +145,7 @@ def run_tracing_bench(cfg: TracingBenchConfig, log: Log = lambda _: None) -> dic
         spans = receiver.span_count()
         exports, body_bytes = len(receiver.received), receiver.body_bytes
     return _result(cfg, work.model.config.name, level, hey is not None, rounds) | {
+        "span_build": build,
         "collector": {"exports": exports, "spans": spans, "bytes": body_bytes, "traced_requests": traced_answers,
                       "spans_per_request": spans / max(traced_answers, 1)},
     }
@@ -152,6 +196,8 @@ def format_tracing(result: dict[str, Any]) -> str:
         f"{'server CPU ms/request, off':<40s} {_cell(s['server_main_cpu_ms_per_request_off'], '{:.2f}')}",
         f"{'server CPU ms/request, on':<40s} {_cell(s['server_main_cpu_ms_per_request_on'], '{:.2f}')}",
         f"{'  on / off (per pair)':<40s} {_cell(r['server_cpu_per_request_on_vs_off'], '{:.3f}x')}",
+        f"{'span building, CPU µs per request':<40s} {result['span_build']['cpu_us_per_request']:.0f} "
+        f"({result['span_build']['spans_per_request']} spans, in-process)",
         f"collector: {c['spans']} spans in {c['exports']} exports ({c['bytes']} bytes) for {c['traced_requests']} "
         f"traced requests: {c['spans_per_request']:.2f} spans per request",
     ])
