@@ -1,5 +1,6 @@
-"""The ``adafocus bench`` subcommands: ``engine``, ``adaptive``, ``decode`` (in-process) and ``e2e`` (a real server
-next to those limits). Handlers import lazily so that ``adafocus --help`` stays fast."""
+"""The ``adafocus bench`` subcommands: ``engine``, ``adaptive``, ``decode`` (in-process), ``e2e`` (a real server
+next to those limits) and ``tracing`` (a real server with OpenTelemetry tracing off and on). Handlers import lazily
+so that ``adafocus --help`` stays fast."""
 
 from __future__ import annotations
 

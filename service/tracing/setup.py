@@ -21,7 +21,7 @@ import importlib.util
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -132,13 +132,15 @@ class Tracing:
     def on(self) -> bool:
         return self._sink is not None
 
-    def begin(self, headers: Mapping[str, str], method: str, route: str, started: float) -> RequestTrace | NoTrace:
-        """The trace of a request that arrived at ``started`` (service clock), continuing the trace of its
-        ``traceparent`` header when it has a valid one; ``NO_TRACE`` while tracing is off or when the sampler
-        drops it (a client's unsampled traceparent, the sample ratio)."""
+    def begin(self, headers: Mapping[str, str], scope: Mapping[str, Any], started: float) -> RequestTrace | NoTrace:
+        """The trace of the request of ASGI ``scope`` that arrived at ``started`` (service clock), continuing the
+        trace of its ``traceparent`` header when it has a valid one; ``NO_TRACE`` while tracing is off or when the
+        sampler drops it (a client's unsampled traceparent, the sample ratio)."""
         sink = self._sink
         if sink is None:
             return NO_TRACE
+        method = str(scope.get("method", "POST"))
+        route = str(getattr(scope.get("route"), "path", scope.get("path", "")))  # the template: /v2/models/{name}/infer
         carrier = W3C.extract(headers)
         parent: SpanContext | None = trace.get_current_span(carrier).get_span_context()
         if parent is not None and not parent.is_valid:

@@ -56,8 +56,8 @@ def test_tracing_is_off_by_default(tiny_bundle: Path, clip: Path) -> None:
     for client in in_process(tiny_bundle):
         tracing = service_state(client).tracing
         assert not tracing.on
-        assert tracing.begin({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, "POST",
-                             "/classify", 0.0) is NO_TRACE
+        sampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+        assert tracing.begin(sampled, {"method": "POST", "path": "/classify"}, 0.0) is NO_TRACE
         classify_ok(client, clip)
 
 
