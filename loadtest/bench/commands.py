@@ -1,5 +1,6 @@
-"""The ``adafocus bench`` subcommands: ``engine``, ``adaptive``, ``decode`` (in-process) and ``e2e`` (a real server
-next to those limits). Handlers import lazily so that ``adafocus --help`` stays fast."""
+"""The ``adafocus bench`` subcommands: ``engine``, ``adaptive``, ``decode`` (in-process), ``e2e`` (a real server
+next to those limits) and ``tracing`` (a real server with OpenTelemetry tracing off and on). Handlers import lazily
+so that ``adafocus --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ def register(sub: Any) -> None:
     acc.add_argument("--tolerance-s", type=float, default=0.5, help="fast sampling's tolerance (default 0.5)")
     acc.add_argument("--json", default=None, help="also write the full result as JSON to this file")
     acc.set_defaults(handler=run_bench_accuracy)
+    _register_tracing(kinds)
 
 
 def _register_e2e(kinds: Any) -> None:
@@ -194,6 +196,31 @@ def run_bench_timeline(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(format_timeline(result) + "\n")
     return 0
+
+
+def _register_tracing(kinds: Any) -> None:
+    tr = kinds.add_parser(
+        "tracing",
+        help="a real server at HTTP saturation with OpenTelemetry tracing off vs on (OTLP/HTTP to a local receiver)",
+        description="Starts two `adafocus serve` subprocesses, tracing off and tracing on (every request's spans "
+        "exported over OTLP/HTTP to a collector stand-in in this process), loads one at a time in ABBA-ordered "
+        "off/on pairs and prints requests/s and server CPU per request for each, the per-pair ratios on / off "
+        "(target: on >= 0.95x off) and the spans the collector received per request.",
+    )
+    tr.add_argument("--bundle", default=None, help="bundle directory (default: the shipped bundle)")
+    tr.add_argument("--clips", type=int, default=4, help="distinct clips, H.264 MP4 (default 4)")
+    tr.add_argument("--concurrency", type=int, default=16, help="requests in flight (default 16)")
+    tr.add_argument("--duration", type=float, default=10.0, help="seconds of HTTP load per round (default 10)")
+    tr.add_argument("--pairs", type=int, default=3, help="off/on pairs of rounds (default 3)")
+    tr.add_argument("--max-batch", type=int, default=8)
+    tr.add_argument("--max-active", type=int, default=8)
+    tr.add_argument("--decode-workers", type=int, default=2)
+    tr.add_argument("--threads", type=int, default=1, help="the servers' torch threads (default 1)")
+    tr.add_argument("--budget", default=None, help="budget level (default: the bundle's default level)")
+    tr.add_argument("--client", choices=("auto", "hey", "python"), default="auto", help="load client (default auto)")
+    tr.add_argument("--json", default=None, help="also write the full result as JSON to this file")
+    tr.add_argument("--quick", action="store_true", help="a smoke run: 3 s rounds, 2 pairs")
+    tr.set_defaults(handler=run_bench_tracing)
 
 
 def _register_adaptive(kinds: Any) -> None:
@@ -480,4 +507,29 @@ def run_bench_accuracy(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     sys.stdout.write(format_accuracy(result) + "\n")
+    return 0
+
+
+def run_bench_tracing(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from loadtest.bench.e2e import E2EBenchConfig
+    from loadtest.bench.tracing import TracingBenchConfig, format_tracing, run_tracing_bench
+
+    server = E2EBenchConfig(
+        bundle=args.bundle, clips=args.clips, concurrency=args.concurrency,
+        duration_s=min(args.duration, 3.0) if args.quick else args.duration, warmup_s=1.0 if args.quick else 3.0,
+        max_batch=args.max_batch, max_active=args.max_active, decode_workers=args.decode_workers,
+        torch_threads=args.threads, budget=args.budget, client=args.client,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    try:
+        result = run_tracing_bench(TracingBenchConfig(server, 2 if args.quick else args.pairs), log_line)
+    except RuntimeError as exc:
+        sys.stderr.write(f"adafocus bench tracing: {exc}\n")
+        return 1
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    sys.stdout.write(format_tracing(result) + "\n")
     return 0

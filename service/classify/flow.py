@@ -82,7 +82,7 @@ class ClassifyFlow:
         self._progress = RequestProgress(asyncio.get_running_loop())
         self._engine_future: Future[EngineResult] | None = None  # to cancel when a streaming client leaves
         self._results: ResultCache | None = getattr(request.app.state, "results", None)  # service/app.py's
-        self._trace = state.tracing.begin(request.headers, request.method, request.url.path, started)
+        self._trace = state.tracing.begin(request.headers, request.scope, started)
 
     async def answer(self) -> ClassifyResponse | TimelineResponse | ProgressStream:
         """The answer, or, once the first progress event arrives before it, the stream of events that ends with

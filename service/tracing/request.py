@@ -12,19 +12,19 @@ Span tree (names and attributes in the README's "Tracing" section)::
     └── answer                result -> response body
 
 The engine thread records a ``StepRecord`` per model call of a traced request (``EngineRequest.record_steps``); the
-spans are made here, on the event loop, from those records: the step loop does no span or export work. A request
+spans are made here, on the event loop, from those records, each handed finished to the sink (service/tracing/
+setup.py: the SDK's batch processor): the step loop does no span or export work. A request
 that fails ends the stage it was in with status ERROR and its stable error code; the root span gets the same.
-While tracing is off every request has ``NO_TRACE``, whose methods do nothing.
+While tracing is off (or the sampler dropped the trace) a request has ``NO_TRACE``, whose methods do nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.trace import Span, Status, StatusCode, Tracer
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.util.types import AttributeValue
 
 from service.decode.pool import Decoded
@@ -52,8 +52,41 @@ class Stage:
     attributes: Attributes = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class SpanData:
+    """One finished span, as the sink takes it."""
+
+    name: str
+    context: SpanContext
+    parent: SpanContext | None
+    kind: SpanKind
+    attributes: Attributes
+    start_ns: int
+    end_ns: int
+    status: Status
+
+
+@dataclass(frozen=True)
+class Root:
+    """The request's own span, as ``Tracing.begin`` decided it (ids, sampled, its remote parent)."""
+
+    name: str  # "POST /classify"
+    context: SpanContext
+    parent: SpanContext | None  # the client's traceparent, when valid
+    attributes: Attributes
+
+
+class Sink(Protocol):
+    def span_id(self) -> int: ...
+
+    def emit(self, span: SpanData) -> None: ...
+
+
+UNSET = Status(StatusCode.UNSET)
+
+
 class NoTrace:
-    """The trace of a request while tracing is off: records nothing, costs a method call."""
+    """The trace of a request while tracing is off or the trace is not sampled: records nothing."""
 
     recording = False  # the engine keeps no step records
 
@@ -74,19 +107,21 @@ NO_TRACE = NoTrace()
 
 
 class RequestTrace:
-    """One request's trace; its root span is started (the sampler decided: ``recording``), the rest is built by
-    ``end``. Event-loop side only."""
+    """One sampled request's trace: its stages' start times as they come, every span built by ``end``. Event-loop
+    side only."""
+
+    recording = True  # the engine keeps a StepRecord per model call of the request
 
     def __init__(
         self,
-        tracer: Tracer,
-        root: Span,
+        sink: Sink,
+        root: Root,
         started: float,
         clock: TraceClock,
         describe: Callable[[BaseException], tuple[int, str]],
     ) -> None:
-        self._tracer, self._root, self._clock, self._describe = tracer, root, clock, describe
-        self.recording = root.is_recording()  # False: a client's unsampled traceparent, or the sample ratio
+        self._sink, self._root, self._clock, self._describe = sink, root, clock, describe
+        self._started = started
         self._stages = [Stage("upload", started)]
         self._result: EngineResult | None = None
         self._ended = False
@@ -114,46 +149,47 @@ class RequestTrace:
         self._next("answer")
 
     def end(self, error: BaseException | None) -> None:
-        """The request ended (``error``: how it failed): every span is made and ended; once."""
+        """The request ended (``error``: how it failed): every span is made and handed to the sink; once."""
         if self._ended:
             return
         self._ended = True
-        if not self.recording:
-            self._root.end()  # a non-recording span: nothing is exported
-            return
         end = self._clock.now()
         code = None if error is None else self._describe(error)
-        context = trace.set_span_in_context(self._root)
+        failed = UNSET if code is None else Status(StatusCode.ERROR, code[1])
+        root = self._root.context
         for i, stage in enumerate(self._stages):
             last = i == len(self._stages) - 1
-            span = self._span(stage.name, context, stage.start, stage.attributes)
+            attributes = stage.attributes if not (last and code) else {**stage.attributes, **_error(code[1])}
+            context = self._emit(stage.name, root, stage.start, end if last else self._stages[i + 1].start,
+                                 attributes, failed if last else UNSET)
             if stage.name == "infer" and self._result is not None:
-                self._steps(trace.set_span_in_context(span), self._result)
-            if last and code is not None:
-                _failed(span, code[1])
-            span.end(self._clock.ns(end if last else self._stages[i + 1].start))
-        self._root.set_attributes(self._outcome(code))
-        if code is not None:
-            _failed(self._root, code[1])
-        self._root.end(self._clock.ns(end))
+                self._steps(context, self._result)
+        attributes = {**self._root.attributes, **self._outcome(code)}
+        self._sink.emit(SpanData(self._root.name, root, self._root.parent, SpanKind.SERVER, attributes,
+                                 self._clock.ns(self._started), self._clock.ns(end), failed))
 
-    def _span(self, name: str, context: Context, start: float, attributes: Attributes) -> Span:
-        return self._tracer.start_span(name, context, attributes=attributes, start_time=self._clock.ns(start))
+    def _emit(
+        self, name: str, parent: SpanContext, start: float, end: float, attributes: Attributes, status: Status = UNSET
+    ) -> SpanContext:
+        """A child span of ``parent`` from ``start`` to ``end`` (service clock), handed to the sink; its context."""
+        context = SpanContext(parent.trace_id, self._sink.span_id(), False, parent.trace_flags, parent.trace_state)
+        data = SpanData(name, context, parent, SpanKind.INTERNAL, attributes, self._clock.ns(start),
+                        self._clock.ns(end), status)
+        self._sink.emit(data)
+        return context
 
-    def _steps(self, context: Context, result: EngineResult) -> None:
+    def _steps(self, infer: SpanContext, result: EngineResult) -> None:
         """The queue wait and one span per model call the request took part in, under ``infer``."""
         if not result.steps:
             return
         admitted = result.steps[0].start  # the glance batch that admitted it
-        queue = self._span("queue", context, admitted - result.queue_seconds, {})
-        queue.end(self._clock.ns(admitted))
+        self._emit("queue", infer, admitted - result.queue_seconds, admitted, {})
         for step in result.steps:
-            span = self._span(STEP_NAMES[step.stage], context, step.start, step_attributes(step))
-            span.end(self._clock.ns(step.end))
+            self._emit(STEP_NAMES[step.stage], infer, step.start, step.end, step_attributes(step))
 
     def _outcome(self, code: tuple[int, str] | None) -> Attributes:
         if code is not None:
-            return {"http.response.status_code": code[0]}
+            return {"http.response.status_code": code[0], **_error(code[1])}
         attributes: Attributes = {"http.response.status_code": 200}
         if self._result is not None:
             r = self._result
@@ -177,7 +213,6 @@ def step_attributes(step: StepRecord) -> Attributes:
     }
 
 
-def _failed(span: Span, code: str) -> None:
-    """Status ERROR with the stable error code (its description, ``error.type`` and ``adafocus.error.code``)."""
-    span.set_attributes({"error.type": code, "adafocus.error.code": code})
-    span.set_status(Status(StatusCode.ERROR, code))
+def _error(code: str) -> Attributes:
+    """A failed span's attributes beside its status ERROR (whose description is the code too)."""
+    return {"error.type": code, "adafocus.error.code": code}

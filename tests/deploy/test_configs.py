@@ -26,9 +26,10 @@ def compose_config(root: Path, *extra: str) -> dict[str, Any]:
 
 def test_compose_gpu_stack_is_valid(root):
     config = compose_config(root)
-    assert sorted(config["services"]) == ["grafana", "prometheus", "server", "server-cpu"]
+    assert sorted(config["services"]) == ["grafana", "otel-collector", "prometheus", "server", "server-cpu"]
     assert "profiles" not in config["services"]["server"]
     assert config["services"]["server-cpu"]["profiles"] == ["cpu"]  # started only when named
+    assert config["services"]["otel-collector"]["profiles"] == ["otel"]
     server = config["services"]["server"]
     devices = server["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"capabilities": ["gpu"], "count": 1, "driver": "nvidia"}]

@@ -1,67 +1,26 @@
-"""Tracing chosen at start-up: off by default; on, the spans reach a real OTLP/HTTP endpoint (a tiny HTTP server in
-this test decoding the protobuf export the SDK's exporter sends); the settings that turn it on."""
+"""Tracing chosen at start-up: off by default; on, the spans reach a real OTLP/HTTP endpoint (a tiny HTTP server,
+loadtest/http/otlp_receiver.py, decoding the protobuf export the SDK's exporter sends); the settings that turn it
+on."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
 from opentelemetry.proto.common.v1.common_pb2 import KeyValue
 
+from loadtest.http.otlp_receiver import OtlpReceiver
 from service.startup import StartupError, load_settings
 from service.tracing.request import NO_TRACE
 from service.tracing.setup import traces_url
 from tests.service.conftest import classify_ok, in_process, service_state
 
 
-class Collector(ThreadingHTTPServer):
-    """An OTLP/HTTP receiver on a free loopback port: keeps every export request it is sent."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), CollectorHandler)
-        self.received: list[tuple[str, str, ExportTraceServiceRequest]] = []  # (path, content type, request)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class CollectorHandler(BaseHTTPRequestHandler):
-    server: Collector
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        request = ExportTraceServiceRequest.FromString(body)
-        self.server.received.append((self.path, self.headers["Content-Type"], request))
-        answer = ExportTraceServiceResponse().SerializeToString()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: Any) -> None:  # quiet
-        pass
-
-
 @pytest.fixture
-def collector() -> Iterator[Collector]:
-    server = Collector()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
+def collector() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as receiver:
+        yield receiver
 
 
 def values(attributes: list[KeyValue]) -> dict[str, object]:
@@ -72,7 +31,7 @@ def values(attributes: list[KeyValue]) -> dict[str, object]:
     return out
 
 
-def test_spans_reach_a_real_otlp_http_endpoint(tiny_bundle: Path, clip: Path, collector: Collector) -> None:
+def test_spans_reach_a_real_otlp_http_endpoint(tiny_bundle: Path, clip: Path, collector: OtlpReceiver) -> None:
     for client in in_process(tiny_bundle, otlp_endpoint=collector.url, replica_name="replica-a"):
         assert service_state(client).tracing.on
         body = classify_ok(client, clip, budget="mid")
@@ -97,8 +56,8 @@ def test_tracing_is_off_by_default(tiny_bundle: Path, clip: Path) -> None:
     for client in in_process(tiny_bundle):
         tracing = service_state(client).tracing
         assert not tracing.on
-        assert tracing.begin({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, "POST",
-                             "/classify", 0.0) is NO_TRACE
+        sampled = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+        assert tracing.begin(sampled, {"method": "POST", "path": "/classify"}, 0.0) is NO_TRACE
         classify_ok(client, clip)
 
 
