@@ -88,6 +88,7 @@ def sample_clip_nvdec(source: Source, num_frames: int, size: int, limits: Decode
     except DecodeError:
         raise
     except Exception as exc:  # PyNvVideoCodec's own exceptions: this stream is not NVDEC's; the CPU may manage it
+        _Session.decoder = None  # a fresh hardware session for the next upload, not one left mid-stream
         log.warning("NVDEC failed on an upload (%s: %s); decoding it on the CPU", type(exc).__name__, exc)
         return sample_clip(source, num_frames, size, limits)
 

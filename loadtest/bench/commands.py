@@ -100,6 +100,10 @@ def register(sub: Any) -> None:
     dec.add_argument("--tolerance-s", type=float, default=0.5, help="realistic: fast sampling's tolerance")
     dec.set_defaults(handler=run_bench_decode)
     _register_e2e(kinds)
+    _register_accuracy(kinds)
+
+
+def _register_accuracy(kinds: Any) -> None:
     acc = kinds.add_parser(
         "accuracy", help="the bundle's accuracy on realistic uploads per decode sampling, beside the benchmark clips",
         description="Decodes each file of `adafocus synth --realistic` folders as a decode worker does (exact and "

@@ -96,3 +96,23 @@ def test_nvdec_gives_the_cpu_decoders_frames_within_the_tolerance(gop: Path, sam
         gpu, cpu = sample_clip_nvdec(source, 8, 16, limits), sample_clip(source, 8, 16, limits)
         assert (gpu.backend, gpu.sampling, gpu.max_offset_s) == ("nvdec", cpu.sampling, cpu.max_offset_s)
         assert int(np.abs(gpu.frames.astype(np.int16) - cpu.frames).max()) <= TOLERANCE
+
+
+@pytest.mark.skipif(NVDEC_WHY is None, reason="NVDEC runs here: a truncated stream reaches the hardware decoder")
+@pytest.mark.parametrize("sampling", ["exact", "fast"])
+def test_a_truncated_upload_falls_back_to_what_the_cpu_decoder_gives_it(gop: Path, sampling: str) -> None:
+    """Cut mid-stream, where NVDEC cannot run: the fall-back answers as the CPU decoder does, frames or stable
+    code."""
+    from model.video import DecodeError
+
+    limits = DecodeLimits(sampling=sampling, tolerance_s=0.3)  # type: ignore[arg-type]
+    data = gop.read_bytes()
+    for cut in (data[: len(data) * 2 // 3], data[: len(data) // 3]):
+        try:
+            expected = sample_clip(cut, 8, 16, limits)
+        except DecodeError as exc:
+            with pytest.raises(DecodeError) as got:
+                sample_clip_nvdec(cut, 8, 16, limits)
+            assert got.value.code == exc.code
+            continue
+        np.testing.assert_array_equal(sample_clip_nvdec(cut, 8, 16, limits).frames, expected.frames)

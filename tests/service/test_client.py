@@ -43,6 +43,8 @@ def test_sync_client(app: TestClient, clips: list[Path]) -> None:
     assert len(answer["cubes"]) == 1 and len(answer["steps"]) == 2
     same = client.classify(("again.mp4", clips[0].read_bytes()), budget="mid")
     assert same["class_id"] == answer["class_id"]
+    fast = client.classify(clips[0], sampling="fast")["decode"]
+    assert (answer["decode"]["sampling"], fast["sampling"], fast["backend"]) == ("exact", "fast", "cpu")
     assert client.model()["name"] == "tiny" and client.ready() is True
     assert client.set_budget("low")["name"] == "low"
     assert client.budget()["name"] == "low"
@@ -84,7 +86,8 @@ def test_classify_command_prints_json_lines_and_fails_on_a_bad_file(
     bad.write_text("not a video\n")
     files = [str(clips[0]), str(bad), str(clips[1])]
     run = subprocess.run(
-        [ADAFOCUS, "classify", *files, "--url", server.url, "--budget", "mid", "--json", "--concurrency", "2"],
+        [ADAFOCUS, "classify", *files, "--url", server.url, "--budget", "mid", "--json", "--concurrency", "2",
+         "--sampling", "fast"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -93,6 +96,7 @@ def test_classify_command_prints_json_lines_and_fails_on_a_bad_file(
     records = [json.loads(line) for line in run.stdout.splitlines()]
     assert [r["file"] for r in records] == files
     assert [(r["budget"], r["exit_step"]) for r in (records[0], records[2])] == [("mid", 1), ("mid", 1)]
+    assert records[0]["decode"]["sampling"] == records[2]["decode"]["sampling"] == "fast"
     assert records[1]["error"]["status"] == 415 and records[1]["error"]["code"] == "not_a_video"
     assert "3/3" in run.stderr  # the progress bar
 

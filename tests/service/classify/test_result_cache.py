@@ -103,6 +103,8 @@ def test_a_repeated_upload_is_answered_from_the_cache_and_what_changes_the_answe
     assert after["cached"] is False and after["budget_version"] == put.json()["version"]
     assert classify_ok(app, gop4)["cached"] is True
     assert cache_counts(app) == (hits + 3, misses + 4)
+    decodes = samples_of(app.get("/metrics").text)
+    assert decodes[("adafocus_decodes_total", (("backend", "cpu"), ("sampling", "fast")))] == 1.0  # its one miss
 
 
 def test_the_sampling_field_is_exact_or_fast_and_says_what_ran(app: TestClient, gop4: Path) -> None:
