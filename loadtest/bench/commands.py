@@ -157,6 +157,8 @@ def _register_e2e(kinds: Any) -> None:
                      "(/v2/models/{name}/infer, binary tensors) vs uploads: server videos/s and CPU per video")
     e2e.add_argument("--frames-corpus", default=None, help="with --frames: the files to compare (clip_* of this "
                      "directory, e.g. an `adafocus synth --realistic` preset); default the bench's clips")
+    e2e.add_argument("--frames-per-request", type=int, default=1, help="with --frames: clips per frames request "
+                     "(one [N, T, H, W, 3] tensor; default 1)")
     e2e.set_defaults(handler=run_bench_e2e)
     _register_timeline(kinds)
 
@@ -449,6 +451,7 @@ def run_bench_e2e(args: argparse.Namespace) -> int:
         client=args.client,
         frames=args.frames or args.frames_corpus is not None,
         frames_corpus=args.frames_corpus,
+        frames_per_request=max(1, args.frames_per_request),
     )
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not one INFO line per metrics scrape
     steady_allocator()  # as `bench engine`: the in-process engine runs as it does there

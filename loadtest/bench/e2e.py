@@ -84,6 +84,7 @@ class E2EBenchConfig:
     seed: int = 0
     frames: bool = False  # also uploads vs client-decoded frames (OIP binary tensors) each round
     frames_corpus: str | None = None  # files for that comparison (clip_* of a directory); None: the bench's clips
+    frames_per_request: int = 1  # clips in one frames request ([N, T, H, W, 3])
 
 
 # ---------------------------------------------------------------------------------------------- the server
@@ -267,7 +268,7 @@ def _frames_bodies(cfg: E2EBenchConfig, bundle: Path, clips: Clips) -> tuple[lis
     files = clips.files
     if cfg.frames_corpus is not None:
         files = sorted(p for p in Path(cfg.frames_corpus).iterdir() if p.name.startswith("clip_"))[: cfg.clips]
-    return upload_bodies(files), frame_bodies(files, bundle.name, clips.num_frames, clips.size)
+    return upload_bodies(files), frame_bodies(files, bundle.name, clips.num_frames, clips.size, cfg.frames_per_request)
 
 
 CPU_PARTS = ("server_main", "decode_workers", "server_other_children", "client", "other_processes")
@@ -313,7 +314,8 @@ def _result(cfg: E2EBenchConfig, work: Workload, level: str, hey: bool, rounds: 
         },
         "ratios": ratios,
         "uploads_vs_frames": frames_summary(rounds, spread, ratio_stats)
-        | ({"corpus": cfg.frames_corpus or "the bench's clips"} if cfg.frames else {}),
+        | ({"corpus": cfg.frames_corpus or "the bench's clips", "clips_per_request": cfg.frames_per_request}
+           if cfg.frames else {}),
         "targets": {
             "http_vs_in_process": {"target": TARGET_HTTP_VS_IN_PROCESS,
                                    "met": ratios["http_vs_in_process"]["median"] >= TARGET_HTTP_VS_IN_PROCESS},

@@ -4,9 +4,10 @@ frames decoded by the client (``POST /v2/models/{name}/infer``, binary UINT8 ten
 Both phases use one closed-loop client (``run_bodies``: httpx, ``concurrency`` requests in flight, each answered
 before its sender sends the next) on the same files, so that only what the server does differs. The frames are
 decoded before the phase by the project's decoder at the model's T and size (what ``adafocus classify --decode
-local`` sends), so the client's decoding is not in the phase. Reported per phase: server videos/s and the
-server's CPU per video (its main process plus its decode workers, from /proc, ``e2e.http_phase``); and the
-targets: frames videos/s >= ``TARGET_FRAMES_VS_IN_PROCESS`` x the in-process engine's, and frames server CPU per
+local`` sends), so the client's decoding is not in the phase; ``clips_per_request`` > 1 sends that many clips in one
+request (``[N, T, H, W, 3]``), which spreads the HTTP cost of a request over N videos. Reported per phase: server
+videos/s and the server's CPU per video (its main process plus its decode workers, from /proc, ``e2e.http_phase``);
+and the targets: frames videos/s >= ``TARGET_FRAMES_VS_IN_PROCESS`` x the in-process engine's, and frames server CPU per
 video <= ``TARGET_FRAMES_CPU_VS_UPLOADS`` x the uploads' (meaningful on realistic 720p files, where decoding is
 most of the work).
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 
 from loadtest.http.hey_client import BOUNDARY, ClientRun, multipart_body
 from model.video import decode_clip
@@ -27,22 +29,26 @@ from service.http import oip_tensors as wire
 
 TARGET_FRAMES_VS_IN_PROCESS = 0.7  # issue 22: the frames path over HTTP >= 0.7x the in-process engine's videos/s
 TARGET_FRAMES_CPU_VS_UPLOADS = 0.4  # and its server CPU per video <= 0.4x the upload path's (realistic 720p)
-Body = tuple[str, bytes, dict[str, str]]  # (path, content, headers)
+Body = tuple[str, bytes, dict[str, str], int]  # (path, content, headers, clips in it)
 
 
 def upload_bodies(files: Sequence[Path]) -> list[Body]:
     content_type = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
-    return [("/classify", multipart_body(f.read_bytes(), f.name), content_type) for f in files]
+    return [("/classify", multipart_body(f.read_bytes(), f.name), content_type, 1) for f in files]
 
 
-def frame_bodies(files: Sequence[Path], model: str, num_frames: int, size: int) -> list[Body]:
-    """Each file decoded here (the project's decoder) and written as one binary OIP request of its frames."""
+def frame_bodies(
+    files: Sequence[Path], model: str, num_frames: int, size: int, clips_per_request: int = 1
+) -> list[Body]:
+    """Each file decoded here (the project's decoder); ``clips_per_request`` consecutive clips (cycling through the
+    files) per binary OIP request of their frames, one request per file."""
+    clips = [decode_clip(str(f), num_frames, size) for f in files]  # (T, size, size, 3) each
     bodies = []
-    for f in files:
-        frames = decode_clip(str(f), num_frames, size)[None]  # (1, T, size, size, 3)
+    for i in range(len(files)):
+        frames = np.stack([clips[(i + k) % len(clips)] for k in range(clips_per_request)])  # (n, T, size, size, 3)
         content, header = wire.encode_request([wire.Output("frames", "UINT8", frames)], {})
         headers = {wire.HEADER_LENGTH: str(header), "Content-Type": "application/octet-stream"}
-        bodies.append((f"/v2/models/{model}/infer", content, headers))
+        bodies.append((f"/v2/models/{model}/infer", content, headers, clips_per_request))
     return bodies
 
 
@@ -54,7 +60,7 @@ def run_bodies(url: str, bodies: Sequence[Body], concurrency: int, duration_s: f
     async def sender(client: httpx.AsyncClient, first: int, until: float) -> None:
         i = first
         while time.monotonic() < until:
-            path, content, headers = bodies[i % len(bodies)]
+            path, content, headers, _ = bodies[i % len(bodies)]
             i += 1
             sent = time.monotonic()
             try:
@@ -89,9 +95,11 @@ def uploads_vs_frames(
     out: dict[str, Any] = {}
     for name, bodies in (("uploads", uploads), ("frames", frames)):
         measured = phase(lambda b=bodies: run_bodies(url, b, concurrency, duration_s, timeout_s))  # type: ignore[misc]
-        answered = max(measured["answered"], 1)
+        per_request = bodies[0][3]  # clips in each request
+        answered = max(measured["answered"] * per_request, 1)
         server_s = measured["cpu_s"]["server_main_s"] + measured["cpu_s"]["decode_workers_s"]
-        out[name] = {"videos_per_s": measured["requests_per_s"], "errors": measured["errors"],
+        out[name] = {"videos_per_s": measured["requests_per_s"] * per_request, "errors": measured["errors"],
+                     "clips_per_request": per_request,
                      "server_cpu_ms_per_video": 1e3 * server_s / answered, "latency_s": measured["latency_s"],
                      "cpu_ms_per_request": measured["cpu_ms_per_request"]}
     return out
