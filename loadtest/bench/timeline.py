@@ -265,3 +265,38 @@ def format_timeline(r: dict[str, Any]) -> str:
         f"decoder peak RSS {r['decode_alone']['rss_peak_mib']:.0f} MiB (10 s video: "
         f"{r['decode_10s']['rss_peak_mib']:.0f} MiB, {r['rss_ratio']:.2f}x)",
     ])
+
+
+def timeline_markdown(r: dict[str, Any]) -> str:
+    """The result as docs/benchmarks.md prints it: one row per measure, with the issue's target beside it."""
+    acc, full = r["accuracy"], r["accuracy_full"]
+
+    def pct(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.1f}%"
+
+    rows = [
+        ("segments (inside one scene / straddling a boundary)",
+         f"{r['video']['segments']} ({acc['inside']} / {acc['straddling']}), {r['video']['scenes']} scenes", ""),
+        (f"segment accuracy, inside one scene (`{r['budget']}`)", pct(acc["inside_accuracy"]),
+         f"within 2 points of single clips: {pct(r['single_clip_accuracy'])} on {r['single_clips']} clips"),
+        ("segment accuracy, straddling", pct(acc["straddling_accuracy"]), "reported apart"),
+        (f"segment accuracy at `{r['best_level']}` (every cube), inside", pct(full["inside_accuracy"]), ""),
+        ("GMACs per segment vs all-K", f"{r['gmacs_per_segment']:.4f} / {r['gmacs_all_k_per_segment']:.4f} = "
+         f"{r['gmacs_vs_all_k']:.2f}x", "<= 0.8x at the `max` level's accuracy"),
+        ("decode alone (one pass): wall, CPU",
+         f"{r['decode_alone']['wall_s']:.1f} s, {r['decode_alone']['cpu_s']:.1f} s "
+         f"({r['decode_alone']['frames_decoded']} frames)", ""),
+        ("decode CPU per video-minute", f"{r['decode_cpu_s_per_minute']:.2f} s", ""),
+        ("time to the first segment event", f"{r['first_segment_s']:.2f} s", "<= 1 s"),
+        ("time to the last segment (complete timeline)", f"{r['last_segment_s']:.1f} s = "
+         f"{r['complete_vs_decode']:.2f}x decode alone", "<= 1.5x decode alone"),
+        ("segments/s", f"{r['segments_per_s']:.1f}", ""),
+        ("single-clip p99 alone / with the long video", f"{1e3 * (r['p99_alone_s'] or 0):.0f} ms / "
+         f"{1e3 * (r['p99_beside_s'] or 0):.0f} ms = {r['p99_ratio']:.2f}x "
+         f"({r['clips_alone']} / {r['clips_beside']} clips)", "<= 2x"),
+        ("decoder peak RSS, 10 min vs 10 s", f"{r['decode_alone']['rss_peak_mib']:.0f} MiB vs "
+         f"{r['decode_10s']['rss_peak_mib']:.0f} MiB = {r['rss_ratio']:.2f}x", "within 20%"),
+    ]
+    lines = ["| measure | result | target |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    return "\n".join(lines)
