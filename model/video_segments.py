@@ -258,7 +258,14 @@ def plan_timeline(
     tb = float(index.time_base)
     duration = (int(index.keys[-1]) - int(index.keys[0]) + step) * tb
     _check_duration(duration, limits)
-    cut = windows(duration, spec)
+    try:
+        cut = windows(duration, spec)
+    except SegmentError as exc:
+        stated = _stated_duration(container, stream)
+        if exc.code != "segment_too_long" or stated is None or stated <= duration + EARLY_END_S:
+            raise
+        raise SegmentError(exc.code, f"{exc.message} (its container states {stated:.2f} s: the stream ends early, "
+                                     "truncated or corrupt)") from None
     gaps = find_gaps(index, step)
     skipped = tuple(w.index for w in cut if in_gaps(w, gaps))
     per_segment = {}

@@ -138,3 +138,12 @@ def test_a_stream_that_ends_early_answers_the_segments_so_far_and_says_where(tmp
     assert plan.duration_s < 5.0 and len(clips) >= 1
     assert end.ended_at_s == pytest.approx(plan.duration_s)
     assert end.end_reason is not None and "states 5.00 s" in end.end_reason
+
+
+def test_a_stream_cut_before_its_first_segment_says_so(tmp_path: Path) -> None:
+    whole = encode_video(tmp_path / "a.mkv", ids(40), "libx264", fps=FPS, gop=8, options={"crf": "0"})
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: int(whole.stat().st_size * 0.6)])  # frames for 1.5 s
+    with pytest.raises(SegmentError, match=r"container states 5\.00 s: the stream ends early") as caught:
+        run(cut, 3.0)
+    assert caught.value.code == "segment_too_long"
