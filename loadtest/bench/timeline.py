@@ -125,7 +125,23 @@ async def _single_clips(client: httpx.AsyncClient, clips: Path, count: int) -> d
         response = await client.post("/classify", files={"video": (row[0], (clips / row[0]).read_bytes())})
         response.raise_for_status()
         hits.append(response.json()["class_id"] == int(row[1]))
-    return {"clips": len(hits), "accuracy": statistics.fmean(hits)}
+    return {"clips": len(hits), "accuracy": statistics.fmean(hits), "hits": hits}
+
+
+def per_scene(segments: list[dict[str, Any]], scenes: list[TimelineScene], single: list[bool]) -> dict[str, Any]:
+    """Scene by scene: the share of its inside segments that are right, next to its single clip (scene-weighted
+    means over the scenes that have inside segments), and how often the two agree."""
+    rows = []
+    for scene, clip_hit in zip(scenes, single, strict=False):
+        inside = [s["class_id"] == scene.label for s in segments
+                  if scene.start_s <= s["start_s"] + 1e-6 and s["end_s"] <= scene.end_s + 1e-6]
+        if inside:
+            rows.append((statistics.fmean(inside), float(clip_hit)))
+    if not rows:
+        return {"scenes": 0, "segments": None, "single": None, "agree": None}
+    return {"scenes": len(rows), "segments": statistics.fmean(r[0] for r in rows),
+            "single": statistics.fmean(r[1] for r in rows),
+            "agree": statistics.fmean(float(abs(r[0] - r[1]) < 0.5) for r in rows)}
 
 
 async def _load(
@@ -231,6 +247,9 @@ def summarize(cfg: TimelineBenchConfig, scenes: list[TimelineScene], long_decode
         "complete_vs_decode": active["last_segment_s"] / long_decode["wall_s"],
         "segments_per_s": n / active["total_s"],
         "accuracy": score(answer["segments"], scenes), "accuracy_full": score(best["segments"], scenes),
+        "per_scene": per_scene(answer["segments"], scenes, http["single"]["hits"]),
+        "segments": [{k: seg[k] for k in ("start_s", "end_s", "class_id", "exit_step", "gmacs")}
+                     for seg in answer["segments"]],
         "single_clip_accuracy": http["single"]["accuracy"], "single_clips": http["single"]["clips"],
         "budget": answer["budget"], "best_level": http["best_level"],
         "gmacs_per_segment": answer["gmacs"] / n, "gmacs_all_k_per_segment": answer["gmacs_all_k"] / n,
@@ -279,6 +298,9 @@ def timeline_markdown(r: dict[str, Any]) -> str:
          f"{r['video']['segments']} ({acc['inside']} / {acc['straddling']}), {r['video']['scenes']} scenes", ""),
         (f"segment accuracy, inside one scene (`{r['budget']}`)", pct(acc["inside_accuracy"]),
          f"within 2 points of single clips: {pct(r['single_clip_accuracy'])} on {r['single_clips']} clips"),
+        ("scene by scene: inside segments right / single clip right (scene-weighted)",
+         f"{pct(r['per_scene']['segments'])} / {pct(r['per_scene']['single'])} over {r['per_scene']['scenes']} "
+         f"scenes, agreeing on {pct(r['per_scene']['agree'])}", "within 2 points"),
         ("segment accuracy, straddling", pct(acc["straddling_accuracy"]), "reported apart"),
         (f"segment accuracy at `{r['best_level']}` (every cube), inside", pct(full["inside_accuracy"]), ""),
         ("GMACs per segment vs all-K", f"{r['gmacs_per_segment']:.4f} / {r['gmacs_all_k_per_segment']:.4f} = "

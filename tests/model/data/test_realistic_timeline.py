@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loadtest.bench.timeline import score
+from loadtest.bench.timeline import per_scene, score
 from model.data.fashion import FASHION_DIR, FashionConfig, draw_scene, make_clip
 from model.data.realistic import REALISTIC_PRESETS, TimelineScene, read_timeline, timeline_plan, write_timeline
 from model.video_segments import SegmentClip, check_segment_args, decode_segments
@@ -61,3 +61,12 @@ def test_segments_are_scored_inside_one_scene_and_straddling_apart() -> None:
     assert score(segments, scenes) == {
         "inside": 3, "inside_accuracy": pytest.approx(2 / 3), "straddling": 1, "straddling_accuracy": 0.0,
     }
+
+
+def test_scene_by_scene_the_segments_stand_next_to_the_single_clip() -> None:
+    scenes = [TimelineScene(0, 0.0, 4.0, 4), TimelineScene(1, 4.0, 8.0, 7)]
+    segments = [
+        {"start_s": 0.0, "end_s": 2.0, "class_id": 4}, {"start_s": 2.0, "end_s": 4.0, "class_id": 1},
+        {"start_s": 4.0, "end_s": 6.0, "class_id": 7}, {"start_s": 6.0, "end_s": 8.0, "class_id": 7},
+    ]
+    assert per_scene(segments, scenes, [True, False]) == {"scenes": 2, "segments": 0.75, "single": 0.5, "agree": 0.0}
