@@ -219,8 +219,9 @@ def run_timeline_bench(cfg: TimelineBenchConfig, log: Callable[[str], None]) -> 
     log("decode alone (long video, then 10 s)")
     long_decode, short_decode = decode_alone(files["video"], cfg), decode_alone(files["short"], cfg)
     bundle = cfg.bundle or Path(__file__).resolve().parents[2] / "model" / "bundles" / "default"
+    # a 10-minute 720p file of noisy scenes is a few hundred MB: over the default upload limit
     settings = {"decode_workers": cfg.decode_workers, "timeline_decode_s": 3600, "timeline_timeout_s": 3600,
-                "decode_sampling": cfg.sampling, "max_segments": 100000}
+                "decode_sampling": cfg.sampling, "max_segments": 100000, "max_upload_bytes": 1 << 30}
     with tempfile.TemporaryDirectory(prefix="adafocus-timeline-") as tmp:
         server = ServerProcess(bundle, Path(tmp) / "server.log", settings)
         try:
