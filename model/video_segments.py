@@ -275,10 +275,14 @@ def plan_timeline(
             if found:
                 per_segment[w.index] = found
     offset = 0.0
-    if limits.sampling == "fast":
+    if limits.sampling == "fast":  # a frame moved out of its segment's window stays where exact sampling put it
+        tb, first = float(index.time_base), int(index.keys[0])
         for seg, pts in per_segment.items():
-            moved, off = _fast_targets(index, pts, limits.tolerance_s)
-            per_segment[seg], offset = moved, max(offset, off)
+            w = next(w for w in cut if w.index == seg)
+            lo, hi = first + w.start_s / tb - 1e-9, first + w.end_s / tb - 1e-9
+            moved, _ = _fast_targets(index, pts, limits.tolerance_s)
+            per_segment[seg] = tuple(m if lo <= m < hi else p for m, p in zip(moved, pts, strict=True))
+            offset = max([offset, *(abs(m - p) * tb for m, p in zip(per_segment[seg], pts, strict=True))])
     skipped = tuple(w.index for w in cut if w.index not in per_segment)
     every = tuple(sorted({p for pts in per_segment.values() for p in pts}))
     runs, cost = _runs(index, every, limits, seekable(container))

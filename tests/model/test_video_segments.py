@@ -94,8 +94,9 @@ def test_overlapping_segments_share_frames_and_fast_sampling_moves_targets(tmp_p
     assert [c.start_s for c in clips] == [0.0, 1.0, 2.0, 3.0]
     assert frame_ids(clips[1].frames) == [10, 14, 18, 22]
     _, fast, end = run(path, 1.0, sampling="fast")
-    assert end.sampling == "fast" and end.max_offset_s <= 0.5
-    assert all(len(c.frames) == 4 for c in fast)
+    assert end.sampling == "fast" and 0 < end.max_offset_s <= 0.5
+    for c in fast:  # keyframes every second (GOP 8 at 8 fps): moved where near, never out of the segment
+        assert all(8 * c.index <= i < 8 * c.index + 8 for i in frame_ids(c.frames)), (c.index, frame_ids(c.frames))
 
 
 def write_pts(path: Path, pts: list[int]) -> Path:
