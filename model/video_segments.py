@@ -258,7 +258,14 @@ def plan_timeline(
     tb = float(index.time_base)
     duration = (int(index.keys[-1]) - int(index.keys[0]) + step) * tb
     _check_duration(duration, limits)
-    cut = windows(duration, spec)
+    try:
+        cut = windows(duration, spec)
+    except SegmentError as exc:
+        stated = _stated_duration(container, stream)
+        if exc.code != "segment_too_long" or stated is None or stated <= duration + EARLY_END_S:
+            raise
+        raise SegmentError(exc.code, f"{exc.message} (its container states {stated:.2f} s: the stream ends early, "
+                                     "truncated or corrupt)") from None
     gaps = find_gaps(index, step)
     skipped = tuple(w.index for w in cut if in_gaps(w, gaps))
     per_segment = {}
@@ -268,10 +275,14 @@ def plan_timeline(
             if found:
                 per_segment[w.index] = found
     offset = 0.0
-    if limits.sampling == "fast":
+    if limits.sampling == "fast":  # a frame moved out of its segment's window stays where exact sampling put it
+        tb, first = float(index.time_base), int(index.keys[0])
         for seg, pts in per_segment.items():
-            moved, off = _fast_targets(index, pts, limits.tolerance_s)
-            per_segment[seg], offset = moved, max(offset, off)
+            w = next(w for w in cut if w.index == seg)
+            lo, hi = first + w.start_s / tb - 1e-9, first + w.end_s / tb - 1e-9
+            moved, _ = _fast_targets(index, pts, limits.tolerance_s)
+            per_segment[seg] = tuple(m if lo <= m < hi else p for m, p in zip(moved, pts, strict=True))
+            offset = max([offset, *(abs(m - p) * tb for m, p in zip(per_segment[seg], pts, strict=True))])
     skipped = tuple(w.index for w in cut if w.index not in per_segment)
     every = tuple(sorted({p for pts in per_segment.values() for p in pts}))
     runs, cost = _runs(index, every, limits, seekable(container))

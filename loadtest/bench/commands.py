@@ -181,13 +181,14 @@ def _register_timeline(kinds: Any) -> None:
     tl.add_argument("--clip-rate", type=float, default=4.0, help="single clips/s offered (default 4)")
     tl.add_argument("--clip-seconds", type=float, default=20.0, help="seconds of single-clip load (default 20)")
     tl.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    tl.add_argument("--markdown", action="store_true", help="print the table of docs/benchmarks.md")
     tl.set_defaults(handler=run_bench_timeline)
 
 
 def run_bench_timeline(args: argparse.Namespace) -> int:
     import logging
 
-    from loadtest.bench.timeline import TimelineBenchConfig, format_timeline, run_timeline_bench
+    from loadtest.bench.timeline import TimelineBenchConfig, format_timeline, run_timeline_bench, timeline_markdown
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
 
@@ -196,11 +197,7 @@ def run_bench_timeline(args: argparse.Namespace) -> int:
         sampling=args.sampling, corpus=args.corpus, bundle=args.bundle, clip_rate=args.clip_rate,
         clip_seconds=args.clip_seconds,
     )
-    result = run_timeline_bench(cfg, log_line)
-    if args.json:
-        write_json(result)
-    else:
-        sys.stdout.write(format_timeline(result) + "\n")
+    print_result(run_timeline_bench(cfg, log_line), args, format_timeline, timeline_markdown)
     return 0
 
 

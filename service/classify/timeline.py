@@ -30,7 +30,7 @@ from model.video_segments import SegmentClip, SegmentError, SegmentSpec, Timelin
 from service.classify.upload import BadUpload
 from service.decode.pool import DecodeJob
 from service.decode.timeline import TimelineDone, TimelineJob
-from service.engine.errors import QueueFull
+from service.engine.errors import DeadlineExceeded, QueueFull
 from service.engine.types import EngineRequest, EngineResult
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
@@ -122,6 +122,7 @@ class Timeline:
         self.done: dict[int, tuple[SegmentClip, EngineResult]] = {}
         self.plan: TimelinePlan | None = None
         self.first_at: float | None = None
+        self.late: list[SegmentClip] = []  # reached the engine but got no glance before the deadline
 
     async def run(self, source: Source) -> TimelineResponse:
         """The answer; cancelling it (the client left) stops the decode and frees the video's engine slots."""
@@ -143,6 +144,8 @@ class Timeline:
         summary: TimelineDone | None = None
         while summary is None or self.held or self.in_engine:
             left = self.request.deadline - self.state.clock()
+            if left <= 0 and not self.in_engine:  # past the deadline: nothing held is submitted any more
+                return summary, (self._frontier(), "the request's deadline passed")
             try:
                 event = await asyncio.wait_for(self.events.get(), timeout=max(0.0, left) + 0.25)
             except TimeoutError:
@@ -160,7 +163,7 @@ class Timeline:
 
     def _submit(self) -> None:
         """Move held segments into the engine while the video has room in its window."""
-        while self.held and len(self.in_engine) < self.window:
+        while self.held and len(self.in_engine) < self.window and self.state.clock() < self.request.deadline:
             clip = self.held[0]
             request = EngineRequest(
                 clip.frames, budget=self.request.budget, deadline=self.request.deadline,
@@ -180,7 +183,11 @@ class Timeline:
         clip = self.in_engine.pop(future, None)
         if clip is None or future.cancelled():
             return
-        result = future.result()  # an engine error fails the timeline
+        try:
+            result = future.result()  # an engine error fails the timeline
+        except DeadlineExceeded:  # no glance before the video's deadline: the answer says where it stopped
+            self.late.append(clip)
+            return
         self.done[clip.index] = (clip, result)
         if self.first_at is None:
             self.first_at = self.state.clock() - self.request.started
@@ -189,7 +196,7 @@ class Timeline:
 
     def _frontier(self) -> float:
         """Where the timeline stops at its deadline: the start of the earliest segment not answered."""
-        unanswered = [c.start_s for c in (*self.held, *self.in_engine.values())]
+        unanswered = [c.start_s for c in (*self.held, *self.in_engine.values(), *self.late)]
         if unanswered:
             return min(unanswered)
         return max((c.end_s for c, _ in self.done.values()), default=0.0)

@@ -242,6 +242,8 @@ class DecodePool:
         self._pending = 0
         self._lock = threading.Lock()
         self._closed = False
+        # timelines hold a worker for a whole long video: one worker always stays free for single clips
+        self._timelines = threading.BoundedSemaphore(max(1, workers - 1))
 
     def start(self) -> None:
         orphans = sweep_orphans()
@@ -264,7 +266,15 @@ class DecodePool:
         """Queue a timeline decode (``job.timeline`` set): its segments go to ``sink`` as they are decoded
         (``service.decode.timeline``); the future's result is the pass's summary."""
         assert job.timeline is not None
-        return self._submit(job, sink)
+        if not self._timelines.acquire(blocking=False):
+            raise DecodeBusy("every decoder a timeline may use is decoding one; retry later")
+        try:
+            future = self._submit(job, sink)
+        except BaseException:
+            self._timelines.release()
+            raise
+        future.add_done_callback(lambda _: self._timelines.release())
+        return future
 
     def _submit(self, job: DecodeJob, sink: TimelineSink | None) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()

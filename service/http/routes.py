@@ -61,6 +61,12 @@ CLASSIFY_BODY = {
                         "description": "stream Server-Sent Events: the prediction after the glance and each cube, "
                         "then the answer (same as `Accept: text/event-stream`)",
                     },
+                    "segment_s": {
+                        "type": "number",
+                        "description": "cut the video into segments of this many seconds and classify each: the "
+                        "answer is a timeline (`segments`, the video's label = the mean of their probabilities)",
+                    },
+                    "stride_s": {"type": "number", "description": "seconds between segment starts (default segment_s)"},
                     "deadline_ms": {
                         "type": "number",
                         "description": "this request's deadline in ms (at most ADAFOCUS_REQUEST_TIMEOUT_S; also the "

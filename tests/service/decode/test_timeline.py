@@ -3,6 +3,7 @@ slot's shared block; a sink that stops ends the worker's pass, and the slot serv
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from model.video import DecodeLimits, encode_video
 from model.video_segments import SegmentClip, SegmentError, TimelinePlan, check_segment_args, decode_segments
-from service.decode.pool import DecodeJob, DecodePool
+from service.decode.pool import DecodeBusy, DecodeJob, DecodePool
 from service.decode.timeline import TimelineJob
 from tests.service.conftest import ramp
 
@@ -78,3 +79,28 @@ def test_a_segment_longer_than_the_video_is_refused_after_the_index_pass(pool: D
     with pytest.raises(SegmentError) as caught:
         pool.submit_timeline(job(video, 60.0), sink).result(timeout=60)
     assert caught.value.code == "segment_too_long" and sink.clips == [] and sink.plans == []
+
+
+def test_timelines_leave_one_worker_for_single_clips(video: Path) -> None:
+    pool = DecodePool(2, DecodeLimits())
+    pool.start()
+    try:
+        gate = Sink(stop_after=None)
+        held = threading.Event()
+
+        class Slow(Sink):
+            def segment(self, clip: SegmentClip) -> bool:
+                held.wait(30)  # the first timeline holds its worker until the test lets go
+                return super().segment(clip)
+
+        first = pool.submit_timeline(job(video, 1.0), Slow())
+        with pytest.raises(DecodeBusy, match="timeline"):
+            pool.submit_timeline(job(video, 1.0), gate)
+        clip = pool.submit(DecodeJob(video, 4, 32)).result(timeout=60)  # the other worker still serves clips
+        assert clip.frames.shape == (4, 32, 32, 3)
+        held.set()
+        first.result(timeout=60)
+        pool.submit_timeline(job(video, 2.0), gate).result(timeout=60)  # its slot is free again
+        assert [c.index for c in gate.clips] == [0, 1, 2]
+    finally:
+        pool.shutdown()

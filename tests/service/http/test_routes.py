@@ -276,9 +276,11 @@ def test_health_readiness_openapi_and_metrics(app: TestClient, videos: dict[str,
     post = spec["paths"]["/classify"]["post"]
     assert {"413", "415", "422", "503", "504"} <= set(post["responses"])
     assert set(post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {
-        "video", "budget", "explain", "frames", "stream", "deadline_ms"}
+        "video", "budget", "explain", "frames", "stream", "deadline_ms", "segment_s", "stride_s"}
     assert {"401", "403", "422"} <= set(spec["paths"]["/budget"]["put"]["responses"])
-    for name in ("ClassifyResponse", "Timings", "TopK", "Cube", "BudgetResponse", "ErrorBody"):
+    schemas = ("ClassifyResponse", "TimelineResponse", "Segment", "Gap", "Timings", "TopK", "Cube", "BudgetResponse",
+               "ErrorBody")
+    for name in schemas:
         fields = spec["components"]["schemas"][name]["properties"]
         assert all(field.get("description") for field in fields.values()), name
     classify(app, videos["h264.mp4"])
