@@ -72,15 +72,16 @@ operator-token:
 # ---- training (issue 24). RUN prefixes every long command (here: RUN="flock /tmp/adafocus-bench.lock nice -n 5").
 RUN ?=
 TRAIN_DIR ?= runs
-# Still vs clip encoder pretraining at the same budget: samples/s (state.json) and the accuracy each reaches on test
-# clips (`adafocus diagnose`: f_G's head on whole clips, f_L's head on a cube centred on the product).
-PRETRAIN_STEPS ?= 150
+# Still vs clip encoder pretraining (docs/benchmarks.md, section 9a): each run one stage from scratch; samples/s in its
+# state.json, the accuracy it reaches on test clips from `adafocus diagnose` (f_G's head on whole clips, f_L's head on a
+# cube centred on the product). The 1500- and 400-step still runs get the clip runs' wall-clock.
+PRETRAIN_RUNS ?= pretrain_local:150 pretrain_local_still:150 pretrain_local_still:400 pretrain_glance_clip:150 \
+	pretrain_glance:150 pretrain_glance:1500
 pretrain-bench: install data
-	@for stage in pretrain_local pretrain_local_still pretrain_glance_clip pretrain_glance; do \
-		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$stage:$(PRETRAIN_STEPS) --no-progress \
-			--run-dir $(TRAIN_DIR)/pretrain-bench/$$stage --resume --out $(TRAIN_DIR)/pretrain-bench/$$stage/bundle && \
-		$(RUN) $(BIN)/adafocus diagnose --bundle $(TRAIN_DIR)/pretrain-bench/$$stage/bundle --seed 4242 --count 512 \
-			--json > $(TRAIN_DIR)/pretrain-bench/$$stage/diagnose.json || exit 1; \
+	@for run in $(PRETRAIN_RUNS); do d=$(TRAIN_DIR)/pretrain-bench/$$(echo $$run | tr : _); \
+		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$run --no-progress \
+			--run-dir $$d --resume --out $$d/bundle && \
+		$(RUN) $(BIN)/adafocus diagnose --bundle $$d/bundle --seed 4242 --count 512 --json > $$d/diagnose.json || exit 1; \
 	done
 
 # The next shipped recipe (issue 24), ONE resumable command: every stage checkpoints (every 50 steps and at its end)
