@@ -72,15 +72,17 @@ operator-token:
 # ---- training (issue 24). RUN prefixes every long command (here: RUN="flock /tmp/adafocus-bench.lock nice -n 5").
 RUN ?=
 TRAIN_DIR ?= runs
-# Still vs clip encoder pretraining at the same budget: samples/s (state.json) and the accuracy each reaches on test
-# clips (`adafocus diagnose`: f_G's head on whole clips, f_L's head on a cube centred on the product).
-PRETRAIN_STEPS ?= 150
+# Still vs clip encoder pretraining (docs/benchmarks.md, section 9a): each run one stage from scratch; samples/s in its
+# state.json, the accuracy it reaches on test clips from `adafocus diagnose` (f_G's head on whole clips, f_L's head on a
+# cube centred on the product). The 1500- and 400-step still runs get the clip runs' wall-clock.
+PRETRAIN_RUNS ?= pretrain_local:150 pretrain_local_still:150 pretrain_local_still:400 pretrain_glance_clip:150 \
+	pretrain_glance:150 pretrain_glance:1500
+# and the glance at the retrain's settings: $(RUN) adafocus train ... $(GLANCE_PRETRAIN) (section 9a's last row)
 pretrain-bench: install data
-	@for stage in pretrain_local pretrain_local_still pretrain_glance_clip pretrain_glance; do \
-		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$stage:$(PRETRAIN_STEPS) --no-progress \
-			--run-dir $(TRAIN_DIR)/pretrain-bench/$$stage --resume --out $(TRAIN_DIR)/pretrain-bench/$$stage/bundle && \
-		$(RUN) $(BIN)/adafocus diagnose --bundle $(TRAIN_DIR)/pretrain-bench/$$stage/bundle --seed 4242 --count 512 \
-			--json > $(TRAIN_DIR)/pretrain-bench/$$stage/diagnose.json || exit 1; \
+	@for run in $(PRETRAIN_RUNS); do d=$(TRAIN_DIR)/pretrain-bench/$$(echo $$run | tr : _); \
+		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$run --no-progress \
+			--run-dir $$d --resume --out $$d/bundle && \
+		$(RUN) $(BIN)/adafocus diagnose --bundle $$d/bundle --seed 4242 --count 512 --json > $$d/diagnose.json || exit 1; \
 	done
 
 # The next shipped recipe (issue 24), ONE resumable command: every stage checkpoints (every 50 steps and at its end)
@@ -90,21 +92,31 @@ pretrain-bench: install data
 # "Issue 24: the retrain".
 RETRAIN_STAGES ?= pretrain_local_still:4000,placement:2000,policy:1500,deep_feature:1500
 RETRAIN_FLAGS ?= --placement-weight 1.0 --workers 1 --threads 1
+# The glance pretrains on stills first, in its own run: it learns only at a higher lr and batch than the other stages
+# (docs/benchmarks.md, section 9a), and a run has one lr; the main run starts from its weights.
+GLANCE_PRETRAIN ?= --stages pretrain_glance:1500 --lr 0.003 --batch-size 64 --train-seed 1
 retrain: install data
+	$(RUN) $(BIN)/adafocus train --config default --data fashion $(GLANCE_PRETRAIN) --workers 1 --threads 1 \
+		--run-dir $(TRAIN_DIR)/retrain/glance --resume --out $(TRAIN_DIR)/retrain/glance/bundle --no-progress
 	$(RUN) $(BIN)/adafocus train --config default --data fashion --train-seed 0 --stages $(RETRAIN_STAGES) \
-		$(RETRAIN_FLAGS) --run-dir $(TRAIN_DIR)/retrain --resume --out $(TRAIN_DIR)/retrain/bundle --no-progress
+		$(RETRAIN_FLAGS) --init-from $(TRAIN_DIR)/retrain/glance/bundle/weights.safetensors \
+		--run-dir $(TRAIN_DIR)/retrain --resume --out $(TRAIN_DIR)/retrain/bundle --no-progress
 	$(RUN) $(BIN)/adafocus calibrate --bundle $(TRAIN_DIR)/retrain/bundle --calib-seed 1 --test-seed 2 \
 		--report $(TRAIN_DIR)/retrain/eval_test.json
 	$(RUN) $(BIN)/adafocus diagnose --bundle $(TRAIN_DIR)/retrain/bundle --seed 5550123 --count 1024 \
 		--json > $(TRAIN_DIR)/retrain/diagnose.json
 
 # The paper's ablation at equal budget: deep-feature gradient (Eq. 5-6) vs pixel interpolation (Eq. 2-4) vs random
-# placement, every row from the same still-pretrained local encoder, ABLATION_STEPS steps each, seeds 0 and 1; each row
-# calibrated on 512 calibration clips (seed 30) and evaluated on the same 1,024 test clips (seed 31). Resumable too.
+# placement, every row from the same still-pretrained encoders (the retrain's glance run, then the local encoder),
+# ABLATION_STEPS steps each, seeds 0 and 1; each row calibrated on 512 calibration clips (seed 30) and evaluated on
+# the same 1,024 test clips (seed 31). Resumable too.
 ABLATION_STEPS ?= 1500
 ABLATION_START ?= pretrain_local_still:4000
 ablation: install data
+	$(RUN) $(BIN)/adafocus train --config default --data fashion $(GLANCE_PRETRAIN) --workers 1 --threads 1 \
+		--run-dir $(TRAIN_DIR)/retrain/glance --resume --out $(TRAIN_DIR)/retrain/glance/bundle --no-progress
 	$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $(ABLATION_START) --no-progress \
+		--init-from $(TRAIN_DIR)/retrain/glance/bundle/weights.safetensors \
 		--run-dir $(TRAIN_DIR)/ablation/start --resume --out $(TRAIN_DIR)/ablation/start/bundle
 	@for seed in 0 1; do for row in deep_feature pixel random; do d=$(TRAIN_DIR)/ablation/$$row-seed$$seed; \
 		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$row:$(ABLATION_STEPS) --seed $$seed \

@@ -135,3 +135,14 @@ def test_unreadable_files_are_refused(tmp_path: Path) -> None:
         read_state_dict(tmp_path / "list.pth")
     with pytest.raises(BackboneWeightsError, match="does not exist"):
         read_state_dict(tmp_path / "none.pth")
+
+
+def test_the_train_command_refuses_bad_backbone_weights_with_one_line(tmp_path: Path, capsys) -> None:
+    from service.cli import main
+
+    base = ["train", "--config", "tiny", "--data", "synth:easy", "--out", str(tmp_path / "b"), "--no-progress"]
+    assert main([*base, "--backbone-weights", f"local={tmp_path / 'none.pth'}"]) == 2
+    assert capsys.readouterr().err == f"adafocus train: backbone weights file {tmp_path / 'none.pth'} does not exist\n"
+    assert main([*base, "--backbone-weights", "local=a.pth", "--init-from", "w.safetensors"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
