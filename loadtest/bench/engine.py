@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from loadtest.bench.breakdown import add_floors, stated_curve
+from loadtest.bench.breakdown import add_floors, stated_profile
 from loadtest.bench.simulated import runner_info, runner_line
 from loadtest.bench.workload import Workload
 from loadtest.report import format_ratio, latency_summary, ratio_stats
@@ -342,7 +342,7 @@ def run_engine_bench(
     engines = _engines(work, cfg, runner)
     try:
         levels = [run_level(engines, work, cfg, name, log) for name in names]
-        levels = add_floors(levels, stated_curve(runner, cfg.max_batch))
+        levels = add_floors(levels, stated_profile(runner), cfg.max_batch)
     finally:
         for engine, _ in engines.values():
             engine.shutdown(drain=True, timeout=30)
