@@ -4,6 +4,9 @@ on."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -83,3 +86,36 @@ def test_the_traces_url_under_the_base_url() -> None:
     assert traces_url("http://collector:4318/") == "http://collector:4318/v1/traces"
     assert traces_url("http://gw/otlp/") == "http://gw/otlp/v1/traces"
     assert traces_url("http://collector:4318/v1/traces") == "http://collector:4318/v1/traces"
+
+
+def test_an_endpoint_without_the_sdk_stops_the_start_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.setenv("ADAFOCUS_OTLP_ENDPOINT", "http://collector:4318")
+    monkeypatch.setattr("service.settings.sdk_missing", lambda: True)  # as where the [otel] extra is not installed
+    with pytest.raises(StartupError, match=r"ADAFOCUS_OTLP_ENDPOINT: tracing needs the OpenTelemetry SDK: pip install"):
+        load_settings({})
+    monkeypatch.delenv("ADAFOCUS_OTLP_ENDPOINT")
+    assert load_settings({}).otlp_endpoint is None  # tracing off needs no SDK
+
+
+WITHOUT_SDK = """
+import sys
+for name in ("opentelemetry.sdk", "opentelemetry.exporter", "opentelemetry.proto"):
+    sys.modules[name] = None  # import fails: as where the [otel] extra is not installed
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.settings import Settings
+with TestClient(create_app(Settings(bundle=sys.argv[1], device="cpu", decode_workers=1))) as client:
+    with open(sys.argv[2], "rb") as fh:
+        response = client.post("/classify", files={"video": fh})
+print(response.status_code, client.app.state.service.tracing.on)
+"""
+
+
+def test_the_server_runs_without_the_sdk_when_tracing_is_off(tiny_bundle: Path, clip: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ADAFOCUS_", "OTEL_"))}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
+    proc = subprocess.run([sys.executable, "-c", WITHOUT_SDK, str(tiny_bundle), str(clip)], env=env,
+                          capture_output=True, text=True, timeout=240, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["200", "False"]
