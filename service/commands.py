@@ -96,7 +96,8 @@ def run_classify(args: argparse.Namespace) -> int:
     import asyncio
     import sys
 
-    from service.client import AsyncClient, classify_files, read_api_key, write_outcomes
+    from service.client import AsyncClient, classify_files, read_api_key
+    from service.client_output import write_outcomes
 
     try:
         api_key = read_api_key(args.api_key_file) if args.api_key_file is not None else args.api_key

@@ -17,7 +17,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from model.video import encode_video
-from service.client import Client, Outcome, describe, write_outcomes
+from service.client import Client, Outcome
+from service.client_output import describe, write_outcomes
 from service.commands import timeline_fields
 from tests.model.test_video_segments import write_pts
 from tests.service.conftest import Server, in_process, ramp, serve, service_state, wait_until
