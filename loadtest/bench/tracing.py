@@ -76,7 +76,9 @@ def span_build_cost(requests: int = 2000, cubes: int = 3) -> dict[str, float]:
     t0 = time.monotonic()
     steps = tuple(StepRecord("glance" if i == 0 else "focus", i, 8, t0 + i, t0 + i + 0.5, i == cubes)
                   for i in range(cubes + 1))
-    result = EngineResult(0, 0, 1.0, [(0, 1.0)], cubes, cubes, "confident", 1.0, "b", 1, 0.1, 1.0, None, (), steps=steps)
+    result = EngineResult(
+        0, 0, 1.0, [(0, 1.0)], cubes, cubes, "confident", 1.0, "b", 1, 0.1, 1.0, None, (), steps=steps
+    )
     cpu = 0.0
     for _ in range(requests // 100):
         start = time.process_time()
