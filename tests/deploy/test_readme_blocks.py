@@ -96,8 +96,9 @@ def test_quick_start_and_api_blocks_run_as_written(tmp_path: Path) -> None:
     assert run.returncode == 0, f"stdout:\n{run.stdout[-6000:]}\nstderr:\n{run.stderr[-3000:]}"
     out = run.stdout
     answers = [json.loads(line) for line in out.splitlines() if line.startswith('{"request_id"')]
-    assert len(answers) == 3  # the three curl /classify commands
-    assert [a["budget"] for a in answers] == ["high", "high", "low"]
+    assert len(answers) == 4  # the four curl /classify commands
+    assert [a["budget"] for a in answers] == ["high", "high", "low", "high"]
+    assert [a["decode"]["sampling"] for a in answers] == ["exact", "exact", "exact", "fast"]
     assert "cubes" in answers[1] and "steps" in answers[1] and "cubes" not in answers[0]
     assert sorted(p.name for p in (work / "clips").glob("*.mp4")) == [f"clip_00000{i}.mp4" for i in range(4)]
     levels = re.findall(r'\{"name":"(\w+)","version":(\d+)', out)  # GET /budget, then the three PUTs (not `replicas`)
