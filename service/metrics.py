@@ -6,6 +6,7 @@ Names follow DESIGN.md and Prometheus conventions: base units, ``_total`` counte
 from __future__ import annotations
 
 import threading
+from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -19,7 +20,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 STEP_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GMACS_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0)
+SEGMENT_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+# how a timeline request (``segment_s``) ended: every segment answered; answered with ``ended_at_s`` (its deadline,
+# or a stream that ended early); refused as bad input (its fields, or its video); failed on the server's side
+# (queue full, no decoder free, an engine error); the client left (or the server shut down)
+TimelineOutcome = Literal["complete", "partial", "invalid", "failed", "cancelled"]
 
 
 class Metrics:
@@ -130,6 +136,20 @@ class Metrics:
         self.level_seconds = Counter(
             "adafocus_budget_level_seconds", "Automatic budget: seconds spent at each level", ["budget"], registry=r
         )
+        self.timeline_requests = Counter(
+            "adafocus_timeline_requests", "Timeline requests (segment_s) by outcome", ["outcome"], registry=r
+        )
+        self.timeline_segments = Counter(
+            "adafocus_timeline_segments", "Timeline segments classified (each one engine request)", registry=r
+        )
+        self.timeline_segments_per_video = Histogram(
+            "adafocus_timeline_segments_per_video", "Segments in a timeline answer (complete or partial)",
+            buckets=SEGMENT_BUCKETS, registry=r,
+        )
+        self.timeline_first_segment = Histogram(
+            "adafocus_timeline_first_segment_seconds", "Time from a timeline request's start to its first segment",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
         self._budget_lock = threading.Lock()
 
     # EngineObserver
@@ -193,6 +213,18 @@ class Metrics:
             self.api_key_requests.labels(key).inc()
         else:
             self.api_key_rejected.labels(key, refused).inc()
+
+    def on_timeline(self, outcome: TimelineOutcome, segments: int | None) -> None:
+        """A timeline request ended; ``segments``: how many its answer holds (None: no answer)."""
+        self.timeline_requests.labels(outcome).inc()
+        if segments is not None:
+            self.timeline_segments_per_video.observe(segments)
+
+    def on_timeline_segment(self, first_after_s: float | None) -> None:
+        """A timeline segment answered; ``first_after_s``: the request's age, when it is the video's first."""
+        self.timeline_segments.inc()
+        if first_after_s is not None:
+            self.timeline_first_segment.observe(first_after_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -17,7 +17,7 @@ import math
 from collections.abc import AsyncGenerator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, TypeVar
 
 from fastapi import Request
 from starlette.requests import ClientDisconnect
@@ -27,7 +27,7 @@ from service.classify.explain import frame_images, steps_from_progress
 from service.classify.progress import RequestProgress, wants_stream
 from service.classify.result_cache import ResultCache, ResultKey, cached_answer
 from service.classify.timeline import Timeline, TimelineRequest, timeline_deadline, timeline_form, wants_timeline
-from service.classify.upload import BadUpload, Upload, parse_bool, parse_choice, read_upload
+from service.classify.upload import BadUpload, Sampling, Upload, parse_bool, parse_sampling, read_upload
 from service.decode.pool import Decoded, DecodeJob
 from service.engine.errors import DeadlineExceeded
 from service.engine.types import EngineRequest, EngineResult, Progress
@@ -41,9 +41,6 @@ T = TypeVar("T")
 DEADLINE_GRACE_S = 0.25
 
 BOOLEAN_FIELDS = ("explain", "frames", "stream")  # false when absent
-RequestSampling = Literal["exact", "fast"]
-# the form field ``sampling``; absent: the server's ADAFOCUS_DECODE_SAMPLING
-REQUEST_SAMPLINGS: tuple[RequestSampling, ...] = ("exact", "fast")
 
 # A streamed answer: the progress events as the engine makes them, then the answer; the request's error, if it
 # fails after the first event, raises from the iteration.
@@ -68,7 +65,7 @@ class ClassifyForm:
     frames: bool  # the frames the model saw in the answer
     stream: bool  # Server-Sent Events (the form field ``stream``, or ``Accept: text/event-stream``)
     deadline: float  # on the service clock: the sooner of the server's, the header's and the field's
-    sampling: RequestSampling | None = None  # `exact` or `fast` for this request; None: the server's sampling
+    sampling: Sampling | None = None  # `exact` or `fast` for this request; None: the server's sampling
 
 
 class ClassifyFlow:
@@ -174,9 +171,9 @@ class ClassifyFlow:
     async def _timeline(self, upload: Upload, form: ClassifyForm, disconnect: asyncio.Future[None]) -> TimelineResponse:
         """The video as a timeline of segments; the client leaving cancels it (its decode and engine requests)."""
         fields, relay = upload.fields, self._progress.relay if form.stream else None
-        deadline = timeline_deadline(self.state, self.started, fields)
-        request = TimelineRequest(form.budget, deadline, timeline_form(self.state, fields), self.started, relay,
-                                  form.explain)
+        deadline = timeline_deadline(self.state, self.started, fields.get("deadline_ms"))
+        timeline = timeline_form(self.state, fields, form.sampling, form.frames)
+        request = TimelineRequest(form.budget, deadline, timeline, self.started, relay, form.explain)
         work = asyncio.ensure_future(Timeline(self.state, request).run(upload.spool.source()))
         return await within_deadline(self.state, work, disconnect, deadline + TIMELINE_GRACE_S)
 
@@ -202,9 +199,7 @@ class ClassifyFlow:
         stream = stream or self._accepts_stream
         if "deadline_ms" in fields:
             deadline = min(deadline, request_deadline(self.state, self.started, fields["deadline_ms"]))
-        sampling = None
-        if "sampling" in fields:
-            sampling = cast(RequestSampling, parse_choice(fields["sampling"], "sampling", REQUEST_SAMPLINGS))
+        sampling = parse_sampling(fields.get("sampling"))  # the one rule: a timeline's too (service/classify/upload.py)
         if budget is not None:
             assert self.state.bundle is not None
             self.state.bundle.budgets.get(budget)  # the engine's levels: BudgetError (422) for an unknown one
@@ -248,7 +243,7 @@ class ClassifyFlow:
 
 
 async def decode_upload(
-    state: ServiceState, source: Source, sampling: RequestSampling | None, deadline: float,
+    state: ServiceState, source: Source, sampling: Sampling | None, deadline: float,
     disconnect: asyncio.Future[None],
 ) -> Decoded:
     """The decode step of a request: ``source`` decoded in the pool with ``sampling`` (None: the server's), within

@@ -18,7 +18,6 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Literal
 
 import av
 import numpy as np
@@ -26,13 +25,23 @@ from av.video.reformatter import VideoReformatter
 from fastapi import Request
 
 from model.video import DecodeError, to_rgb
-from service.classify.flow import ServiceDraining, answer, request_deadline, wait_disconnect, within_deadline
+from model.video_segments import SegmentSpec
+from service.classify.flow import (
+    TIMELINE_GRACE_S,
+    ServiceDraining,
+    answer,
+    request_deadline,
+    wait_disconnect,
+    within_deadline,
+)
 from service.classify.tensor_errors import TensorError
+from service.classify.timeline import Timeline, TimelineForm, TimelineRequest, timeline_deadline
+from service.classify.upload import Sampling
 from service.decode.pool import Decoded, DecodeJob
 from service.engine.types import EngineRequest, EngineResult
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
-from service.schemas import ClassifyResponse
+from service.schemas import ClassifyResponse, TimelineResponse
 
 
 @dataclass(frozen=True)
@@ -43,8 +52,9 @@ class Clips:
     frames: np.ndarray | None  # (N, T_in, H, W, 3) uint8
     budget: str | None = None  # a level name for these clips; None: the active budget
     explain: bool = False  # the cubes in the answers
-    sampling: Literal["exact", "fast"] | None = None  # files only; None: the server's
-    deadline_ms: float | None = None  # sooner than the server's request timeout
+    sampling: Sampling | None = None  # files only; None: the server's
+    deadline_ms: float | None = None  # sooner than the server's request timeout (a timeline's: its timeout)
+    timeline: SegmentSpec | None = None  # ``segment_s``: one file (``videos`` of one) cut into a timeline
 
     @property
     def count(self) -> int:
@@ -94,6 +104,12 @@ class ClipAnswer:
     probabilities: tuple[float, ...]  # every class's, at the exit
 
 
+@dataclass(frozen=True)
+class TimelineAnswer:
+    body: TimelineResponse  # /classify's timeline answer for the file
+    probabilities: list[tuple[float, ...]]  # every class's, per segment answered (in the order of ``body.segments``)
+
+
 class ClipsFlow:
     """One inference request of N clips; make it before the request counts as in flight (it reads ``draining``)."""
 
@@ -105,6 +121,29 @@ class ClipsFlow:
         if self._draining:
             raise ServiceDraining("the server is draining and admits no new requests")
         return await self.state.until_aborted(self._classify(clips))
+
+    async def timeline(self, clips: Clips) -> TimelineAnswer:
+        """One file's timeline (``clips.timeline``), as /classify with ``segment_s`` makes it: the same decode pass,
+        fairness, deadline (ADAFOCUS_TIMELINE_TIMEOUT_S or ``deadline_ms``) and cancellation."""
+        if self._draining:
+            raise ServiceDraining("the server is draining and admits no new requests")
+        return await self.state.until_aborted(self._timeline(clips))
+
+    async def _timeline(self, clips: Clips) -> TimelineAnswer:
+        assert self.state.bundle is not None and clips.videos is not None and clips.timeline is not None
+        if clips.budget is not None:
+            self.state.bundle.budgets.get(clips.budget)  # BudgetError (422) before any decoding
+        deadline = timeline_deadline(self.state, self.started, clips.deadline_ms)
+        form = TimelineForm(clips.timeline, clips.sampling)
+        request = TimelineRequest(clips.budget, deadline, form, self.started, None, clips.explain)
+        timeline = Timeline(self.state, request)
+        disconnect = asyncio.ensure_future(wait_disconnect(self.request))
+        try:
+            work = asyncio.ensure_future(timeline.run(clips.videos[0]))
+            body = await within_deadline(self.state, work, disconnect, deadline + TIMELINE_GRACE_S)
+        finally:
+            disconnect.cancel()
+        return TimelineAnswer(body, timeline.probabilities())
 
     async def _classify(self, clips: Clips) -> list[ClipAnswer]:
         assert self.state.bundle is not None and self.state.metrics is not None

@@ -23,21 +23,21 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from model.video import Source
+from model.video import DecodeError, Source
 from model.video_segments import SegmentClip, SegmentError, SegmentSpec, TimelinePlan, check_segment_args
-from service.classify.upload import BadUpload
-from service.decode.pool import DecodeJob
+from service.classify.upload import BadUpload, Sampling
+from service.decode.pool import DecodeJob, DecoderCrashed
 from service.decode.timeline import TimelineDone, TimelineJob
 from service.engine.errors import DeadlineExceeded, QueueFull
 from service.engine.types import EngineRequest, EngineResult
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
+from service.metrics import TimelineOutcome
 from service.schemas import Cube, Gap, Segment, TimelineResponse, Timings, TopK
 
 TOP_K = 5
-SAMPLINGS = ("exact", "fast")
 _groups = itertools.count()  # a process-wide id per timeline: its engine requests' group
 
 
@@ -46,33 +46,57 @@ class TimelineForm:
     """The timeline's own form fields, validated before any decoding."""
 
     spec: SegmentSpec
-    sampling: Literal["exact", "fast"] | None  # None: the server's ADAFOCUS_DECODE_SAMPLING
+    sampling: Sampling | None  # None: the server's ADAFOCUS_DECODE_SAMPLING
 
 
 def wants_timeline(fields: Mapping[str, str]) -> bool:
     return "segment_s" in fields or "stride_s" in fields
 
 
-def timeline_form(state: ServiceState, fields: Mapping[str, str]) -> TimelineForm:
-    """``segment_s`` (required once ``stride_s`` is given), ``stride_s`` and ``sampling``, checked before decoding."""
+def timeline_form(
+    state: ServiceState, fields: Mapping[str, str], sampling: Sampling | None, frames: bool
+) -> TimelineForm:
+    """``segment_s`` (required once ``stride_s`` is given) and ``stride_s``, checked before decoding, with the
+    request's ``sampling`` (parsed by the flow's one rule, ``upload.parse_sampling``). ``frames=true`` is refused:
+    a timeline's answer would carry T frames per segment, growing with the video's length (and its memory with
+    it), where the timeline holds only each segment's answer. A refusal counts as an ``invalid`` timeline."""
+    try:
+        if frames:
+            raise BadUpload("form field 'frames' cannot be combined with 'segment_s': a timeline's answer does not "
+                            "carry the frames (they grow with the video); ask for frames of a single clip instead")
+        return TimelineForm(segment_spec(state, fields.get("segment_s"), fields.get("stride_s")), sampling)
+    except (BadUpload, SegmentError):
+        record_outcome(state, "invalid")
+        raise
+
+
+def segment_spec(state: ServiceState, segment_s: object, stride_s: object) -> SegmentSpec:
+    """The one rule of a timeline's ``segment_s`` and ``stride_s`` (form text or an OIP parameter's number), within
+    ADAFOCUS_MIN_SEGMENT_S and ADAFOCUS_MAX_SEGMENTS (the video's length is checked when it is decoded)."""
     s = state.settings
-    segment = _seconds(fields.get("segment_s"), "segment_s")
+    segment = _seconds(segment_s, "segment_s")
     if segment is None:
         raise SegmentError("bad_segment", "stride_s needs segment_s")
-    spec = check_segment_args(segment, _seconds(fields.get("stride_s"), "stride_s"), s.min_segment_s, s.max_segments)
-    sampling = fields.get("sampling") or None
-    if sampling is not None and sampling not in SAMPLINGS:
-        raise BadUpload(f"sampling must be one of {SAMPLINGS}, got {sampling[:32]!r}")
-    return TimelineForm(spec, sampling)  # type: ignore[arg-type]
+    return check_segment_args(segment, _seconds(stride_s, "stride_s"), s.min_segment_s, s.max_segments)
 
 
-def _seconds(text: str | None, name: str) -> float | None:
-    if text is None:
+def _seconds(value: object, name: str) -> float | None:
+    """Seconds as given: None when absent; a number, or text that is one (``nan`` and ``-2`` too: the range is
+    ``check_segment_args``'); anything else (a word, a boolean, a list) is ``bad_segment``."""
+    if value is None:
         return None
-    try:
-        return float(text)
-    except ValueError:
-        raise SegmentError("bad_segment", f"{name} must be a number of seconds, got {text[:32]!r}") from None
+    if isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise SegmentError("bad_segment", f"{name} must be a number of seconds, got {str(value)[:32]!r}")
+
+
+def record_outcome(state: ServiceState, outcome: TimelineOutcome, segments: int | None = None) -> None:
+    """``adafocus_timeline_requests_total{outcome}``, and the segments of an answer (complete or partial)."""
+    if state.metrics is not None:
+        state.metrics.on_timeline(outcome, segments)
 
 
 @dataclass
@@ -125,7 +149,23 @@ class Timeline:
         self.late: list[SegmentClip] = []  # reached the engine but got no glance before the deadline
 
     async def run(self, source: Source) -> TimelineResponse:
-        """The answer; cancelling it (the client left) stops the decode and frees the video's engine slots."""
+        """The answer; cancelling it (the client left) stops the decode and frees the video's engine slots. Its
+        outcome is counted (``adafocus_timeline_requests_total``)."""
+        try:
+            answer = await self._run(source)
+        except asyncio.CancelledError:
+            record_outcome(self.state, "cancelled")
+            raise
+        except (SegmentError, DecodeError, DecoderCrashed):  # the video: too short for segment_s, undecodable ...
+            record_outcome(self.state, "invalid")
+            raise
+        except Exception:
+            record_outcome(self.state, "failed")
+            raise
+        record_outcome(self.state, "complete" if answer.ended_at_s is None else "partial", len(answer.segments))
+        return answer
+
+    async def _run(self, source: Source) -> TimelineResponse:
         cfg = self.bundle.config
         job = DecodeJob(
             source, cfg.num_frames, cfg.frame_size, self.request.form.sampling,
@@ -138,6 +178,10 @@ class Timeline:
         finally:
             self._stop(decode)
         return self._answer(summary, ended)
+
+    def probabilities(self) -> list[tuple[float, ...]]:
+        """Every class's probability for each segment answered, in time order (the answer's ``segments``')."""
+        return [self.done[i][1].probabilities for i in sorted(self.done)]
 
     async def _pump(self, decode: Future[TimelineDone]) -> tuple[TimelineDone | None, tuple[float, str] | None]:
         """Route decoder and engine events until every segment is answered, or the deadline passes."""
@@ -189,8 +233,11 @@ class Timeline:
             self.late.append(clip)
             return
         self.done[clip.index] = (clip, result)
+        first_after = None
         if self.first_at is None:
-            self.first_at = self.state.clock() - self.request.started
+            self.first_at = first_after = self.state.clock() - self.request.started
+        if self.state.metrics is not None:
+            self.state.metrics.on_timeline_segment(first_after)
         if self.request.relay is not None:
             self.request.relay(self._segment(clip, result))
 
@@ -258,11 +305,11 @@ def _cubes(r: EngineResult) -> list[Cube] | None:
     return [Cube(t=c.t, y=c.y, x=c.x, size=c.size, frames=c.frames, skipped=c.skipped) for c in r.cubes]
 
 
-def timeline_deadline(state: ServiceState, started: float, fields: Mapping[str, str]) -> float:
+def timeline_deadline(state: ServiceState, started: float, deadline_ms: str | float | None) -> float:
     """The video's deadline: ADAFOCUS_TIMELINE_TIMEOUT_S, or ``deadline_ms`` when sooner (validated by the flow)."""
     deadline = started + state.settings.timeline_timeout_s
-    if fields.get("deadline_ms"):
-        deadline = min(deadline, started + float(fields["deadline_ms"]) / 1000)
+    if deadline_ms:
+        deadline = min(deadline, started + float(deadline_ms) / 1000)
     return deadline
 
 

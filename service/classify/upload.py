@@ -12,7 +12,7 @@ import hashlib
 import io
 import tempfile
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -21,6 +21,9 @@ from model.video import Source
 
 TRUE_WORDS = frozenset({"1", "true"})  # compared in lower case: `True`, `TRUE` too; nothing else, no whitespace
 FALSE_WORDS = frozenset({"0", "false"})
+Sampling = Literal["exact", "fast"]
+# ``sampling`` of a request (/classify's form field, a timeline's, the OIP parameter); absent: ADAFOCUS_DECODE_SAMPLING
+SAMPLINGS: tuple[Sampling, ...] = ("exact", "fast")
 
 
 class TooManyFields(Exception):
@@ -282,9 +285,12 @@ def parse_bool(value: str, name: str) -> bool:
     raise BadUpload(f"form field {name!r} must be true, false, 1 or 0, got {value[:32]!r}")
 
 
-def parse_choice(value: str, name: str, choices: tuple[str, ...]) -> str:
-    """A form field that names one of ``choices`` exactly (case matters: `fast`, not `Fast`); anything else is
-    refused, naming the field and the choices."""
-    if value in choices:
+def parse_sampling(value: object, field: str = "form field") -> Sampling | None:
+    """The one rule of ``sampling``, wherever a request gives it (a /classify form field, single clip or timeline;
+    an OIP parameter, ``field="parameter"``): absent (None: the server's sampling), or exactly one of
+    ``SAMPLINGS``; anything else (another word, `Fast`, an empty value, a number) is refused, naming the field."""
+    if value is None:
+        return None
+    if isinstance(value, str) and value in SAMPLINGS:
         return value
-    raise BadUpload(f"form field {name!r} must be one of {', '.join(choices)}, got {value[:32]!r}")
+    raise BadUpload(f"{field} 'sampling' must be one of {', '.join(SAMPLINGS)}, got {str(value)[:32]!r}")

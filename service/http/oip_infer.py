@@ -3,11 +3,13 @@
 Inputs: ``video`` (BYTES ``[N]``, one encoded file per element; decoded by the server's worker processes as a
 /classify upload) or ``frames`` (UINT8 ``[N, T, H, W, 3]`` or ``[T, H, W, 3]``, decoded elsewhere; sampled and
 resized by the server as its decoder would). Request parameters: ``budget``, ``deadline_ms`` (Triton's ``timeout``
-in microseconds too), ``explain``, ``sampling``. Outputs (``OUTPUTS``): ``label``, ``class_id``, ``probabilities``
-``[N, C]``, ``exit_step``, ``gmacs`` and, with ``explain``, ``cubes`` ``[N, K, 6]``. Every /classify limit applies
-(body bytes, pixels, frames, queue, deadline, draining, API keys); errors are the protocol's ``{"error": ...}``
-with the error table's status, the stable code both at the start of the message and as ``code``
-(``oip_error``). The wire format is service/http/oip_tensors.py, the clips' flow service/classify/frames.py.
+in microseconds too), ``explain``, ``sampling``, and ``segment_s`` / ``stride_s``: one file's timeline (its inputs,
+outputs and limits in service/http/oip_timeline.py). Outputs (``OUTPUTS``): ``label``, ``class_id``,
+``probabilities`` ``[N, C]``, ``exit_step``, ``gmacs`` and, with ``explain``, ``cubes`` ``[N, K, 6]``. Every
+/classify limit applies (body bytes, pixels, frames, queue, deadline, draining, API keys); errors are the
+protocol's ``{"error": ...}`` with the error table's status, the stable code both at the start of the message and
+as ``code`` (``oip_error``). The wire format is service/http/oip_tensors.py, the clips' flow
+service/classify/frames.py.
 """
 
 from __future__ import annotations
@@ -26,24 +28,32 @@ from starlette.requests import ClientDisconnect
 from service.classify.flow import ClientGone, request_deadline
 from service.classify.frames import ClipAnswer, Clips, ClipsFlow, check_count, check_frames_shape
 from service.classify.tensor_errors import TensorError
-from service.classify.upload import FALSE_WORDS, TRUE_WORDS
+from service.classify.upload import FALSE_WORDS, TRUE_WORDS, BadUpload, Sampling, parse_sampling
 from service.engine.errors import DeadlineExceeded
 from service.http import oip_tensors as wire
 from service.http.errors import ApiError, error_responses, rule_for, to_api_error
-from service.http.open_inference import ModelNotFound, StateDep, served_name
+from service.http.oip_timeline import (
+    TIMELINE_OUTPUTS,
+    TIMELINE_PARAMETERS,
+    timeline_outputs,
+    timeline_parameters,
+    timeline_spec,
+    wants_timeline,
+)
+from service.http.open_inference import CUBE_FIELDS, ModelNotFound, StateDep, served_name
 from service.http.routes import BEARER, X_API_KEY, require_api_key
 from service.lifecycle import ServiceState
 from service.logs import current_request_id
+from service.schemas import ClassifyResponse, TimelineResponse
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 
 MAX_JSON_BYTES = 4 * 1024 * 1024  # the JSON part of an inference body (JSON tensor data included); binary for more
 OUTPUTS = ("label", "class_id", "probabilities", "exit_step", "gmacs", "cubes")
-CUBE_FIELDS = 6  # t, y, x, frames, size, skipped per cube; -1 rows past the clip's exit
 # parameters tritonclient and Triton reserve: accepted and ignored (``timeout`` is honoured as a deadline)
 RESERVED = frozenset({"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "headers"})
-PARAMETERS = frozenset({"budget", "deadline_ms", "explain", "sampling", "timeout"})
+PARAMETERS = frozenset({"budget", "deadline_ms", "explain", "sampling", "timeout", *TIMELINE_PARAMETERS})
 
 
 # The body is read by oip_tensors.read_body (JSON, or JSON then binary tensors), so it is described here.
@@ -52,7 +62,8 @@ INFER_BODY = {
     "content": {
         "application/json": {"schema": {"type": "object", "required": ["inputs"], "description": "an OIP "
                              "inference request: `inputs` (`video` BYTES [N] or `frames` UINT8 [N, T, H, W, 3]), "
-                             "optional `outputs` and `parameters` (budget, deadline_ms, explain, sampling)"}},
+                             "optional `outputs` and `parameters` (budget, deadline_ms, explain, sampling; "
+                             "segment_s and stride_s: a timeline of one `video`)"}},
         "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": "the same "
                                      "JSON (its length in `Inference-Header-Content-Length`), then binary tensors"}},
     },
@@ -83,27 +94,37 @@ def _deadline_ms(parameters: dict[str, Any]) -> float | None:
     return min(asked) if asked else None
 
 
-def clips_of(state: ServiceState, body: wire.InferBody) -> Clips:
-    """The request's clips and parameters, checked in order: parameters, inputs, counts and shapes, then data."""
-    p = body.parameters
+def _options(p: dict[str, Any]) -> tuple[str | None, bool, Sampling | None, float | None]:
+    """The parameters every request may give: budget, explain, sampling, the deadline."""
     unknown = sorted(k for k in p if k not in PARAMETERS | RESERVED and not k.startswith("triton_"))
     if unknown:
         raise _parameter_error(unknown[0], f"is unknown; the parameters are {sorted(PARAMETERS)}")
-    budget, explain, sampling = p.get("budget"), p.get("explain", False), p.get("sampling")
+    budget, explain = p.get("budget"), p.get("explain", False)
     if budget is not None and not isinstance(budget, str):
         raise _parameter_error("budget", "must be a budget level name")
     if isinstance(explain, str) and explain.lower() in TRUE_WORDS | FALSE_WORDS:
         explain = explain.lower() in TRUE_WORDS  # the words of /classify's boolean fields
     if not isinstance(explain, bool):
         raise _parameter_error("explain", "must be true or false")
-    if sampling not in (None, "exact", "fast"):
-        raise _parameter_error("sampling", f"must be `exact` or `fast`, got {str(sampling)[:32]!r}")
-    deadline_ms = _deadline_ms(p)
+    try:
+        sampling = parse_sampling(p.get("sampling"), "parameter")  # /classify's one rule
+    except BadUpload as exc:
+        raise TensorError("invalid_parameter", str(exc)) from None
+    return budget, explain, sampling, _deadline_ms(p)
+
+
+def clips_of(state: ServiceState, body: wire.InferBody) -> Clips:
+    """The request's clips and parameters, checked in order: parameters, inputs, counts and shapes, then data;
+    with ``segment_s``, one file's timeline (service/http/oip_timeline.py)."""
+    budget, explain, sampling, deadline_ms = _options(body.parameters)
+    if wants_timeline(body.parameters):
+        spec = timeline_spec(state, body.parameters, body.inputs)
+        _check_outputs(body, TIMELINE_OUTPUTS)
+        return Clips(wire.byte_elements(body.inputs[0]), None, budget, explain, sampling, deadline_ms, spec)
     names = sorted(t.name for t in body.inputs)
     if names not in (["video"], ["frames"]):
         raise TensorError("invalid_inference_request", f"give one input, `video` or `frames`; got {names}")
-    if body.outputs is not None and (extra := sorted(set(body.outputs) - set(OUTPUTS))):
-        raise TensorError("invalid_inference_request", f"unknown outputs {extra}; the outputs are {list(OUTPUTS)}")
+    _check_outputs(body, OUTPUTS)
     tensor = body.inputs[0]
     if tensor.name == "video":
         if len(tensor.shape) != 1:
@@ -116,6 +137,12 @@ def clips_of(state: ServiceState, body: wire.InferBody) -> Clips:
     check_count(state, shape[0])
     check_frames_shape(state, shape)
     return Clips(None, wire.array(tensor, "UINT8").reshape(shape), budget, explain, None, deadline_ms)
+
+
+def _check_outputs(body: wire.InferBody, known: tuple[str, ...]) -> None:
+    if body.outputs is not None and (extra := sorted(set(body.outputs) - set(known))):
+        kind = "a timeline's" if known is TIMELINE_OUTPUTS else "the"
+        raise TensorError("invalid_inference_request", f"unknown outputs {extra}; {kind} outputs are {list(known)}")
 
 
 def outputs_of(state: ServiceState, clips: list[ClipAnswer], explain: bool) -> list[wire.Output]:
@@ -152,15 +179,21 @@ async def _infer(request: Request, state: ServiceState, flow: ClipsFlow, name: s
         raise DeadlineExceeded(f"the body did not arrive within {s.request_timeout_s:g} s") from None
     parsed = wire.parse_infer(body, request.headers.get(wire.HEADER_LENGTH), MAX_JSON_BYTES, s.max_json_depth)
     clips = clips_of(state, parsed)
-    answers = await flow.answer(clips)
+    answered: ClassifyResponse | TimelineResponse
+    if clips.timeline is not None:
+        timeline = await flow.timeline(clips)
+        outputs, answered = timeline_outputs(state, timeline, clips.explain), timeline.body
+        extra = timeline_parameters(timeline.body)
+    else:
+        answers = await flow.answer(clips)
+        outputs, answered, extra = outputs_of(state, answers, clips.explain), answers[0].body, {}
     wanted = parsed.outputs
-    outputs = [o for o in outputs_of(state, answers, clips.explain) if wanted is None or o.name in wanted]
-    first = answers[0].body
+    outputs = [o for o in outputs if wanted is None or o.name in wanted]
     assert state.bundle is not None
     parameters = {
         "decoded_on": "server" if clips.videos is not None else "client",
-        "budget": first.budget, "budget_version": first.budget_version,
-        "request_id": current_request_id() or "-", "replica": state.replica,
+        "budget": answered.budget, "budget_version": answered.budget_version,
+        "request_id": current_request_id() or "-", "replica": state.replica, **extra,
     }
     content, header = wire.encode_response(
         name, state.bundle.sha256[:12], parsed.id, parameters, outputs, parsed.binary

@@ -21,6 +21,18 @@ from service.schemas import BudgetLevelBody, level_bodies
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol"])
 SERVER_NAME = "adafocus-serve"
 EXTENSIONS = ["binary_tensor_data"]  # Triton's binary tensor data extension (service/http/oip_tensors.py)
+CUBE_FIELDS = 6  # t, y, x, frames, size, skipped per cube; -1 rows past the clip's exit
+
+
+def timeline_shapes(num_classes: int, num_cubes: int) -> list[tuple[str, str, list[int]]]:
+    """(name, datatype, shape) of the outputs only a timeline has, for the model's metadata."""
+    return [
+        ("gmacs_all_k", "FP32", [1]), ("segment_index", "INT32", [-1]), ("segment_start_s", "FP32", [-1]),
+        ("segment_end_s", "FP32", [-1]), ("segment_label", "BYTES", [-1]), ("segment_class_id", "INT64", [-1]),
+        ("segment_confidence", "FP32", [-1]), ("segment_probabilities", "FP32", [-1, num_classes]),
+        ("segment_exit_step", "INT32", [-1]), ("segment_exit_reason", "BYTES", [-1]), ("segment_gmacs", "FP32", [-1]),
+        ("segment_cubes", "INT32", [-1, num_cubes, CUBE_FIELDS]), ("gaps", "FP32", [-1, 2]),
+    ]
 
 
 class ModelNotFound(Exception):
@@ -62,7 +74,10 @@ class ModelMetadata(BaseModel):
     inputs: list[TensorMetadata] = Field(description="`video` (BYTES [N]: encoded files, any container FFmpeg reads) "
                                          "or `frames` (UINT8 [N, T, H, W, 3]; [T, H, W, 3] is one clip)")
     outputs: list[TensorMetadata] = Field(description="per clip: label, class id, probabilities, exit step, GMACs; "
-                                          "`cubes` (t, y, x, frames, size, skipped) with `explain`")
+                                          "`cubes` (t, y, x, frames, size, skipped) with `explain`; with the "
+                                          "parameter `segment_s` (a timeline of one `video`): the video's label, "
+                                          "class id, mean probabilities, GMACs and `gmacs_all_k`, the `segment_*` "
+                                          "outputs per segment and `gaps`")
     architecture: str = Field(description="the architecture's config name")
     labels: list[str] = Field(description="class names, by class id")
     num_frames: int = Field(description="T: frames sampled uniformly from each video")
@@ -156,6 +171,8 @@ def model_metadata(state: StateDep, name: NameDep) -> ModelMetadata:
             TensorMetadata(name="exit_step", datatype="INT32", shape=[-1]),
             TensorMetadata(name="gmacs", datatype="FP32", shape=[-1]),
             TensorMetadata(name="cubes", datatype="INT32", shape=[-1, cfg.num_cubes, 6]),
+            *(TensorMetadata(name=n, datatype=d, shape=s) for n, d, s in timeline_shapes(cfg.num_classes,
+                                                                                         cfg.num_cubes)),
         ],
         architecture=cfg.name,
         labels=list(cfg.class_names),
