@@ -77,7 +77,6 @@ def timeline_outputs(state: ServiceState, timeline: TimelineAnswer, explain: boo
         wire.Output("segment_exit_step", "INT32", np.array([s.exit_step for s in segments], np.int32)),  # (S,)
         wire.Output("segment_exit_reason", "BYTES", [s.exit_reason.encode() for s in segments]),
         wire.Output("segment_gmacs", "FP32", np.array([s.gmacs for s in segments], np.float32)),  # (S,)
-        wire.Output("gaps", "FP32", np.array([(g.start_s, g.end_s) for g in body.gaps], np.float32).reshape(-1, 2)),
     ]
     if explain:
         cubes = np.full((count, cfg.num_cubes, CUBE_FIELDS), -1, np.int32)  # (S, K, 6)
@@ -85,7 +84,8 @@ def timeline_outputs(state: ServiceState, timeline: TimelineAnswer, explain: boo
             for k, c in enumerate(segment.cubes or []):
                 cubes[n, k] = (c.t, c.y, c.x, c.frames, c.size, int(c.skipped))
         outputs.append(wire.Output("segment_cubes", "INT32", cubes))
-    return outputs
+    gaps = np.array([(g.start_s, g.end_s) for g in body.gaps], np.float32).reshape(-1, 2)  # (G, 2)
+    return [*outputs, wire.Output("gaps", "FP32", gaps)]
 
 
 def timeline_parameters(body: TimelineResponse) -> dict[str, Any]:

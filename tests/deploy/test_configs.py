@@ -129,6 +129,10 @@ def test_dashboard_covers_every_issue_panel(deploy_dir):
         "adafocus_auto_budget_arrival_rate",
         "adafocus_auto_budget_service_rate",
         "adafocus_budget_level_seconds_total",
+        "adafocus_timeline_requests_total",
+        "adafocus_timeline_segments_total",
+        "adafocus_timeline_first_segment_seconds_bucket",
+        "adafocus_timeline_segments_per_video_sum",
     ):
         assert required in used
 

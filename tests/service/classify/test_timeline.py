@@ -23,6 +23,7 @@ from service.commands import timeline_fields
 from tests.model.test_video_segments import write_pts
 from tests.service.conftest import Server, in_process, ramp, serve, service_state, wait_until
 from tests.service.http.test_sse import long_bundle, metric, multipart
+from tests.service.test_metrics import samples_of
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +87,40 @@ def test_bad_segment_fields_get_a_422_naming_the_limit(
     assert (response.status_code, response.json()["code"]) == (422, code)
     if code == "too_many_segments":
         assert "ADAFOCUS_MAX_SEGMENTS" in response.json()["message"] and "is 12" in response.json()["message"]
+
+
+def test_frames_with_segment_s_is_refused_naming_both_fields(app: TestClient, video: Path) -> None:
+    response = post(app, video, segment_s="2", frames="true")
+    assert (response.status_code, response.json()["code"]) == (422, "invalid_request")
+    assert "'frames'" in response.json()["message"] and "'segment_s'" in response.json()["message"]
+    assert post(app, video, segment_s="2", frames="false").status_code == 200
+
+
+def test_timeline_metrics_count_each_outcome_and_segment(app: TestClient, video: Path, tmp_path: Path) -> None:
+    before = samples_of(app.get("/metrics").text)
+    complete = post(app, video, segment_s="2").json()
+    whole = encode_video(tmp_path / "v.mkv", ramp(80, 48, 64, seed=3), "libx264", fps=8)
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    partial = post(app, cut, segment_s="1").json()
+    assert post(app, video, segment_s="0").status_code == 422
+    assert post(app, video, segment_s="2", frames="true").status_code == 422
+    assert post(app, video, segment_s="11").status_code == 422  # segment_too_long: found by the decode pass
+    after = samples_of(app.get("/metrics").text)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    count = len(partial["segments"])
+    assert len(complete["segments"]) == 5 and 0 < count < 10 and partial["ended_at_s"] < 10.0
+    outcomes = {o: delta("adafocus_timeline_requests_total", outcome=o)
+                for o in ("complete", "partial", "invalid", "failed", "cancelled")}
+    assert outcomes == {"complete": 1, "partial": 1, "invalid": 3, "failed": 0, "cancelled": 0}
+    assert delta("adafocus_timeline_segments_total") == 5 + count
+    assert delta("adafocus_timeline_segments_per_video_count") == 2
+    assert delta("adafocus_timeline_segments_per_video_sum") == 5 + count
+    assert delta("adafocus_timeline_first_segment_seconds_count") == 2
 
 
 def test_a_stream_sends_each_segment_as_it_finishes_then_the_answer(app: TestClient, video: Path) -> None:

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from model.video import encode_video
-from service.classify.upload import BadUpload, IncompleteUpload, Upload, read_upload
+from service.classify.upload import BadUpload, IncompleteUpload, Upload, parse_sampling, read_upload
 from tests.service.conftest import Server, ramp, serve, wait_until
 
 BOUNDARY = "cut-off-test"
@@ -40,6 +40,16 @@ async def chunks(body: bytes, size: int = 1000) -> AsyncIterator[bytes]:
 def read(body: bytes, content_length: int | None = None) -> Upload:
     length = None if content_length is None else str(content_length)
     return asyncio.run(read_upload(CONTENT_TYPE, length, chunks(body), 1_000_000, 1_000_000, 8))
+
+
+def test_sampling_has_one_rule_for_every_field_that_gives_it() -> None:
+    assert [parse_sampling(None), parse_sampling("exact"), parse_sampling("fast")] == [None, "exact", "fast"]
+    for value in ("Fast", "", "legacy", " fast", 3, True):
+        with pytest.raises(BadUpload) as raised:
+            parse_sampling(value)
+        assert str(raised.value) == f"form field 'sampling' must be one of exact, fast, got {str(value)!r}"
+    with pytest.raises(BadUpload, match="^parameter 'sampling' must be one of exact, fast, got 'best'$"):
+        parse_sampling("best", "parameter")
 
 
 def test_a_whole_body_is_read() -> None:

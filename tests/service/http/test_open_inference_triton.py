@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from model.video import decode_clip
 from service.http import oip_tensors as wire
+from service.http.open_inference import timeline_shapes
 from tests.service.conftest import Server, serve
 
 OUTPUT_NAMES = ("label", "class_id", "probabilities", "exit_step", "gmacs")
@@ -52,7 +53,8 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
         {"name": "video", "datatype": "BYTES", "shape": [-1]},
         {"name": "frames", "datatype": "UINT8", "shape": [-1, -1, -1, -1, 3]},
     ]
-    assert [o["name"] for o in model["outputs"]] == [*OUTPUT_NAMES, "cubes"]
+    timeline = [name for name, _, _ in timeline_shapes(5, 3)]  # with segment_s: test_open_inference_timeline.py
+    assert [o["name"] for o in model["outputs"]] == [*OUTPUT_NAMES, "cubes", *timeline]
 
 
 def check(result: triton.InferResult, reference: dict[str, Any], decoded_on: str) -> None:
