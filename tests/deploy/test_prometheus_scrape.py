@@ -77,6 +77,11 @@ def prom(server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prom
 class Traffic:
     answers: list[dict[str, Any]]
     videos_before: float  # adafocus_exit_step_count before the test's requests (the start-up self-test's video)
+    timeline: dict[str, Any]  # one timeline answer (segment_s=0.5 over the 1 s clip), after the clips
+
+    @property
+    def segments(self) -> int:
+        return len(self.timeline["segments"])
 
 
 @pytest.fixture(scope="module")
@@ -89,31 +94,49 @@ def traffic(server: str, prom: Prometheus, tmp_path_factory: pytest.TempPathFact
             response = client.post("/classify", files={"video": ("clip.mp4", video, "video/mp4")})
             assert response.status_code == 200, response.text
             answers.append(response.json())
+        response = client.post("/classify", files={"video": ("clip.mp4", video, "video/mp4")},
+                               data={"segment_s": "0.5"})
+        assert response.status_code == 200, response.text
+        timeline = response.json()
         bad = client.put("/budget", json={"level": "low"}, headers={"Authorization": "Bearer wrong-token"})
         assert bad.status_code == 403
         switched = client.put("/budget", json={"level": "low"}, headers={"Authorization": f"Bearer {TOKEN}"})
         assert switched.status_code == 200, switched.text
         assert switched.json()["name"] == "low"
-    return Traffic(answers, float(before[0]["value"][1]))
+    return Traffic(answers, float(before[0]["value"][1]), timeline)
 
 
 def test_prometheus_reads_the_request_counter_back(prom: Prometheus, traffic: Traffic):
     assert [a["budget"] for a in traffic.answers] == ["high"] * REQUESTS
+    answered = REQUESTS + 1  # the clips and the timeline
     samples = wait_for(
-        lambda: prom.query(f'sum(adafocus_requests_total{{status="200"}}) == {REQUESTS}') or None,
+        lambda: prom.query(f'sum(adafocus_requests_total{{status="200"}}) == {answered}') or None,
         30,
-        f"adafocus_requests_total to reach {REQUESTS}",
+        f"adafocus_requests_total to reach {answered}",
         prom.proc,
     )
-    assert float(samples[0]["value"][1]) == REQUESTS
+    assert float(samples[0]["value"][1]) == answered
     by_status = {s["metric"]["status"]: float(s["value"][1]) for s in prom.query("adafocus_requests_total")}
-    assert by_status == {"200": float(REQUESTS)}
+    assert by_status == {"200": float(answered)}
+
+
+def test_prometheus_reads_the_timeline_metrics_back(prom: Prometheus, traffic: Traffic):
+    assert [(s["start_s"], s["end_s"]) for s in traffic.timeline["segments"]] == [(0.0, 0.5), (0.5, 1.0)]
+    wait_for(lambda: prom.query("adafocus_timeline_segments_total == 2") or None, 30, "the timeline's segments",
+             prom.proc)
+    outcomes = {s["metric"]["outcome"]: float(s["value"][1]) for s in prom.query("adafocus_timeline_requests_total")}
+    assert outcomes == {"complete": 1.0}
+    assert float(prom.query("adafocus_timeline_segments_per_video_sum")[0]["value"][1]) == 2
+    assert float(prom.query('adafocus_timeline_segments_per_video_bucket{le="1.0"}')[0]["value"][1]) == 0
+    assert float(prom.query('adafocus_timeline_segments_per_video_bucket{le="2.0"}')[0]["value"][1]) == 1
+    assert float(prom.query("adafocus_timeline_first_segment_seconds_count")[0]["value"][1]) == 1
 
 
 def test_prometheus_sees_exit_steps_and_the_budget_switch(prom: Prometheus, traffic: Traffic):
     # The `all` level never exits early: every video ran all 3 cubes of the tiny model (exit step 3).
     assert [(a["exit_step"], a["cubes_used"]) for a in traffic.answers] == [(3, 3)] * REQUESTS
-    videos = traffic.videos_before + REQUESTS
+    assert {s["exit_step"] for s in traffic.timeline["segments"]} == {3}  # each segment is a video of its own
+    videos = traffic.videos_before + REQUESTS + traffic.segments
     wait_for(lambda: prom.query(f"adafocus_exit_step_count == {videos}") or None, 30, "exit steps", prom.proc)
     assert float(prom.query('adafocus_exit_step_bucket{le="2.0"}')[0]["value"][1]) == 0
     assert float(prom.query('adafocus_exit_step_bucket{le="3.0"}')[0]["value"][1]) == videos
@@ -144,6 +167,7 @@ def test_every_dashboard_query_runs_in_prometheus(prom: Prometheus, traffic: Tra
     dashboard = json.loads((DEPLOY / "grafana" / "dashboards" / "adafocus.json").read_text())
     # rate() needs two scrapes of a series; the status="200" series appears with the first request.
     wait_for(lambda: prom.query("rate(adafocus_requests_total[1m])") or None, 30, "two scrapes of traffic")
+    wait_for(lambda: prom.query("rate(adafocus_timeline_segments_total[1m])") or None, 30, "two of the timeline")
     empty = []
     for panel in dashboard["panels"]:
         for target in panel["targets"]:
