@@ -48,8 +48,9 @@ def test_sampling_has_one_rule_for_every_field_that_gives_it() -> None:
         with pytest.raises(BadUpload) as raised:
             parse_sampling(value)
         assert str(raised.value) == f"form field 'sampling' must be one of exact, fast, got {str(value)!r}"
-    with pytest.raises(BadUpload, match="^parameter 'sampling' must be one of exact, fast, got 'best'$"):
+    with pytest.raises(BadUpload) as raised:
         parse_sampling("best", "parameter")
+    assert str(raised.value) == "parameter 'sampling' must be one of exact, fast, got 'best'"
 
 
 def test_a_whole_body_is_read() -> None:
