@@ -34,7 +34,8 @@ def classify(client: httpx.Client, video: bytes, segment_s: float) -> tuple[int,
 
 
 def infer(client: httpx.Client, video: bytes, segment_s: float, binary: bool) -> tuple[int, list[tuple[str, int]]]:
-    body, header = wire.encode_request([wire.Output("video", "BYTES", [video])], {"segment_s": segment_s}, binary)
+    head = {"parameters": {"segment_s": segment_s, "binary_data_output": binary}}  # the file binary either way
+    body, header = wire.encode(head, "inputs", [wire.Output("video", "BYTES", [video])], lambda _: True)
     headers = {"Content-Type": "application/octet-stream", wire.HEADER_LENGTH: str(header)}
     response = client.post("/v2/models/default/infer", content=body, headers=headers)
     response.raise_for_status()

@@ -11,6 +11,10 @@ The deadline (ADAFOCUS_TIMELINE_TIMEOUT_S, or ``deadline_ms``) is the video's: e
 it (near it, segments past their glance answer with their prediction so far), and when it passes the answer holds
 the segments finished and says where it stopped. A client that leaves (or a stream closed) stops the decode at the
 next segment and cancels every segment still queued or active: their slots are free at the next step.
+
+The OIP infer route runs the same ``Timeline`` for one file (service/classify/frames.py, service/http/oip_timeline.py),
+its ``segment_s`` / ``stride_s`` checked by the same ``segment_spec``. Each timeline's outcome, its segments and
+the time to its first are counted (``adafocus_timeline_*``, service/metrics.py).
 """
 
 from __future__ import annotations

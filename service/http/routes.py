@@ -53,7 +53,8 @@ CLASSIFY_BODY = {
                     "frames": {
                         "type": "boolean",
                         "default": False,
-                        "description": "include the frames the model saw (PNG data URLs), to draw the cubes on",
+                        "description": "include the frames the model saw (PNG data URLs), to draw the cubes on; "
+                        "not with `segment_s` (a 422: a timeline's answer does not carry frames)",
                     },
                     "stream": {
                         "type": "boolean",
@@ -67,6 +68,10 @@ CLASSIFY_BODY = {
                         "answer is a timeline (`segments`, the video's label = the mean of their probabilities)",
                     },
                     "stride_s": {"type": "number", "description": "seconds between segment starts (default segment_s)"},
+                    "sampling": {
+                        "type": "string", "enum": ["exact", "fast"],
+                        "description": "the decoder's sampling for this request (absent: ADAFOCUS_DECODE_SAMPLING)",
+                    },
                     "deadline_ms": {
                         "type": "number",
                         "description": "this request's deadline in ms (at most ADAFOCUS_REQUEST_TIMEOUT_S; also the "

@@ -276,7 +276,7 @@ def test_health_readiness_openapi_and_metrics(app: TestClient, videos: dict[str,
     post = spec["paths"]["/classify"]["post"]
     assert {"413", "415", "422", "503", "504"} <= set(post["responses"])
     assert set(post["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {
-        "video", "budget", "explain", "frames", "stream", "deadline_ms", "segment_s", "stride_s"}
+        "video", "budget", "explain", "frames", "stream", "deadline_ms", "segment_s", "stride_s", "sampling"}
     assert {"401", "403", "422"} <= set(spec["paths"]["/budget"]["put"]["responses"])
     schemas = ("ClassifyResponse", "TimelineResponse", "Segment", "Gap", "Timings", "TopK", "Cube", "BudgetResponse",
                "ErrorBody")
