@@ -133,6 +133,14 @@ def geometry(model: dict[str, Any]) -> Geometry:
     return Geometry(model["name"], model["num_frames"], model["frame_size"])
 
 
+def check_local(fields: Mapping[str, str] | None) -> None:
+    """Local decoding sends frames, which carry no presentation times and take no form fields: a timeline
+    (``segment_s``) is cut by the server's decoder (``ValueError``, rather than a single clip's answer)."""
+    if fields:
+        raise ValueError(f"decode='local' sends decoded frames and takes no form fields (got {sorted(fields)}); a "
+                         "timeline (segment_s) is cut by the server's decoder: use decode='server'")
+
+
 def local_frames(video: Video, model: Geometry, sampling: Literal["exact", "fast"]) -> tuple[np.ndarray, float]:
     """The video decoded here as the server's decoder would: ((T, size, size, 3) uint8, seconds)."""
     source: str | bytes = video[1] if isinstance(video, tuple) else str(video)
@@ -231,8 +239,10 @@ class Client:
     ) -> dict[str, Any]:
         """Classify one video; ``budget`` a level name for this request, ``explain`` the cubes and steps,
         ``sampling`` `exact` or `fast` (None: the server's); ``decode="local"``: decoded here (with ``sampling``,
-        `exact` when None), sent as frames; ``fields={"segment_s": "2"}``: a timeline of 2 s segments."""
+        `exact` when None), sent as frames; ``fields={"segment_s": "2"}``: a timeline of 2 s segments (the
+        server's decode only: ``ValueError`` with ``decode="local"``)."""
         if decode == "local":
+            check_local(fields)
             model = self._model_geometry()
             clip, seconds = local_frames(video, model, "fast" if sampling == "fast" else "exact")
             post = frames_request(clip, budget, explain, request_id, self.api_key)
@@ -329,6 +339,7 @@ class AsyncClient:
         fields: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         if decode == "local":  # the decoder releases the GIL: concurrent requests decode on several cores
+            check_local(fields)
             if self._geometry is None:
                 self._geometry = geometry(await self.model())
             model = self._geometry

@@ -105,6 +105,11 @@ def run_classify(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return 2
 
+    if args.decode == "local" and timeline_fields(args):
+        log.error("--segment-s / --stride-s need --decode server: the server's decoder cuts the timeline by the "
+                  "video's presentation times (local decoding sends frames, which have none)")
+        return 2
+
     async def run() -> int:
         async with AsyncClient(args.url, timeout=args.timeout, api_key=api_key) as client:
             paths = [Path(f) for f in args.files]

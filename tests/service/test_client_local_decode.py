@@ -69,3 +69,11 @@ def test_classify_command_decodes_locally(server: Server, clips: list[Path], tmp
                                                   "decoded_on": "client"}
     human = run("--decode", "local", "--no-progress")
     assert "decoded on the client" in human.stdout.splitlines()[0]
+
+
+def test_a_timeline_is_not_decoded_locally(app: TestClient, clips: list[Path]) -> None:
+    with pytest.raises(ValueError, match="segment_s"):  # rather than a single clip's answer for a timeline
+        Client(http=app).classify(clips[0], decode="local", fields={"segment_s": "1"})
+    run = subprocess.run([ADAFOCUS, "classify", str(clips[0]), "--url", "http://127.0.0.1:9", "--decode", "local",
+                          "--segment-s", "1"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "--segment-s / --stride-s need --decode server" in run.stderr
