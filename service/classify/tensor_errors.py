@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Literal
 
 TensorCode = Literal[
-    "invalid_inference_request",  # 400: not an inference request (JSON shape, header length, binary sizes)
+    "invalid_inference_request",  # 400: not an inference request (JSON shape, header length, binary sizes; a
+    # timeline (segment_s) of N > 1 videos or of frames; outputs the request cannot have)
     "tensor_datatype",  # 422: an input of the wrong datatype
     "tensor_shape",  # 422: a shape the input does not take ([N, T, H, W, 3], [N])
     "tensor_shape_mismatch",  # 422: the declared shape disagrees with the data
