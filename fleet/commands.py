@@ -28,6 +28,11 @@ def register(sub: Any) -> None:
     fleet.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many (default: fixed)")
     fleet.add_argument("--num-gpus", default="auto", help="GPUs per replica: auto (1 when Ray sees a GPU, else 0)")
     fleet.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per replica (default %(default)s)")
+    fleet.add_argument("--decode-replicas", type=int, default=0,
+                       help="a CPU-only decode tier of this many replicas (autoscaling minimum); 0: model replicas "
+                       "decode their own uploads (default %(default)s)")
+    fleet.add_argument("--max-decode-replicas", type=int, default=None, help="autoscale the decode tier up to this")
+    fleet.add_argument("--decode-num-cpus", type=float, default=1.0, help="Ray CPUs per decode replica")
     fleet.add_argument("--host", default=None, help="address of Serve's HTTP proxy (ADAFOCUS_HOST, default 0.0.0.0)")
     fleet.add_argument("--port", type=int, default=None, help="its port (ADAFOCUS_PORT, default 8000)")
     fleet.add_argument("--bundle", default=None, help="model bundle directory (ADAFOCUS_BUNDLE; default: shipped)")
@@ -65,7 +70,9 @@ def run_serve_ray(args: argparse.Namespace) -> int:
         return 2
     num_gpus = 0.0 if args.num_gpus == "auto" else float(args.num_gpus)
     config = FleetConfig(
-        replicas=args.replicas, max_replicas=args.max_replicas, num_gpus=num_gpus, num_cpus=args.num_cpus
+        replicas=args.replicas, max_replicas=args.max_replicas, num_gpus=num_gpus, num_cpus=args.num_cpus,
+        decode_replicas=args.decode_replicas, max_decode_replicas=args.max_decode_replicas,
+        decode_num_cpus=args.decode_num_cpus,
     )
     if args.print_config:
         json.dump(serve_config(config, settings, settings.port), sys.stdout, indent=2)
