@@ -22,6 +22,7 @@ import asyncio
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -33,6 +34,7 @@ from ray import serve
 
 from fleet.config import APP_NAME, FleetConfig
 from fleet.replica import fleet_app
+from loadtest.bench.proc_cpu import children, command_line, process_seconds
 from loadtest.bench.runners import random_bundle
 from loadtest.bench.workload import make_clips
 from loadtest.http.corpus import load_corpus
@@ -173,18 +175,54 @@ def model_totals(url: str) -> dict[str, float]:
     return totals
 
 
+# the fleet's processes by role, from their command lines (Ray names its actor processes ``ray::<class>...``)
+ROLES = {"model": "ray::ServeReplica:adafocus:AdaFocusReplica", "decode": "ray::ServeReplica:adafocus:AdaFocusDecoder",
+         "proxy": "ray::ProxyActor"}
+
+
+def _with_children(pid: int) -> Iterator[int]:
+    yield pid
+    for child in children(pid):  # a replica's decoder processes
+        yield from _with_children(child)
+
+
+def fleet_cpu() -> dict[int, tuple[str, float]]:
+    """Each fleet process's (role, CPU seconds so far), the decoder processes counted with their replica's role."""
+    found: dict[int, tuple[str, float]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        line = command_line(int(entry.name))
+        role = next((r for r, prefix in ROLES.items() if line.startswith(prefix)), None)
+        if role is not None:
+            found |= {pid: (role, process_seconds(pid)) for pid in _with_children(int(entry.name))}
+    return found
+
+
+def cpu_per_video(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]],
+                  videos: int) -> dict[str, float]:
+    """CPU ms per answered video by role, over the processes alive at both snapshots."""
+    totals = dict.fromkeys(ROLES, 0.0)
+    for pid, (role, seconds) in after.items():
+        if pid in before:
+            totals[role] += seconds - before[pid][1]
+    return {role: 1000 * seconds / max(1, videos) for role, seconds in totals.items()}
+
+
 def tier_phase(url: str, corpus_dir: Path, cfg: TierBenchConfig, out: TextIO) -> dict[str, Any]:
     """Warm-up, then the measured phase between two reads of the model replicas' totals: throughput, busy fraction
     (accelerator seconds over wall seconds, per replica) and the mean samples per model call."""
     corpus = load_corpus(corpus_dir)
     warm = LoadConfig(url, Bound(requests=4 * cfg.concurrency), concurrency=cfg.concurrency, progress=False)
     asyncio.run(run_load(warm, corpus, out))
-    before, started = model_totals(url), time.monotonic()
+    before, cpu, started = model_totals(url), fleet_cpu(), time.monotonic()
     load = LoadConfig(url, Bound(duration_s=cfg.duration_s), concurrency=cfg.concurrency, progress=False)
     phase: dict[str, Any] = asyncio.run(run_load(load, corpus, out))["phases"][0]
     after, wall = model_totals(url), time.monotonic() - started
+    cpu_ms = cpu_per_video(cpu, fleet_cpu(), phase["completed"])
     busy, samples, calls = (after[k] - before[k] for k in SUMMED)
-    return {**phase, "busy": busy / (wall * cfg.replicas), "batch": samples / calls if calls else 0.0}
+    return {**phase, "busy": busy / (wall * cfg.replicas), "batch": samples / calls if calls else 0.0,
+            "cpu_ms": cpu_ms}
 
 
 def run_tier_bench(cfg: TierBenchConfig, out: TextIO = sys.stderr) -> dict[str, Any]:
@@ -210,28 +248,33 @@ def run_tier_bench(cfg: TierBenchConfig, out: TextIO = sys.stderr) -> dict[str, 
                 serve.run(fleet_app(settings, fleet), name=APP_NAME)
                 phase = tier_phase(f"http://127.0.0.1:{port}", corpus, cfg, out)
                 serve.delete(APP_NAME)
-                rows.append({"decode_replicas": decode_replicas, "throughput": phase["throughput"],
-                             "busy": phase["busy"], "batch": phase["batch"], "p50_s": phase["latency_s"]["p50"],
-                             "p99_s": phase["latency_s"]["p99"], "completed": phase["completed"],
-                             "errors": phase["errors"]})
+                rows.append(tier_row(decode_replicas, phase))
         finally:
             serve.shutdown()
             ray.shutdown()
     return {"config": cfg.__dict__, "rows": rows}
 
 
+def tier_row(decode_replicas: int, phase: dict[str, Any]) -> dict[str, Any]:
+    keys = ("throughput", "busy", "batch", "cpu_ms", "completed", "errors")
+    return {"decode_replicas": decode_replicas, **{k: phase[k] for k in keys},
+            "p50_s": phase["latency_s"]["p50"], "p99_s": phase["latency_s"]["p99"]}
+
+
 def tier_markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
         f"| layout ({cfg['replicas']} model replica(s), {cfg['step_s'] * 1000:g} ms per model call) | videos/s | "
-        "model-replica busy | samples per model call | p50 (s) | p99 (s) | answered | errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "model-replica busy | samples per model call | CPU ms per video: model replicas / decode tier / proxy | "
+        "p50 (s) | p99 (s) | answered | errors |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         n = r["decode_replicas"]
         layout = f"decode tier of {n} replica(s)" if n else "each model replica decodes (1 decoder process)"
+        cpu = " / ".join(f"{r['cpu_ms'][role]:.1f}" for role in ROLES)
         lines.append(
-            f"| {layout} | {r['throughput']:.1f} | {r['busy']:.2f} | {r['batch']:.2f} | {r['p50_s']:.3f} | "
+            f"| {layout} | {r['throughput']:.1f} | {r['busy']:.2f} | {r['batch']:.2f} | {cpu} | {r['p50_s']:.3f} | "
             f"{r['p99_s']:.3f} | {r['completed']} | {r['errors']} |"
         )
     return "\n".join(lines) + "\n"

@@ -15,9 +15,8 @@ DECODE_DEPLOYMENT = "AdaFocusDecoder"
 KEEPER_NAME = "adafocus-budget-keeper"
 KEEPER_NAMESPACE = "adafocus"
 CONTROL_SLACK = 8  # requests beyond the engine's that a replica takes: /budget, /metrics, /readyz next to the load
-# uploads a decode replica holds per decoder worker: one decoding, one waiting, so that no worker idles between jobs;
-# the rest wait in the model replicas' handles (Serve's queue of the tier), where a dying decode replica loses none
-DECODE_HELD_PER_WORKER = 2
+# the decode tier's autoscaling target, uploads per decoder process of a replica: one decoding, one waiting
+DECODE_TARGET_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -78,10 +77,13 @@ def deployment_options(config: FleetConfig, settings: Settings) -> dict[str, Any
 
 def decode_options(config: FleetConfig, settings: Settings) -> dict[str, Any]:
     """``serve.deployment`` options of the decode tier: CPU only, autoscaled on its own queue (the uploads its
-    replicas hold and those waiting for one in the model replicas' handles), ``decode_workers`` uploads per replica."""
+    replicas hold, ``DECODE_TARGET_PER_WORKER`` per decoder process as the target). A replica takes as many uploads
+    as its decoder pool queues (``ADAFOCUS_DECODE_QUEUE``), so that they wait in its pool, next to its decoder
+    processes: uploads left waiting in Serve's router for a full replica wait out its backoff (measured: a tier that
+    took 2 per decoder process answered 8 videos/s where its decoder could do 30; docs/benchmarks.md)."""
     options: dict[str, Any] = {
         "name": DECODE_DEPLOYMENT,
-        "max_ongoing_requests": DECODE_HELD_PER_WORKER * settings.decode_workers,
+        "max_ongoing_requests": settings.decode_queue,
         "ray_actor_options": {"num_cpus": config.decode_num_cpus, "num_gpus": 0.0},
         "health_check_period_s": 5.0,
         "graceful_shutdown_timeout_s": settings.max_decode_s,
@@ -92,7 +94,7 @@ def decode_options(config: FleetConfig, settings: Settings) -> dict[str, Any]:
         options["autoscaling_config"] = {
             "min_replicas": config.decode_replicas,
             "max_replicas": config.max_decode_replicas,
-            "target_ongoing_requests": settings.decode_workers,  # every decoder process busy: add a replica
+            "target_ongoing_requests": DECODE_TARGET_PER_WORKER * settings.decode_workers,
         }
     return options
 

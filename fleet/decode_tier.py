@@ -6,8 +6,8 @@ app) and reads the upload; its decode step (``decode_upload``, the OIP ``video``
 instead of its own worker processes: the upload's bytes, as a ``DecodeJob``, through a deployment handle to a
 ``DecodeReplica``, whose ``DecodePool`` (the server's own decoder processes, built by ``decode_pool`` from the same
 settings: sampling modes, resize path, limits and error codes) decodes it; the frames come back through the handle
-and go to the replica's engine. A decode replica holds ``DECODE_HELD_PER_WORKER`` uploads per decoder process; the
-rest wait in the model replicas' handles, the tier's queue, on which Serve autoscales it (fleet/config.py).
+and go to the replica's engine. A decode replica takes as many uploads as its pool queues (``ADAFOCUS_DECODE_QUEUE``),
+and Serve autoscales the tier on the uploads its replicas hold (fleet/config.py).
 
 A decode replica that dies (its actor killed, its node lost) fails only the requests it held, and those are sent once
 more, to another decode replica (Serve's router drops the dead one): decoding is idempotent (the same bytes give the

@@ -66,10 +66,10 @@ def test_a_bad_fleet_is_refused() -> None:
         FleetConfig(decode_replicas=0, max_decode_replicas=2)  # autoscaling a tier that is not there
 
 
-def test_the_decode_tier_is_cpu_only_and_holds_two_uploads_per_decoder(settings: Settings) -> None:
+def test_the_decode_tier_is_cpu_only_and_takes_what_its_pool_queues(settings: Settings) -> None:
     options = decode_options(FleetConfig(decode_replicas=3, decode_num_cpus=2, num_gpus=1), settings)
     assert options == {
-        "name": DECODE_DEPLOYMENT, "max_ongoing_requests": 2 * settings.decode_workers,
+        "name": DECODE_DEPLOYMENT, "max_ongoing_requests": settings.decode_queue,
         "ray_actor_options": {"num_cpus": 2.0, "num_gpus": 0.0}, "health_check_period_s": 5.0,
         "graceful_shutdown_timeout_s": settings.max_decode_s, "num_replicas": 3,
     }
@@ -80,7 +80,7 @@ def test_the_decode_tier_autoscales_on_its_own_queue(settings: Settings) -> None
     options = decode_options(config, settings)
     assert "num_replicas" not in options
     assert options["autoscaling_config"] == {
-        "min_replicas": 2, "max_replicas": 16, "target_ongoing_requests": settings.decode_workers
+        "min_replicas": 2, "max_replicas": 16, "target_ongoing_requests": 2 * settings.decode_workers
     }
     assert deployment_options(config, settings)["autoscaling_config"]["max_replicas"] == 4  # the model tier's own
 

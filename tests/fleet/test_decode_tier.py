@@ -15,7 +15,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from fleet.config import APP_NAME, DECODE_DEPLOYMENT, DECODE_HELD_PER_WORKER, FleetConfig
+from fleet.config import APP_NAME, DECODE_DEPLOYMENT, FleetConfig
 from fleet.decode_tier import LOST_REASON
 from fleet.replica import fleet_app
 from model.video import encode_video
@@ -101,5 +101,4 @@ def test_a_killed_decode_replica_costs_no_request(tiered: Tiered) -> None:
         statuses = [a.result().status_code for a in answers]
     assert statuses == [200] * 12  # every upload the dead replica held was decoded by the other
     retried = metric_sum(tiered, "adafocus_decoder_restarts_total", reason=LOST_REASON) - lost_before
-    held = DECODE_HELD_PER_WORKER * 1  # fleet_settings: one decoder process per decode replica
-    assert 1 <= retried <= held  # it did hold uploads, and no more than a decode replica takes
+    assert 1 <= retried < 12  # it did hold uploads (and the other replica some): none of them failed
