@@ -79,8 +79,9 @@ def decode_options(config: FleetConfig, settings: Settings) -> dict[str, Any]:
     """``serve.deployment`` options of the decode tier: CPU only, autoscaled on its own queue (the uploads its
     replicas hold, ``DECODE_TARGET_PER_WORKER`` per decoder process as the target). A replica takes as many uploads
     as its decoder pool queues (``ADAFOCUS_DECODE_QUEUE``), so that they wait in its pool, next to its decoder
-    processes: uploads left waiting in Serve's router for a full replica wait out its backoff (measured: a tier that
-    took 2 per decoder process answered 8 videos/s where its decoder could do 30; docs/benchmarks.md)."""
+    processes: an upload that finds every replica full waits in Serve's router, which retries after a backoff (25 ms,
+    doubling up to 0.5 s: ``RAY_SERVE_ROUTER_RETRY_*``) and leaves decoders idle meanwhile (measured: a one-replica
+    tier that took 2 uploads answered 8.1 videos/s, 28.0 once it took its queue's 64; docs/benchmarks.md)."""
     options: dict[str, Any] = {
         "name": DECODE_DEPLOYMENT,
         "max_ongoing_requests": settings.decode_queue,
