@@ -28,6 +28,11 @@ def register(sub: Any) -> None:
     fleet.add_argument("--max-replicas", type=int, default=None, help="autoscale up to this many (default: fixed)")
     fleet.add_argument("--num-gpus", default="auto", help="GPUs per replica: auto (1 when Ray sees a GPU, else 0)")
     fleet.add_argument("--num-cpus", type=float, default=1.0, help="Ray CPUs per replica (default %(default)s)")
+    fleet.add_argument("--decode-replicas", type=int, default=0,
+                       help="a CPU-only decode tier of this many replicas (autoscaling minimum); 0: model replicas "
+                       "decode their own uploads (default %(default)s)")
+    fleet.add_argument("--max-decode-replicas", type=int, default=None, help="autoscale the decode tier up to this")
+    fleet.add_argument("--decode-num-cpus", type=float, default=1.0, help="Ray CPUs per decode replica")
     fleet.add_argument("--host", default=None, help="address of Serve's HTTP proxy (ADAFOCUS_HOST, default 0.0.0.0)")
     fleet.add_argument("--port", type=int, default=None, help="its port (ADAFOCUS_PORT, default 8000)")
     fleet.add_argument("--bundle", default=None, help="model bundle directory (ADAFOCUS_BUNDLE; default: shipped)")
@@ -41,6 +46,10 @@ def register(sub: Any) -> None:
     bench.add_argument("--step-ms", type=float, default=50.0, help="simulated runner: ms per model call")
     bench.add_argument("--duration", type=float, default=20.0, help="measured seconds per point (default %(default)s)")
     bench.add_argument("--concurrency-per-replica", type=int, default=16, help="requests in flight per replica")
+    bench.add_argument("--decode-tier", type=int, default=0, metavar="D",
+                       help="instead: the first --replicas count with and without a decode tier of D replicas, "
+                       "side by side (simulated runner, benchmark clips)")
+    bench.add_argument("--concurrency", type=int, default=32, help="--decode-tier: requests in flight")
     bench.add_argument("--json", default=None, help="also write the full result to this JSON file")
     bench.set_defaults(handler=run_bench_fleet)
 
@@ -65,7 +74,9 @@ def run_serve_ray(args: argparse.Namespace) -> int:
         return 2
     num_gpus = 0.0 if args.num_gpus == "auto" else float(args.num_gpus)
     config = FleetConfig(
-        replicas=args.replicas, max_replicas=args.max_replicas, num_gpus=num_gpus, num_cpus=args.num_cpus
+        replicas=args.replicas, max_replicas=args.max_replicas, num_gpus=num_gpus, num_cpus=args.num_cpus,
+        decode_replicas=args.decode_replicas, max_decode_replicas=args.max_decode_replicas,
+        decode_num_cpus=args.decode_num_cpus,
     )
     if args.print_config:
         json.dump(serve_config(config, settings, settings.port), sys.stdout, indent=2)
@@ -104,9 +115,15 @@ def stop_fleet(app_name: str, joined: bool) -> None:
 
 
 def run_bench_fleet(args: argparse.Namespace) -> int:
-    from fleet.bench import FleetBenchConfig, markdown, run_fleet_bench
+    from fleet.bench import FleetBenchConfig, TierBenchConfig, markdown, run_fleet_bench, run_tier_bench, tier_markdown
 
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request otherwise
+    if args.decode_tier:
+        tier = TierBenchConfig(
+            replicas=int(args.replicas.split(",")[0]), decode_replicas=args.decode_tier, step_s=args.step_ms / 1000,
+            duration_s=args.duration, concurrency=args.concurrency,
+        )
+        return _write(run_tier_bench(tier), tier_markdown, args.json)
     cfg = FleetBenchConfig(
         replicas=tuple(int(n) for n in args.replicas.split(",")),
         runners=tuple(args.runners.split(",")),
@@ -114,9 +131,13 @@ def run_bench_fleet(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         concurrency_per_replica=args.concurrency_per_replica,
     )
-    result = run_fleet_bench(cfg)
-    if args.json:
-        with open(args.json, "w") as f:
+    return _write(run_fleet_bench(cfg), markdown, args.json)
+
+
+def _write(result: dict[str, Any], table: Any, path: str | None) -> int:
+    """The result as a markdown table on stdout, and in full as JSON to ``path``."""
+    if path:
+        with open(path, "w") as f:
             json.dump(result, f, indent=2)
-    sys.stdout.write(markdown(result))
+    sys.stdout.write(table(result))
     return 0

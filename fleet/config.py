@@ -1,5 +1,6 @@
 """The fleet's shape: how many replicas, what each holds, how Ray Serve routes to them (a frozen dataclass, built
-from the ``serve-ray`` flags), and the deployment options and ``serve run`` config derived from it."""
+from the ``serve-ray`` flags), and the deployment options and ``serve run`` config derived from it: the model
+replicas' deployment and, with ``decode_replicas``, the decode tier's (fleet/decode_tier.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,12 @@ from service.settings import Settings
 
 APP_NAME = "adafocus"
 DEPLOYMENT = "AdaFocusReplica"
+DECODE_DEPLOYMENT = "AdaFocusDecoder"
 KEEPER_NAME = "adafocus-budget-keeper"
 KEEPER_NAMESPACE = "adafocus"
 CONTROL_SLACK = 8  # requests beyond the engine's that a replica takes: /budget, /metrics, /readyz next to the load
+# the decode tier's autoscaling target, uploads per decoder process of a replica: one decoding, one waiting
+DECODE_TARGET_PER_WORKER = 2
 
 
 @dataclass(frozen=True)
@@ -24,6 +28,9 @@ class FleetConfig:
     target_ongoing_requests: float | None = None  # autoscaling target per replica; None: ADAFOCUS_MAX_ACTIVE
     poll_s: float = 0.5  # replicas re-read the fleet's budget this often (after a missed push, a late start)
     simulated_step_s: float | None = None  # benchmarks: every model call takes this long (a fake accelerator)
+    decode_replicas: int = 0  # the decode tier (CPU only); 0: each model replica decodes its own uploads
+    max_decode_replicas: int | None = None  # None: a fixed decode tier; else autoscale between the two
+    decode_num_cpus: float = 1.0  # per decode replica (Ray's logical CPUs); its decoder processes: decode_workers
 
     def __post_init__(self) -> None:
         if self.replicas < 1:
@@ -32,6 +39,13 @@ class FleetConfig:
             raise ValueError(f"max_replicas ({self.max_replicas}) must be >= replicas ({self.replicas})")
         if self.num_gpus < 0 or self.num_cpus < 0 or self.poll_s <= 0:
             raise ValueError("num_gpus and num_cpus must be >= 0, poll_s > 0")
+        if self.decode_replicas < 0 or self.decode_num_cpus < 0:
+            raise ValueError(f"decode_replicas and decode_num_cpus must be >= 0, got {self.decode_replicas}")
+        if self.max_decode_replicas is not None and not 1 <= self.decode_replicas <= self.max_decode_replicas:
+            raise ValueError(
+                f"max_decode_replicas ({self.max_decode_replicas}) needs 1 <= decode_replicas ({self.decode_replicas})"
+                " <= max_decode_replicas"
+            )
 
 
 def max_ongoing_requests(settings: Settings) -> int:
@@ -61,10 +75,37 @@ def deployment_options(config: FleetConfig, settings: Settings) -> dict[str, Any
     return options
 
 
+def decode_options(config: FleetConfig, settings: Settings) -> dict[str, Any]:
+    """``serve.deployment`` options of the decode tier: CPU only, autoscaled on its own queue (the uploads its
+    replicas hold, ``DECODE_TARGET_PER_WORKER`` per decoder process as the target). A replica takes as many uploads
+    as its decoder pool queues (``ADAFOCUS_DECODE_QUEUE``), so that they wait in its pool, next to its decoder
+    processes: an upload that finds every replica full waits in Serve's router, which retries after a backoff (25 ms,
+    doubling up to 0.5 s: ``RAY_SERVE_ROUTER_RETRY_*``) and leaves decoders idle meanwhile (measured: a one-replica
+    tier that took 2 uploads answered 8.1 videos/s, 28.0 once it took its queue's 64; docs/benchmarks.md)."""
+    options: dict[str, Any] = {
+        "name": DECODE_DEPLOYMENT,
+        "max_ongoing_requests": settings.decode_queue,
+        "ray_actor_options": {"num_cpus": config.decode_num_cpus, "num_gpus": 0.0},
+        "health_check_period_s": 5.0,
+        "graceful_shutdown_timeout_s": settings.max_decode_s,
+    }
+    if config.max_decode_replicas is None:
+        options["num_replicas"] = config.decode_replicas
+    else:
+        options["autoscaling_config"] = {
+            "min_replicas": config.decode_replicas,
+            "max_replicas": config.max_decode_replicas,
+            "target_ongoing_requests": DECODE_TARGET_PER_WORKER * settings.decode_workers,
+        }
+    return options
+
+
 def serve_config(config: FleetConfig, settings: Settings, port: int = 8000) -> dict[str, Any]:
     """The same fleet as a ``serve run`` / KubeRay ``serveConfigV2`` document (ray.serve.schema.ServeDeploySchema);
     the replicas' settings come from the ``ADAFOCUS_*`` environment of the process that builds the app."""
-    options = deployment_options(config, settings)
+    options = [deployment_options(config, settings)]
+    if config.decode_replicas:
+        options.append(decode_options(config, settings))
     return {
         "http_options": {"host": "0.0.0.0", "port": port},
         "applications": [
@@ -74,9 +115,10 @@ def serve_config(config: FleetConfig, settings: Settings, port: int = 8000) -> d
                 "import_path": "fleet.replica:build",
                 "args": {
                     "replicas": config.replicas, "max_replicas": config.max_replicas, "num_gpus": config.num_gpus,
-                    "num_cpus": config.num_cpus,
+                    "num_cpus": config.num_cpus, "decode_replicas": config.decode_replicas,
+                    "max_decode_replicas": config.max_decode_replicas, "decode_num_cpus": config.decode_num_cpus,
                 },
-                "deployments": [options],
+                "deployments": options,
             }
         ],
     }

@@ -1,5 +1,6 @@
 """One fleet replica: the server's own FastAPI app (``service.app.create_app``) behind ``@serve.ingress``, with one
-engine and its own decoder worker processes, and the fleet's budget (``FleetBudget``) and peers (``RayPeers``).
+engine and its own decoder worker processes (or, with a decode tier, a handle to it: fleet/decode_tier.py), and the
+fleet's budget (``FleetBudget``) and peers (``RayPeers``).
 
 The budget: the replica reads the keeper's setting (fleet/keeper.py) during its app's start-up, so it reports
 ready only with the current one; a PUT /budget on any replica is validated there, recorded by the keeper (new
@@ -28,7 +29,8 @@ from ray.exceptions import RayTaskError
 from ray.serve.exceptions import RayServeException
 from ray.serve.handle import DeploymentHandle
 
-from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE, FleetConfig, deployment_options
+from fleet.config import KEEPER_NAME, KEEPER_NAMESPACE, FleetConfig, decode_options, deployment_options
+from fleet.decode_tier import DecodeReplica, tier_decoder
 from fleet.keeper import BudgetKeeper
 from model.budgets import BudgetError
 from service.app import create_app
@@ -168,7 +170,7 @@ class RayPeers:
 class AdaFocusReplica:
     """The deployment's class; ``fleet_app`` wraps it with ``serve.ingress`` and ``serve.deployment``."""
 
-    def __init__(self, settings: Settings, config: FleetConfig) -> None:
+    def __init__(self, settings: Settings, config: FleetConfig, decoder: DeploymentHandle[Any] | None = None) -> None:
         context = serve.get_replica_context()
         self.name = context.replica_id.unique_id
         peers = RayPeers(serve.get_deployment_handle(context.deployment, context.app_name))
@@ -177,7 +179,10 @@ class AdaFocusReplica:
         )
         step_s = config.simulated_step_s
         wrap = None if step_s is None else partial(SimulatedRunner, profile=StepProfile.fixed(step_s))
-        self.fastapi = create_app(settings, budget=self.budget, peers=peers, replica=self.name, wrap_runner=wrap)
+        decoders = None if decoder is None else tier_decoder(decoder)  # the decode tier's, else its own processes
+        self.fastapi = create_app(
+            settings, budget=self.budget, peers=peers, replica=self.name, wrap_runner=wrap, decoders=decoders
+        )
         self.state: ServiceState = self.fastapi.state.service
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -203,10 +208,14 @@ class AdaFocusReplica:
 
 
 def fleet_app(settings: Settings, config: FleetConfig) -> Any:
-    """The Serve application: ``serve.run(fleet_app(...), route_prefix="/")``."""
+    """The Serve application: ``serve.run(fleet_app(...), route_prefix="/")``; with ``config.decode_replicas``,
+    the decode tier bound into the model replicas (each gets a handle to it)."""
     ingress = serve.ingress()(AdaFocusReplica)
     deployment: Any = serve.deployment(ingress, **deployment_options(config, settings))
-    return deployment.bind(settings, config)
+    if not config.decode_replicas:
+        return deployment.bind(settings, config)
+    tier: Any = serve.deployment(DecodeReplica, **decode_options(config, settings))
+    return deployment.bind(settings, config, tier.bind(settings))
 
 
 def build(args: dict[str, Any]) -> Any:

@@ -46,7 +46,10 @@ from model.video_io import (
 from model.video_legacy import SeekMiss
 from model.video_plan import ClipPlan, StreamIndex, _check_duration, _fast_targets, _frame_step, _runs, index_stream
 
-SegmentCode = Literal["bad_segment", "segment_too_short", "segment_too_long", "too_many_segments"]
+# timeline_unavailable: a server whose decoding cannot cut timelines (a fleet's decode tier: fleet/decode_tier.py)
+SegmentCode = Literal[
+    "bad_segment", "segment_too_short", "segment_too_long", "too_many_segments", "timeline_unavailable"
+]
 GAP_STEPS = 5  # a pause between two frames longer than this many typical frame intervals is a gap
 EARLY_END_S = 0.5  # a container stating this much more duration than its packets hold ended early
 

@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.budget.store import BudgetStore
 from service.classify.result_cache import ResultCache
+from service.decode.pool import FrameDecoder
 from service.engine.runners.torch_runner import Runner
 from service.http.body_guard import BodyGuard, BodyLimits, routed_by
 from service.http.budget_routes import router as budget_router
@@ -32,6 +33,7 @@ from service.http.routes import router
 from service.http.web import install_web
 from service.lifecycle import Peers, ServiceState
 from service.logs import RequestIdMiddleware
+from service.metrics import Metrics
 from service.settings import Settings
 
 
@@ -42,14 +44,15 @@ def create_app(
     peers: Peers | None = None,
     replica: str = "",
     wrap_runner: Callable[[Runner], Runner] | None = None,
+    decoders: Callable[[Settings, Metrics], FrameDecoder] | None = None,
 ) -> FastAPI:
     """The application; the model loads in its lifespan, not here. ``clock`` (seconds, monotonic) times the
     request deadlines, in the routes and in the engine alike; tests inject one to pass a deadline at will.
-    ``budget``, ``peers``, ``replica``, ``wrap_runner``: a fleet replica's (fleet/replica.py); by default a single
-    server's."""
+    ``budget``, ``peers``, ``replica``, ``wrap_runner``, ``decoders`` (a decode tier): a fleet replica's
+    (fleet/replica.py); by default a single server's."""
     state = ServiceState(
         settings or Settings(), clock=clock, budget=budget, peers=peers, replica=replica, wrap_runner=wrap_runner,
-        describe_error=describe_error,
+        decoders=decoders, describe_error=describe_error,
     )
 
     @asynccontextmanager

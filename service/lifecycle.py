@@ -26,7 +26,7 @@ from model.macs import cost_report
 from service.budget.control import BudgetControl
 from service.budget.store import BudgetStore, FileBudget, LocalBudget
 from service.decode.backend import choose_decoder
-from service.decode.pool import DecodeJob, DecodePool, self_test_video
+from service.decode.pool import DecodeJob, DecodePool, FrameDecoder, self_test_video
 from service.engine.engine import Engine
 from service.engine.runners.selection import create_runner, load_model_source
 from service.engine.runners.torch_runner import Runner, TorchOptions
@@ -68,6 +68,16 @@ def store_for(settings: Settings) -> BudgetStore:
     return FileBudget(settings.budget_file, initial, settings.budget_poll_s)
 
 
+def decode_pool(settings: Settings, on_restart: Callable[[str], None] | None = None) -> DecodePool:
+    """The server's decoder worker processes, as the settings say (not started); a fleet's decode replicas too."""
+    decoder = choose_decoder(settings.decoder)  # ADAFOCUS_DECODER=nvdec where NVDEC cannot run stops the start here
+    log.info("decoder: %s (%s)", decoder.backend, decoder.reason)
+    return DecodePool(
+        settings.decode_workers, settings.decode_limits(), max_pending=settings.decode_queue, job_fn=decoder.job_fn,
+        on_restart=on_restart,
+    )
+
+
 @dataclass
 class ServiceState:
     """Everything the routes use; built by ``start`` (blocking), torn down by ``stop``."""
@@ -76,7 +86,7 @@ class ServiceState:
     bundle: Bundle | None = None
     engine: Engine | None = None
     control: BudgetControl | None = None  # every budget change of the engine (validation, versions, swaps)
-    pool: DecodePool | None = None
+    pool: FrameDecoder | None = None  # the decoder worker processes (``decode_pool``), or a fleet's decode tier
     metrics: Metrics | None = None
     checks: dict[str, bool] = field(
         default_factory=lambda: {"model_loaded": False, "warmed_up": False, "decoder_self_test": False}
@@ -87,6 +97,8 @@ class ServiceState:
     budget: BudgetStore | None = None  # None: built from the settings at start-up (store_for); the fleet gives its own
     peers: Peers | None = None  # the fleet's replicas; None: a single server
     wrap_runner: Callable[[Runner], Runner] | None = None  # wraps the runner once built (a benchmark's fake device)
+    # builds the decoder instead of ``decode_pool``: a fleet replica's decode tier (fleet/decode_tier.py)
+    decoders: Callable[[Settings, Metrics], FrameDecoder] | None = None
     replica: str = ""  # this server's name in every answer; "": the settings' (ADAFOCUS_REPLICA_NAME or the host)
     tracing: Tracing = field(default_factory=Tracing.off)  # chosen at start-up from the settings (service/tracing/)
     # a request error's (HTTP status, stable code) for its trace: the app's error table (service/http/errors.py)
@@ -128,17 +140,15 @@ class ServiceState:
         if s.warmup:
             self.engine.warmup()
         self.checks["warmed_up"] = True
-        decoder = choose_decoder(s.decoder)  # ADAFOCUS_DECODER=nvdec where NVDEC cannot run stops the start-up here
-        log.info("decoder: %s (%s)", decoder.backend, decoder.reason)
-        self.pool = DecodePool(
-            s.decode_workers, s.decode_limits(), max_pending=s.decode_queue, job_fn=decoder.job_fn,
-            on_restart=self.metrics.on_decoder_restart,
+        self.pool = decode_pool(s, self.metrics.on_decoder_restart) if self.decoders is None else (
+            self.decoders(s, self.metrics)
         )
         self.pool.start()
-        self._self_test()
+        self._self_test()  # through the decode tier too: a replica is ready only once its decoders answer
         self.checks["decoder_self_test"] = True
         self.metrics.ready.set(1)
-        log.info("ready: %s runner, %s mode, %d decoder workers", runner.name, s.mode, s.decode_workers)
+        workers = "a decode tier" if self.decoders is not None else f"{s.decode_workers} decoder workers"
+        log.info("ready: %s runner, %s mode, %s", runner.name, s.mode, workers)
 
     def _on_budget(self, state: BudgetState) -> None:
         if self.metrics is not None:

@@ -111,11 +111,13 @@ class TimelineAnswer:
 
 
 class ClipsFlow:
-    """One inference request of N clips; make it before the request counts as in flight (it reads ``draining``)."""
+    """One inference request of N clips; make it before the request counts as in flight (it reads ``draining``).
+    ``trace``: the request's (service/tracing/), its body's end marked by the route (``uploaded``), its end too."""
 
     def __init__(self, state: ServiceState, request: Request, started: float) -> None:
         self.state, self.request, self.started = state, request, started
         self._draining = state.draining
+        self.trace = state.tracing.begin(request.headers, request.scope, started)
 
     async def answer(self, clips: Clips) -> list[ClipAnswer]:
         if self._draining:
@@ -156,9 +158,11 @@ class ClipsFlow:
         try:
             decoding = asyncio.ensure_future(self._decode(clips))
             decoded = await within_deadline(self.state, decoding, disconnect, deadline)
+            self.trace.decoded_clips(decoded, "server" if clips.videos is not None else "client")
             results = await self._infer(clips, decoded, deadline, disconnect)
         finally:
             disconnect.cancel()
+        self.trace.inferred_clips(results)
         total = self.state.clock() - self.started
         return [
             ClipAnswer(answer(self.state, r, d.seconds, total), r.probabilities)
@@ -198,7 +202,9 @@ class ClipsFlow:
         futures: list[Future[EngineResult]] = []
         try:
             for d in decoded:
-                request = EngineRequest(d.frames, clips.budget, deadline, clips.explain, client_id=client)
+                request = EngineRequest(
+                    d.frames, clips.budget, deadline, clips.explain, client_id=client, record_steps=self.trace.recording
+                )
                 futures.append(engine.submit(request))
             work = asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
             return await within_deadline(self.state, work, disconnect, deadline)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, Protocol
 
 import numpy as np
 
@@ -75,6 +75,21 @@ class Decoded:
     sampling: Sampling = "exact"  # the sampling that ran
     max_offset_s: float = 0.0  # fast: the largest time offset of a taken frame from its exact target
     backend: str = "cpu"  # the decoder that ran: `cpu` (PyAV in a worker process) or `nvdec`
+
+
+class FrameDecoder(Protocol):
+    """What the server decodes with: ``DecodePool`` here, or a fleet's decode tier (fleet/decode_tier.py)."""
+
+    def start(self) -> None: ...
+
+    def submit(self, job: DecodeJob) -> concurrent.futures.Future[Decoded]: ...
+
+    def submit_timeline(self, job: DecodeJob, sink: TimelineSink) -> concurrent.futures.Future[TimelineDone]: ...
+
+    @property
+    def pending(self) -> int: ...
+
+    def shutdown(self) -> None: ...
 
 
 def _hand_over(block: FrameBlock, job: DecodeJob, max_upload: int) -> tuple[DecodeJob, str | None, int]:

@@ -74,7 +74,8 @@ ERRORS: dict[type[Exception], ErrorRule] = {
     SegmentError: ErrorRule(
         422, None, INVALID_INPUT, description="a timeline's `segment_s` or `stride_s` that is not a positive number "
         "(`bad_segment`), below `ADAFOCUS_MIN_SEGMENT_S` (`segment_too_short`), longer than the video "
-        "(`segment_too_long`), or giving more segments than `ADAFOCUS_MAX_SEGMENTS` (`too_many_segments`)",
+        "(`segment_too_long`), or giving more segments than `ADAFOCUS_MAX_SEGMENTS` (`too_many_segments`); a "
+        "timeline sent to a fleet whose decode tier decodes single clips only (`timeline_unavailable`)",
     ),
     IncompleteUpload: ErrorRule(
         400, "incomplete_upload", INVALID_INPUT, description="the upload ended before its multipart closing boundary "

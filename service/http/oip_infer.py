@@ -178,6 +178,7 @@ async def _infer(request: Request, state: ServiceState, flow: ClipsFlow, name: s
     except TimeoutError:
         raise DeadlineExceeded(f"the body did not arrive within {s.request_timeout_s:g} s") from None
     parsed = wire.parse_infer(body, request.headers.get(wire.HEADER_LENGTH), MAX_JSON_BYTES, s.max_json_depth)
+    flow.trace.uploaded()  # the body is read and parsed: the decode stage begins (its checks included)
     clips = clips_of(state, parsed)
     answered: ClassifyResponse | TimelineResponse
     if clips.timeline is not None:
@@ -227,8 +228,10 @@ async def infer(
             raise ModelNotFound(name, served_name(state))
         response = await _infer(request, state, flow, name, started)
         status = 200
+        flow.trace.end(None)
         return response
     except Exception as exc:
+        flow.trace.end(exc)
         error = to_api_error(exc, state.settings.retry_after_s)
         status = error.status
         reason = rule_for(exc).reason

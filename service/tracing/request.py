@@ -11,6 +11,11 @@ Span tree (names and attributes in the README's "Tracing" section)::
     │   └── cube              one per focus batch it took part in (batch size, step index, exit)
     └── answer                result -> response body
 
+An Open Inference Protocol request (``POST /v2/models/{name}/infer``, N clips) has the same tree: ``upload`` is its
+body read and parsed, ``decode`` its N files decoded (or, for a ``frames`` input, the client's frames sampled and
+resized; ``adafocus.decoded_on`` says which), ``infer`` holds every clip's queue span and model calls, and
+the root's outcome attributes are lists, one element per clip, when N > 1.
+
 The engine thread records a ``StepRecord`` per model call of a traced request (``EngineRequest.record_steps``); the
 spans are made here, on the event loop, from those records, each handed finished to the sink (service/tracing/
 setup.py: the SDK's batch processor): the step loop does no span or export work. A request
@@ -20,7 +25,7 @@ While tracing is off (or the sampler dropped the trace) a request has ``NO_TRACE
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -96,7 +101,13 @@ class NoTrace:
     def decoded(self, decoded: Decoded) -> None:
         pass
 
+    def decoded_clips(self, decoded: Sequence[Decoded], on: str) -> None:
+        pass
+
     def inferred(self, result: EngineResult) -> None:
+        pass
+
+    def inferred_clips(self, results: Sequence[EngineResult]) -> None:
         pass
 
     def end(self, error: BaseException | None) -> None:
@@ -123,7 +134,7 @@ class RequestTrace:
         self._sink, self._root, self._clock, self._describe = sink, root, clock, describe
         self._started = started
         self._stages = [Stage("upload", started)]
-        self._result: EngineResult | None = None
+        self._results: list[EngineResult] = []
         self._ended = False
 
     def _next(self, name: str) -> None:
@@ -142,10 +153,27 @@ class RequestTrace:
         })
         self._next("infer")
 
+    def decoded_clips(self, decoded: Sequence[Decoded], on: str) -> None:
+        """The N clips of an OIP request have their frames (``on``: ``server``, decoded here; ``client``, frames
+        sent decoded and only sampled and resized here): the engine requests begin."""
+        self._stages[-1].attributes.update({
+            "adafocus.clips": len(decoded),
+            "adafocus.decoded_on": on,
+            "adafocus.decode.worker_seconds": sum(d.seconds for d in decoded),
+            "adafocus.decode.frames": int(decoded[0].frames.shape[0]),
+        })
+        if on == "server":
+            self._stages[-1].attributes["adafocus.decode.sampling"] = decoded[0].sampling
+        self._next("infer")
+
     def inferred(self, result: EngineResult) -> None:
         """The engine answered: the response body is made."""
-        self._result = result
-        self._stages[-1].attributes.update({"adafocus.queue_seconds": result.queue_seconds})
+        self.inferred_clips([result])
+
+    def inferred_clips(self, results: Sequence[EngineResult]) -> None:
+        """The engine answered every clip: the response body is made."""
+        self._results = list(results)
+        self._stages[-1].attributes.update({"adafocus.queue_seconds": max(r.queue_seconds for r in results)})
         self._next("answer")
 
     def end(self, error: BaseException | None) -> None:
@@ -162,8 +190,9 @@ class RequestTrace:
             attributes = stage.attributes if not (last and code) else {**stage.attributes, **_error(code[1])}
             context = self._emit(stage.name, root, stage.start, end if last else self._stages[i + 1].start,
                                  attributes, failed if last else UNSET)
-            if stage.name == "infer" and self._result is not None:
-                self._steps(context, self._result)
+            if stage.name == "infer":
+                for result in self._results:
+                    self._steps(context, result)
         attributes = {**self._root.attributes, **self._outcome(code)}
         self._sink.emit(SpanData(self._root.name, root, self._root.parent, SpanKind.SERVER, attributes,
                                  self._clock.ns(self._started), self._clock.ns(end), failed))
@@ -191,8 +220,8 @@ class RequestTrace:
         if code is not None:
             return {"http.response.status_code": code[0], **_error(code[1])}
         attributes: Attributes = {"http.response.status_code": 200}
-        if self._result is not None:
-            r = self._result
+        if len(self._results) == 1:
+            (r,) = self._results
             attributes.update({
                 "adafocus.class_id": r.class_id,
                 "adafocus.exit_step": r.exit_step,
@@ -201,6 +230,17 @@ class RequestTrace:
                 "adafocus.gmacs": r.gmacs,
                 "adafocus.budget": r.budget,
                 "adafocus.budget_version": r.budget_version,
+            })
+        elif self._results:  # one element per clip
+            rs = self._results
+            attributes.update({
+                "adafocus.class_id": [r.class_id for r in rs],
+                "adafocus.exit_step": [r.exit_step for r in rs],
+                "adafocus.exit_reason": [r.exit_reason for r in rs],
+                "adafocus.cubes_used": [r.cubes_used for r in rs],
+                "adafocus.gmacs": [r.gmacs for r in rs],
+                "adafocus.budget": rs[0].budget,
+                "adafocus.budget_version": rs[0].budget_version,
             })
         return attributes
 
