@@ -64,7 +64,7 @@ def test_every_source_file_the_shipped_card_names_exists() -> None:
     card = (ROOT / "model" / "bundles" / "default" / "model_card.md").read_text()
     named = re.findall(r"`([\w/]+\.py)`", card)
     assert sorted(set(named)) == [
-        "model/data/fashion.py", "model/evaluation/kinds.py", "model/macs.py", "model/video.py"
+        "model/data/fashion.py", "model/data/stills.py", "model/evaluation/kinds.py", "model/macs.py", "model/video.py"
     ]
     assert [path for path in named if not (ROOT / path).is_file()] == []
 
