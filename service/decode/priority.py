@@ -12,10 +12,12 @@ autogroups: the server's session), so they order the server's own work, not othe
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 
 MAX_NICE = 19  # the lowest priority Linux has
+PER_THREAD = sys.platform == "linux"  # elsewhere a nice value is the process's: the pass keeps the worker's
 
 
 def timeline_nice(base: int, increment: int) -> int:
@@ -23,17 +25,21 @@ def timeline_nice(base: int, increment: int) -> int:
     Linux's range; an increment of 0 keeps the worker's."""
     if increment < 0:
         raise ValueError(f"a timeline decode's nice increment must be >= 0, got {increment}")
-    return min(MAX_NICE, max(base, base + increment))
+    return min(MAX_NICE, base + increment)
 
 
 def thread_nice() -> int:
-    """The calling thread's nice value."""
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    """The calling thread's nice value (the process's where nice values are not per thread)."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id() if PER_THREAD else 0)
 
 
 def run_niced(fn: Callable[[], None], increment: int) -> None:
     """Run ``fn`` in a thread of its own at ``timeline_nice(thread_nice(), increment)``; the caller waits for it and
-    gets its exception, if any. The caller's own nice value is left as it was."""
+    gets its exception, if any. The caller's own nice value is left as it was. Where nice values are not per thread
+    (not Linux), ``fn`` runs here at the caller's value."""
+    if not PER_THREAD:
+        fn()
+        return
     target = timeline_nice(thread_nice(), increment)
     failure: list[BaseException] = []
 
