@@ -91,6 +91,10 @@ class Settings(BaseSettings):
     timeline_decode_s: float = Field(
         default=240.0, gt=0, description="wall-time limit of a timeline's one decode pass (the worker is killed)"
     )
+    timeline_decode_nice: int = Field(
+        default=10, ge=0, le=19, description="how much a timeline's decode raises its nice value above the decoder "
+        "worker's (0: same priority as single clips; 19: only what the rest of the server leaves)"
+    )
     budget_mode: Literal["manual", "auto"] = Field(
         default="manual", description="`auto`: the automatic budget picks the level that keeps ADAFOCUS_SLO_P99_S"
     )

@@ -47,6 +47,10 @@ def register_timeline(kinds: Any) -> None:
     tl.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the shipped bundle)")
     tl.add_argument("--clip-rate", type=float, default=4.0, help="single clips/s offered (default 4)")
     tl.add_argument("--clip-seconds", type=float, default=20.0, help="seconds of single-clip load (default 20)")
+    tl.add_argument(
+        "--decode-nice", type=int, default=10, help="the server's ADAFOCUS_TIMELINE_DECODE_NICE (default 10; 0: the "
+        "timeline decodes at the single clips' priority)",
+    )
     tl.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     tl.add_argument("--markdown", action="store_true", help="print the table of docs/benchmarks.md")
     tl.set_defaults(handler=run_bench_timeline)
@@ -63,7 +67,7 @@ def run_bench_timeline(args: argparse.Namespace) -> int:
     cfg = TimelineBenchConfig(
         preset=args.preset, seconds=args.seconds, height=args.height, segment_s=args.segment_s,
         sampling=args.sampling, corpus=args.corpus, bundle=args.bundle, clip_rate=args.clip_rate,
-        clip_seconds=args.clip_seconds,
+        clip_seconds=args.clip_seconds, decode_nice=args.decode_nice,
     )
     print_result(run_timeline_bench(cfg, log_line), args, format_timeline, timeline_markdown)
     return 0

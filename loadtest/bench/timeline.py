@@ -70,6 +70,7 @@ class TimelineBenchConfig:
     clip_rate: float = 4.0  # single clips per second offered, with and without the long video
     clip_seconds: float = 20.0  # of the load without the long video (with it: while the timeline runs, at most this)
     decode_workers: int = 2
+    decode_nice: int = 10  # ADAFOCUS_TIMELINE_DECODE_NICE of the server (0: the timeline at the clips' priority)
     seed: int = 2
 
 
@@ -172,10 +173,10 @@ async def _load(
 async def _timeline(client: httpx.AsyncClient, video: Path, segment_s: float, budget: str | None) -> dict[str, Any]:
     """The timeline streamed: seconds to the first and the last segment event, and the answer."""
     data = {"segment_s": str(segment_s), "stream": "true", **({"budget": budget} if budget else {})}
+    files = {"video": (video.name, video.read_bytes())}  # the client's own file read is not the server's time
     started = time.monotonic()
     first = last = None
     answer: dict[str, Any] = {}
-    files = {"video": (video.name, video.read_bytes())}
     async with client.stream("POST", "/classify", files=files, data=data) as response:
         name = ""
         async for line in response.aiter_lines():
@@ -221,7 +222,8 @@ def run_timeline_bench(cfg: TimelineBenchConfig, log: Callable[[str], None]) -> 
     bundle = cfg.bundle or Path(__file__).resolve().parents[2] / "model" / "bundles" / "default"
     # a 10-minute 720p file of noisy scenes is a few hundred MB: over the default upload limit
     settings = {"decode_workers": cfg.decode_workers, "timeline_decode_s": 3600, "timeline_timeout_s": 3600,
-                "decode_sampling": cfg.sampling, "max_segments": 100000, "max_upload_bytes": 1 << 30}
+                "decode_sampling": cfg.sampling, "max_segments": 100000, "max_upload_bytes": 1 << 30,
+                "timeline_decode_nice": cfg.decode_nice}
     with tempfile.TemporaryDirectory(prefix="adafocus-timeline-") as tmp:
         server = ServerProcess(bundle, Path(tmp) / "server.log", settings)
         try:

@@ -173,7 +173,9 @@ class Timeline:
         cfg = self.bundle.config
         job = DecodeJob(
             source, cfg.num_frames, cfg.frame_size, self.request.form.sampling,
-            TimelineJob(self.request.form.spec, self.state.settings.timeline_decode_s),
+            TimelineJob(
+                self.request.form.spec, self.state.settings.timeline_decode_s, self.state.settings.timeline_decode_nice
+            ),
         )
         decode = self.pool.submit_timeline(job, self.sink)
         decode.add_done_callback(lambda f: self.loop.call_soon_threadsafe(self.events.put_nowait, f))

@@ -38,6 +38,7 @@ import numpy as np
 
 from model.video import Clip, DecodeError, DecodeLimits, Sampling, Source, encode_video, sample_clip
 from service.decode.isolation import IsolatedContext
+from service.decode.priority import run_niced
 from service.decode.shared_memory import SHM_BACKOFF_S, FrameBlock, attach, reply, sweep_orphans, upload_in
 from service.decode.timeline import TimelineDone, TimelineJob, TimelineSink, receive_timeline, serve_timeline
 
@@ -139,7 +140,8 @@ def _decode_one(
     try:
         source = upload_in(shared, _clip_nbytes(job), upload) if shared is not None and upload else job.source
         if job.timeline is not None:
-            serve_timeline(conn, job, job.timeline, limits, source, shared)
+            timeline = job.timeline
+            run_niced(lambda: serve_timeline(conn, job, timeline, limits, source, shared), timeline.nice)
             return
         if job.sampling is not None and job.sampling != limits.sampling:
             limits = dataclasses.replace(limits, sampling=job.sampling)

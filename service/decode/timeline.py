@@ -6,7 +6,9 @@ The exchange, after the pool's usual hand-over and acknowledgement (``service.de
 - per segment, worker -> pool ``("segment", index, start_s, end_s, clip)``, the clip written into the slot's shared
   block (``shared_memory.reply``: ``("shm", shape, ...)``, else the frames pickled); the worker then waits for
   ``("next",)`` (the pool copied the clip out; the block is free again) or ``("stop",)`` (the request left);
-- worker -> pool ``("timeline_end", TimelineEnd, seconds)``.
+- worker -> pool ``("timeline_end", TimelineEnd, seconds, nice)``.
+The worker runs the pass in a thread of its own at a raised nice value (``TimelineJob.nice``,
+``service.decode.priority``), so that single-clip decodes come first when the cores are busy.
 The pool hands each segment to the job's ``TimelineSink`` on its supervisor thread. The time limit is the job's
 ``max_decode_s`` for the whole video (a 10-minute video needs more than one clip's limit), checked by the worker
 between frames and by the pool, which kills a silent worker as for any job.
@@ -25,6 +27,7 @@ import numpy as np
 
 from model.video_io import DecodeError, DecodeLimits, Source
 from model.video_segments import SegmentClip, SegmentError, SegmentSpec, TimelineEnd, TimelinePlan, decode_segments
+from service.decode.priority import thread_nice
 from service.decode.shared_memory import reply
 
 # the pool's own types (service.decode.pool imports this module): its job, the pool and one of its workers
@@ -39,12 +42,14 @@ class TimelineJob:
 
     spec: SegmentSpec
     max_decode_s: float
+    nice: int = 0  # how much the worker raises the pass's nice value (``service.decode.priority``)
 
 
 @dataclass(frozen=True)
 class TimelineDone:
     end: TimelineEnd
     seconds: float  # wall time of the pass inside the worker (includes the hand-over of each segment)
+    nice: int = 0  # the nice value the pass ran at
 
 
 class TimelineSink(Protocol):
@@ -78,10 +83,10 @@ def serve_timeline(
                 if conn.recv() != ("next",):
                     events.close()
                     stopped = TimelineEnd(0, limits.sampling, 0.0, event.end_s, "cancelled")
-                    conn.send(("timeline_end", stopped, time.monotonic() - started))
+                    conn.send(("timeline_end", stopped, time.monotonic() - started, thread_nice()))
                     return
             else:
-                conn.send(("timeline_end", event, time.monotonic() - started))
+                conn.send(("timeline_end", event, time.monotonic() - started, thread_nice()))
     except SegmentError as exc:
         conn.send(("segment_error", exc.code, exc.message))
     except DecodeError as exc:
@@ -104,7 +109,7 @@ def receive_timeline(pool: DecodePool, worker: Worker, job: DecodeJob, sink: Tim
         if kind == "segment_error":
             raise SegmentError(message[1], message[2])
         if kind == "timeline_end":
-            return TimelineDone(message[1], float(message[2]))
+            return TimelineDone(message[1], float(message[2]), int(message[3]))
         if kind == "timeline_plan":
             sink.plan(message[1])
         elif kind == "segment":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 import numpy as np
@@ -22,3 +23,8 @@ def scripted_job(source: Source, num_frames: int, size: int, limits: DecodeLimit
     if source == b"bad":
         raise DecodeError("zero_frames", "no frames")
     return np.full((num_frames, size, size, 3), len(source), np.uint8)
+
+
+def nice_job(source: Source, num_frames: int, size: int, limits: DecodeLimits) -> np.ndarray:
+    """Runs in the worker process: frames filled with the nice value of the thread that decodes a single clip."""
+    return np.full((num_frames, size, size, 3), os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), np.uint8)

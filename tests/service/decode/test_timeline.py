@@ -3,6 +3,7 @@ slot's shared block; a sink that stops ends the worker's pass, and the slot serv
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,10 @@ import pytest
 from model.video import DecodeLimits, encode_video
 from model.video_segments import SegmentClip, SegmentError, TimelinePlan, check_segment_args, decode_segments
 from service.decode.pool import DecodeBusy, DecodeJob, DecodePool
+from service.decode.priority import timeline_nice
 from service.decode.timeline import TimelineJob
 from tests.service.conftest import ramp
+from tests.service.jobs import nice_job
 
 
 class Sink:
@@ -44,8 +47,9 @@ def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return encode_video(tmp_path_factory.mktemp("timeline") / "v.mp4", ramp(48, 48, 64, seed=4), "libx264", fps=8)
 
 
-def job(source: Path | bytes, segment_s: float) -> DecodeJob:
-    return DecodeJob(source, 4, 32, timeline=TimelineJob(check_segment_args(segment_s, None, 0.5, 100), 30.0))
+def job(source: Path | bytes, segment_s: float, nice: int = 0) -> DecodeJob:
+    spec = check_segment_args(segment_s, None, 0.5, 100)
+    return DecodeJob(source, 4, 32, timeline=TimelineJob(spec, 30.0, nice))
 
 
 @pytest.mark.parametrize("in_memory", [False, True])
@@ -102,5 +106,20 @@ def test_timelines_leave_one_worker_for_single_clips(video: Path) -> None:
         first.result(timeout=60)
         pool.submit_timeline(job(video, 2.0), gate).result(timeout=60)  # its slot is free again
         assert [c.index for c in gate.clips] == [0, 1, 2]
+    finally:
+        pool.shutdown()
+
+
+def test_a_timeline_decodes_at_a_raised_nice_value_and_single_clips_after_it_do_not(video: Path) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, 0)  # the workers start at this process's value
+    pool = DecodePool(1, DecodeLimits(), job_fn=nice_job)
+    pool.start()
+    try:
+        sink = Sink()
+        done = pool.submit_timeline(job(video, 2.0, nice=7), sink).result(timeout=60)
+        assert done.nice == timeline_nice(base, 7) and [c.index for c in sink.clips] == [0, 1, 2]
+        clip = pool.submit(DecodeJob(b"x", 2, 4)).result(timeout=60)  # the same worker, its own value again
+        assert clip.frames.tolist() == [[[[base] * 3] * 4] * 4] * 2
+        assert pool.submit_timeline(job(video, 2.0, nice=0), Sink()).result(timeout=60).nice == base
     finally:
         pool.shutdown()
