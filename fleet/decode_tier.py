@@ -14,7 +14,10 @@ more, to another decode replica (Serve's router drops the dead one): decoding is
 same frames) and the upload was not at fault (a file that crashes FFmpeg kills a decoder process inside the replica,
 ``DecoderCrashed``, never the replica), so the retry costs one decode and the client gets its answer. Only once:
 a request whose retry dies too answers 503 ``queue_full`` with Retry-After, so that no single upload can take down
-more than two replicas. Each retry counts in ``adafocus_decoder_restarts_total{reason="decode_replica_lost"}``.
+more than two replicas. Each retry counts in ``adafocus_decoder_restarts_total{reason="decode_replica_lost"}`` (the
+model replica's). A decode replica's own decoder restarts and the uploads it holds are its ``metric_families``,
+which the fleet's GET /metrics gathers from every decode replica (``RayPeers``, fleet/replica.py), labelled
+``tier="decode"``.
 Timelines (``segment_s``), one long decode pass that streams segments, are not decoded by the tier: 422
 ``timeline_unavailable``.
 """
@@ -30,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from prometheus_client.metrics_core import Metric
+from ray import serve
 from ray.exceptions import RayActorError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
@@ -37,19 +42,28 @@ from model.video_segments import SegmentError
 from service.decode.pool import DecodeBusy, Decoded, DecodeJob, DecodePool, self_test_video
 from service.decode.timeline import TimelineDone, TimelineSink
 from service.lifecycle import decode_pool
-from service.metrics import Metrics
+from service.metrics import DecoderMetrics, Metrics, labelled
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
+TIER_LABEL = "decode"  # the ``tier`` label of a decode replica's series in the fleet's GET /metrics
 LOST_REASON = "decode_replica_lost"  # adafocus_decoder_restarts_total's reason for a retried decode
 SELF_TEST_FRAMES, SELF_TEST_SIZE = 4, 32
 
 
-class DecodeReplica:
-    """The decode tier's deployment class: the server's decoder processes, answering ``decode`` calls."""
+PoolFactory = Callable[[Settings, Callable[[str], None]], DecodePool]  # (settings, on_restart) -> a pool not started
 
-    def __init__(self, settings: Settings) -> None:
-        self.pool: DecodePool = decode_pool(settings)
+
+class DecodeReplica:
+    """The decode tier's deployment class: the server's decoder processes, answering ``decode`` calls, and its own
+    metrics (``metric_families``: decoder restarts and uploads held, labelled ``replica`` and ``tier="decode"``),
+    which every model replica's GET /metrics gathers. ``name``: Serve's replica id unless given; ``make_pool``:
+    service.lifecycle.decode_pool unless given."""
+
+    def __init__(self, settings: Settings, name: str | None = None, make_pool: PoolFactory = decode_pool) -> None:
+        self.name = name if name is not None else serve.get_replica_context().replica_id.unique_id
+        self.metrics = DecoderMetrics()
+        self.pool: DecodePool = make_pool(settings, self.metrics.on_decoder_restart)
         self.pool.start()
         with tempfile.TemporaryDirectory(prefix="adafocus-decode-selftest-") as tmp:
             path = self_test_video(Path(tmp), SELF_TEST_FRAMES, SELF_TEST_SIZE)
@@ -60,6 +74,11 @@ class DecodeReplica:
     async def decode(self, job: DecodeJob) -> Decoded:
         """One upload's frames (``DecodeError``, ``DecoderCrashed``, ``DecodeBusy`` raise to the caller)."""
         return await asyncio.wrap_future(self.pool.submit(job))
+
+    async def metric_families(self) -> list[Metric]:
+        """This decode replica's metrics, the queue read now (picklable: a model replica renders them)."""
+        self.metrics.decode_pending.set(self.pool.pending)
+        return labelled(self.metrics.registry, self.name, tier=TIER_LABEL)
 
     def __del__(self) -> None:
         pool = getattr(self, "pool", None)

@@ -136,16 +136,18 @@ class FleetBudget:
 
 
 class RayPeers:
-    """Every live replica, reached with ``broadcast`` (the Peers of service/lifecycle.py)."""
+    """Every live replica, reached with ``broadcast`` (the Peers of service/lifecycle.py); with ``decoders`` (the
+    decode tier's handle), GET /metrics gathers every decode replica's metrics too."""
 
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self.handle = handle
+    def __init__(self, handle: DeploymentHandle[Any], decoders: DeploymentHandle[Any] | None = None) -> None:
+        self.handle, self.decoders = handle, decoders
 
-    def call_all(self, method: str, *args: Any) -> list[Any]:
-        """``method`` on every live replica; replicas that fail or time out are left out (and logged), and a
-        broadcast that fails as a whole (timed out, no replica available) gives [] (the caller's own answer)."""
+    def call_all(self, method: str, *args: Any, handle: DeploymentHandle[Any] | None = None) -> list[Any]:
+        """``method`` on every live replica (of ``handle``, default the model replicas'); replicas that fail or
+        time out are left out (and logged), and a broadcast that fails as a whole (timed out, no replica
+        available) gives [] (the caller's own answer)."""
         try:
-            results = self.handle.broadcast(method, *args).results(
+            results = (handle or self.handle).broadcast(method, *args).results(
                 timeout_s=BROADCAST_TIMEOUT_S, return_exceptions=True
             )
         except (TimeoutError, RayServeException) as exc:  # DeploymentUnavailableError is a RayServeException
@@ -162,8 +164,11 @@ class RayPeers:
         return sorted(self.call_all("replica_budget"), key=lambda b: b.replica)
 
     def metrics(self) -> bytes:
-        """b"" when no replica answered (GET /metrics then renders this replica's own)."""
+        """b"" when no model replica answered (GET /metrics then renders this replica's own, without the tier's)."""
         families = [family for families in self.call_all("metric_families") for family in families]
+        if families and self.decoders is not None:
+            tier = self.call_all("metric_families", handle=self.decoders)
+            families += [family for replica in tier for family in replica]
         return render_families(families) if families else b""
 
 
@@ -173,7 +178,7 @@ class AdaFocusReplica:
     def __init__(self, settings: Settings, config: FleetConfig, decoder: DeploymentHandle[Any] | None = None) -> None:
         context = serve.get_replica_context()
         self.name = context.replica_id.unique_id
-        peers = RayPeers(serve.get_deployment_handle(context.deployment, context.app_name))
+        peers = RayPeers(serve.get_deployment_handle(context.deployment, context.app_name), decoder)
         self.budget = FleetBudget(
             keeper_actor(settings), settings.startup_budget(), config.poll_s, peers.push
         )

@@ -26,6 +26,9 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # or a stream that ended early); refused as bad input (its fields, or its video); failed on the server's side
 # (queue full, no decoder free, an engine error); the client left (or the server shut down)
 TimelineOutcome = Literal["complete", "partial", "invalid", "failed", "cancelled"]
+# the families a server and a fleet's decode replica both have (one name, one help: a fleet's GET /metrics merges them)
+DECODE_PENDING = ("adafocus_decode_pending", "Uploads waiting for or in a decoder worker")
+DECODER_RESTARTS = ("adafocus_decoder_restarts", "Decoder worker processes replaced, by cause")
 
 
 class Metrics:
@@ -80,9 +83,7 @@ class Metrics:
         self.result_cache_misses = Counter(
             "adafocus_result_cache_misses", "/classify lookups the result cache could not answer", registry=r
         )
-        self.decode_pending = Gauge(
-            "adafocus_decode_pending", "Uploads waiting for or in a decoder worker", registry=r
-        )
+        self.decode_pending = Gauge(*DECODE_PENDING, registry=r)
         self.budget_info = Gauge(
             "adafocus_budget_info", "The active budget level (value 1)", ["budget"], registry=r
         )
@@ -95,9 +96,7 @@ class Metrics:
         self.rejected = Counter(
             "adafocus_rejected", "Requests refused or dropped, by reason", ["reason"], registry=r
         )
-        self.decoder_restarts = Counter(
-            "adafocus_decoder_restarts", "Decoder worker processes replaced, by cause", ["reason"], registry=r
-        )
+        self.decoder_restarts = Counter(*DECODER_RESTARTS, ["reason"], registry=r)
         self.api_key_requests = Counter(
             "adafocus_api_key_requests", "/classify requests admitted by the API key check, by key name", ["key"],
             registry=r,
@@ -230,13 +229,27 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def labelled(registry: CollectorRegistry, replica: str) -> list[Metric]:
-    """Every family of ``registry`` with ``replica`` added to each sample's labels (picklable: sent between
-    replicas)."""
+class DecoderMetrics:
+    """A fleet decode replica's own metrics (fleet/decode_tier.py): its decoder processes' restarts, by cause, and
+    the uploads it holds (waiting for or in a decoder process), under the server's names."""
+
+    def __init__(self) -> None:
+        disable_created_metrics()  # as Metrics: no `_created` series
+        self.registry = CollectorRegistry()
+        self.decoder_restarts = Counter(*DECODER_RESTARTS, ["reason"], registry=self.registry)
+        self.decode_pending = Gauge(*DECODE_PENDING, registry=self.registry)
+
+    def on_decoder_restart(self, reason: str) -> None:
+        self.decoder_restarts.labels(reason).inc()
+
+
+def labelled(registry: CollectorRegistry, replica: str, **extra: str) -> list[Metric]:
+    """Every family of ``registry`` with ``replica`` (and ``extra``) added to each sample's labels (picklable: sent
+    between replicas)."""
     families = []
     for family in registry.collect():
         copy = Metric(family.name, family.documentation, family.type, family.unit)
-        copy.samples = [s._replace(labels={**s.labels, "replica": replica}) for s in family.samples]
+        copy.samples = [s._replace(labels={**s.labels, "replica": replica, **extra}) for s in family.samples]
         families.append(copy)
     return families
 

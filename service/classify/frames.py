@@ -91,9 +91,12 @@ def sample_indices(count: int, num_frames: int) -> list[int]:
 
 def model_frames(frames: np.ndarray, num_frames: int, size: int) -> np.ndarray:
     """(T_in, H, W, 3) uint8 -> (T, size, size, 3): sampled as the decoder samples, resized as it resizes."""
-    picked = frames[sample_indices(len(frames), num_frames)]  # (T, H, W, 3)
-    if picked.shape[1:3] == (size, size):
-        return np.ascontiguousarray(picked)
+    indices = sample_indices(len(frames), num_frames)
+    if frames.shape[1:3] == (size, size):
+        if indices == list(range(len(frames))) and frames.flags.c_contiguous and frames.flags.writeable:
+            return frames  # already the model's clip: as it came (a view of the request body), no copy
+        return frames[indices]  # (T, size, size, 3), a contiguous copy of the frames taken
+    picked = frames[indices]  # (T, H, W, 3)
     scaler = VideoReformatter()  # one libswscale context for the clip, as the decoder keeps one
     return np.stack([to_rgb(av.VideoFrame.from_ndarray(f, format="rgb24"), size, scaler) for f in picked])
 
@@ -171,11 +174,14 @@ class ClipsFlow:
 
     async def _decode(self, clips: Clips) -> list[Decoded]:
         """Files: one decode job each, in the worker processes (one refused: the others are cancelled); frames:
-        sampled and resized off the event loop."""
+        sampled and resized off the event loop, or, already at the model's size, sampled on it (no copy at T)."""
         assert self.state.pool is not None and self.state.bundle is not None and self.state.metrics is not None
         cfg = self.state.bundle.config
         if clips.videos is None:
             assert clips.frames is not None
+            if clips.frames.shape[2:4] == (cfg.frame_size, cfg.frame_size):
+                # NOTE(perf): no resize, at most a gather of T frames: here, not a worker-thread round trip
+                return _resize_all(clips.frames, cfg.num_frames, cfg.frame_size)
             return await asyncio.to_thread(_resize_all, clips.frames, cfg.num_frames, cfg.frame_size)
         futures: list[asyncio.Future[Decoded]] = []
         try:

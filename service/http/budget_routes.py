@@ -28,7 +28,7 @@ class TokenFirst(APIRoute):
         parse_and_run = super().get_route_handler()
 
         async def handler(request: Request) -> Response:
-            state = get_state(request)
+            state = await get_state(request)
             require_operator(state, request.headers.get("authorization"))
             require_json(request.headers.get("content-type"))
             check_json(await request.body(), state.settings.max_json_depth)  # the body guard has read it (capped)

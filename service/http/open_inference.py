@@ -97,7 +97,8 @@ class ModelMetadata(BaseModel):
     device: str = Field(description="where the model runs, e.g. `cpu`, `cuda:0`")
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """The app's service state (``async``: no worker-thread round trip per request, as routes.get_state)."""
     state: ServiceState = request.app.state.service
     return state
 
@@ -141,7 +142,7 @@ def ready(state: StateDep) -> JSONResponse:
     return _ready_response(ReadyBody(ready=ok), ok, state.settings.retry_after_s)
 
 
-def check_name(state: StateDep, name: Annotated[str, Path(description="model name")]) -> str:
+async def check_name(state: StateDep, name: Annotated[str, Path(description="model name")]) -> str:
     if name != served_name(state):
         raise ModelNotFound(name, served_name(state))
     return name

@@ -1,12 +1,14 @@
 """The fleet with a decode tier (``FleetConfig.decode_replicas``), on its own local Ray cluster: one model replica,
 two CPU-only decode replicas. Its answers equal a single server's for the same clips; a decode replica killed while
-it holds uploads costs no request (each is retried once, on the other decode replica)."""
+it holds uploads costs no request (each is retried once, on the other decode replica), and the decode replicas' own
+queue (`tier="decode"`) is in the fleet's GET /metrics."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleet.config import APP_NAME, DECODE_DEPLOYMENT, FleetConfig
-from fleet.decode_tier import LOST_REASON
+from fleet.decode_tier import LOST_REASON, TIER_LABEL
 from fleet.replica import fleet_app
 from model.video import encode_video
 from service.app import create_app
@@ -94,7 +96,8 @@ def test_a_killed_decode_replica_costs_no_request(tiered: Tiered) -> None:
     post = fleet_post(tiered)
     with ThreadPoolExecutor(12) as pool:
         answers = [pool.submit(post, "/classify", files={"video": ("heavy.mp4", tiered.heavy)}) for _ in range(12)]
-        wait_until(lambda: metric_sum(tiered, "adafocus_decode_pending") >= 4, 60, "uploads held by the decode tier")
+        held = partial(metric_sum, tiered, "adafocus_decode_pending", tier=TIER_LABEL)  # the decode replicas' own
+        wait_until(lambda: held() >= 4, 60, "uploads held by the decode tier")
         actors = [a for a in ray.util.list_named_actors(all_namespaces=True) if DECODE_DEPLOYMENT in a["name"]]
         assert len(actors) == 2
         ray.kill(ray.get_actor(actors[0]["name"], namespace=actors[0]["namespace"]), no_restart=True)
@@ -102,3 +105,4 @@ def test_a_killed_decode_replica_costs_no_request(tiered: Tiered) -> None:
     assert statuses == [200] * 12  # every upload the dead replica held was decoded by the other
     retried = metric_sum(tiered, "adafocus_decoder_restarts_total", reason=LOST_REASON) - lost_before
     assert 1 <= retried < 12  # it did hold uploads (and the other replica some): none of them failed
+    assert held() == 0  # the surviving decode replica reports its queue: empty once every upload was answered

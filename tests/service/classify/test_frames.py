@@ -30,3 +30,22 @@ def test_model_frames_equal_the_decoders_frames(tmp_path: Path, height: int, wid
     got = model_frames(raw, 4, 32)
     assert got.shape == (4, 32, 32, 3) and got.dtype == np.uint8
     np.testing.assert_array_equal(got, expected)
+
+
+def test_model_frames_at_the_models_size_and_count_are_the_input_itself() -> None:
+    body = bytearray(ramp(4, 32, 32, seed=5).tobytes())  # a request body's bytes: a writable buffer
+    frames = np.frombuffer(memoryview(body), np.uint8).reshape(4, 32, 32, 3)  # (T, S, S, 3), as oip_tensors.array
+    got = model_frames(frames, 4, 32)
+    assert got is frames  # no copy
+
+
+def test_model_frames_copy_a_read_only_input_and_gather_a_longer_one() -> None:
+    raw = ramp(8, 32, 32, seed=6)  # (8, S, S, 3)
+    read_only = np.frombuffer(raw.tobytes(), np.uint8).reshape(raw.shape)  # bytes: not writable
+    same = model_frames(read_only[:4], 4, 32)
+    assert same is not read_only and same.flags.writeable
+    np.testing.assert_array_equal(same, raw[:4])
+    longer = model_frames(raw, 4, 32)  # (4, S, S, 3): frames 1, 3, 5, 7
+    assert not np.shares_memory(longer, raw)
+    np.testing.assert_array_equal(longer, raw[sample_indices(8, 4)])
+    assert sample_indices(8, 4) == [1, 3, 5, 7]
