@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         default=240.0, gt=0, description="wall-time limit of a timeline's one decode pass (the worker is killed)"
     )
     timeline_decode_nice: int = Field(
-        default=10, ge=0, le=19, description="how much a timeline's decode raises its nice value above the decoder "
+        default=0, ge=0, le=19, description="how much a timeline's decode raises its nice value above the decoder "
         "worker's (0: same priority as single clips; 19: only what the rest of the server leaves)"
     )
     budget_mode: Literal["manual", "auto"] = Field(

@@ -48,7 +48,7 @@ def register_timeline(kinds: Any) -> None:
     tl.add_argument("--clip-rate", type=float, default=4.0, help="single clips/s offered (default 4)")
     tl.add_argument("--clip-seconds", type=float, default=20.0, help="seconds of single-clip load (default 20)")
     tl.add_argument(
-        "--decode-nice", type=int, default=10, help="the server's ADAFOCUS_TIMELINE_DECODE_NICE (default 10; 0: the "
+        "--decode-nice", type=int, default=0, help="the server's ADAFOCUS_TIMELINE_DECODE_NICE (default 0; 0: the "
         "timeline decodes at the single clips' priority)",
     )
     tl.add_argument("--json", action="store_true", help="print the result as JSON on stdout")

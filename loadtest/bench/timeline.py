@@ -70,7 +70,7 @@ class TimelineBenchConfig:
     clip_rate: float = 4.0  # single clips per second offered, with and without the long video
     clip_seconds: float = 20.0  # of the load without the long video (with it: while the timeline runs, at most this)
     decode_workers: int = 2
-    decode_nice: int = 10  # ADAFOCUS_TIMELINE_DECODE_NICE of the server (0: the timeline at the clips' priority)
+    decode_nice: int = 0  # ADAFOCUS_TIMELINE_DECODE_NICE of the server (0: the timeline at the clips' priority)
     seed: int = 2
 
 
