@@ -209,6 +209,8 @@ class Timeline:
             elif isinstance(event, Future):
                 self._finished(event)
             self._submit()
+        if self.late:  # the last segments reached the engine but got no glance before the deadline
+            return summary, (self._frontier(), "the request's deadline passed")
         return summary, None
 
     def _submit(self) -> None:
