@@ -196,10 +196,16 @@ class Timeline:
             left = self.request.deadline - self.state.clock()
             if left <= 0 and not self.in_engine:  # past the deadline: nothing held is submitted any more
                 return summary, (self._frontier(), "the request's deadline passed")
+            # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a cancellation (the client left) that
+            # arrives as the event does, and the video would run on with nobody to answer
+            getter = asyncio.ensure_future(self.events.get())
             try:
-                event = await asyncio.wait_for(self.events.get(), timeout=max(0.0, left) + 0.25)
-            except TimeoutError:
+                done, _ = await asyncio.wait({getter}, timeout=max(0.0, left) + 0.25)
+            finally:
+                getter.cancel()  # a no-op once it has its event
+            if getter not in done:
                 return summary, (self._frontier(), "the request's deadline passed")
+            event = getter.result()
             if event is decode:
                 summary = decode.result()  # DecodeError, SegmentError, DecoderCrashed raise here
             elif isinstance(event, TimelinePlan):
