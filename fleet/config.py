@@ -63,16 +63,19 @@ def deployment_options(config: FleetConfig, settings: Settings) -> dict[str, Any
         "health_check_period_s": 5.0,
         "graceful_shutdown_timeout_s": settings.drain_timeout_s,
     }
-    if config.max_replicas is None:
-        options["num_replicas"] = config.replicas
-    else:
-        options["autoscaling_config"] = {
-            "min_replicas": config.replicas,
-            "max_replicas": config.max_replicas,
-            # scale out once replicas hold more than a full engine's worth: the surplus waits in a queue
-            "target_ongoing_requests": config.target_ongoing_requests or settings.max_active,
-        }
-    return options
+    # scale out once replicas hold more than a full engine's worth: the surplus waits in a queue
+    target = config.target_ongoing_requests or settings.max_active
+    return options | replica_count(config.replicas, config.max_replicas, target)
+
+
+def replica_count(replicas: int, max_replicas: int | None, target_ongoing: float) -> dict[str, Any]:
+    """A deployment's fixed ``num_replicas``, or, with a maximum, its ``autoscaling_config`` from ``replicas`` up to
+    ``max_replicas`` on ``target_ongoing`` requests per replica (one rule for both tiers)."""
+    if max_replicas is None:
+        return {"num_replicas": replicas}
+    return {"autoscaling_config": {
+        "min_replicas": replicas, "max_replicas": max_replicas, "target_ongoing_requests": target_ongoing,
+    }}
 
 
 def decode_options(config: FleetConfig, settings: Settings) -> dict[str, Any]:
@@ -89,15 +92,8 @@ def decode_options(config: FleetConfig, settings: Settings) -> dict[str, Any]:
         "health_check_period_s": 5.0,
         "graceful_shutdown_timeout_s": settings.max_decode_s,
     }
-    if config.max_decode_replicas is None:
-        options["num_replicas"] = config.decode_replicas
-    else:
-        options["autoscaling_config"] = {
-            "min_replicas": config.decode_replicas,
-            "max_replicas": config.max_decode_replicas,
-            "target_ongoing_requests": DECODE_TARGET_PER_WORKER * settings.decode_workers,
-        }
-    return options
+    target = DECODE_TARGET_PER_WORKER * settings.decode_workers
+    return options | replica_count(config.decode_replicas, config.max_decode_replicas, target)
 
 
 def serve_config(config: FleetConfig, settings: Settings, port: int = 8000) -> dict[str, Any]:
