@@ -107,19 +107,25 @@ retrain: install data
 		--json > $(TRAIN_DIR)/retrain/diagnose.json
 
 # The paper's ablation at equal budget: deep-feature gradient (Eq. 5-6) vs pixel interpolation (Eq. 2-4) vs random
-# placement, every row from the same still-pretrained encoders (the retrain's glance run, then the local encoder),
-# ABLATION_STEPS steps each, seeds 0 and 1; each row calibrated on 512 calibration clips (seed 30) and evaluated on
-# the same 1,024 test clips (seed 31). Resumable too.
+# placement, every row from the same start: the shipped recipe's still-pretrained encoders (the retrain's glance run,
+# then the local encoder) and its placement curriculum, without the REINFORCE stage and without the placement term in
+# the rows (each row is the paper's objective alone). ABLATION_STEPS steps each, seeds 0 and 1; each row calibrated on
+# 512 calibration clips (seed 30) and evaluated on the same 1,024 test clips (seed 31). Resumable too. One thread per
+# run: once the start run has finished, two seeds can run side by side on two cores
+# (`make ablation ABLATION_SEEDS=0 & make ablation ABLATION_SEEDS=1`).
 ABLATION_STEPS ?= 1500
-ABLATION_START ?= pretrain_local_still:4000
+ABLATION_START ?= pretrain_local_still:4000,placement:2000
+ABLATION_SEEDS ?= 0 1
+ABLATION_FLAGS ?= --workers 1 --threads 1
 ablation: install data
 	$(RUN) $(BIN)/adafocus train --config default --data fashion $(GLANCE_PRETRAIN) --workers 1 --threads 1 \
 		--run-dir $(TRAIN_DIR)/retrain/glance --resume --out $(TRAIN_DIR)/retrain/glance/bundle --no-progress
-	$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $(ABLATION_START) --no-progress \
+	$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $(ABLATION_START) $(ABLATION_FLAGS) --no-progress \
 		--init-from $(TRAIN_DIR)/retrain/glance/bundle/weights.safetensors \
 		--run-dir $(TRAIN_DIR)/ablation/start --resume --out $(TRAIN_DIR)/ablation/start/bundle
-	@for seed in 0 1; do for row in deep_feature pixel random; do d=$(TRAIN_DIR)/ablation/$$row-seed$$seed; \
+	@for seed in $(ABLATION_SEEDS); do for row in deep_feature pixel random; do d=$(TRAIN_DIR)/ablation/$$row-seed$$seed; \
 		$(RUN) $(BIN)/adafocus train --config default --data fashion --stages $$row:$(ABLATION_STEPS) --seed $$seed \
+			$(ABLATION_FLAGS) \
 			--init-from $(TRAIN_DIR)/ablation/start/bundle/weights.safetensors --run-dir $$d --resume \
 			--out $$d/bundle --no-progress && \
 		$(RUN) $(BIN)/adafocus calibrate --bundle $$d/bundle --calib-count 512 --calib-seed 30 --test-count 1024 \

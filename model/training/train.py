@@ -121,9 +121,11 @@ def train(
         data = stage_data(cfg, stage, cache)
         length = len(data)  # type: ignore[arg-type]
         opt = make_optimizer(model, cfg, stage)
-        if opt_state is not None:
+        if opt_state is not None and state.step > 0:
+            # mid-stage: the saved moments; at a stage's first step a fresh optimizer is the saved one, and a run
+            # whose stage list grew after it finished has saved the last old stage's parameter groups
             opt.load_state_dict(opt_state)
-            opt_state = None
+        opt_state = None
         # step s of stage i always sees the same clips and random draws, resumed or not
         offset = sum(steps for _, steps in cfg.stages[: state.stage])
         plan = batch_plan(

@@ -118,6 +118,17 @@ def test_checkpoint_round_trip_and_resume_of_a_finished_run(tmp_path: Path) -> N
     assert torch.equal(fresh.state_dict()["policy.head.weight"], model.state_dict()["policy.head.weight"])
 
 
+def test_a_finished_run_whose_stage_list_grew_resumes_into_the_new_stage(tmp_path: Path) -> None:
+    # the first run's last checkpoint holds pretrain_local's parameter groups; the new stage has others
+    train(tiny_setup((("pretrain_local", 2),)), tmp_path / "grown", progress=False)
+    both = tiny_setup((("pretrain_local", 2), ("placement", 2)))  # no dropout: equal to a whole run
+    grown, state = train(both, tmp_path / "grown", resume=True, progress=False)
+    whole, _ = train(both, tmp_path / "whole", progress=False)
+    assert [h["stage"] for h in state.history] == ["pretrain_local", "placement"]
+    for key, value in whole.state_dict().items():
+        assert torch.allclose(value.float(), grown.state_dict()[key].float(), atol=1e-6), key
+
+
 def test_stages_that_need_target_locations_refuse_real_data() -> None:
     with pytest.raises(ValueError, match="needs target locations"):
         TrainConfig(model=get_config("tiny"), data=DataSpec("/some/folder"), stages=(("pretrain_local", 1),))
