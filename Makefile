@@ -131,6 +131,7 @@ ablation: install data
 		$(RUN) $(BIN)/adafocus calibrate --bundle $$d/bundle --calib-count 512 --calib-seed 30 --test-count 1024 \
 			--test-seed 31 --served-count 0 --report $$d/eval.json || exit 1; \
 	done; done
+	$(RUN) $(BIN)/adafocus ablation --runs $(TRAIN_DIR)/ablation
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,10 +1,12 @@
-"""Model subcommands of the ``adafocus`` CLI: ``cost``, ``info``, ``synth``, ``train``, ``calibrate``, ``evaluate``."""
+"""Model subcommands of the ``adafocus`` CLI: ``cost``, ``info``, ``synth``, ``train``, ``calibrate``, ``evaluate``,
+``diagnose``, ``ablation``."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the handlers import lazily (``adafocus --help`` stays fast); these are for annotations only
@@ -150,6 +152,10 @@ def register(sub: Any) -> None:
     dg.add_argument("--json", action="store_true", help="print the report as JSON")
     dg.set_defaults(handler=run_diagnose)
 
+    ab = sub.add_parser("ablation", help="the paper's ablation table from the reports `make ablation` wrote")
+    ab.add_argument("--runs", default="runs/ablation", help="folder of <objective>-seed<N>/eval.json (runs/ablation)")
+    ab.set_defaults(handler=run_ablation)
+
 
 def _add_data_args(parser: Any, default: str | None = "fashion") -> None:
     parser.add_argument(
@@ -208,8 +214,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_synth(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from model.data import fashion, synth
     from model.data.datasets import PRESETS, preset_name
 
@@ -226,8 +230,6 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def _write_realistic(args: argparse.Namespace, cfg: Any) -> int:
-    from pathlib import Path
-
     from model.data import realistic
     from model.data.fashion import FashionConfig
 
@@ -258,8 +260,6 @@ def _command_line(args: argparse.Namespace) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
     from model.bundle import save_bundle
@@ -430,4 +430,15 @@ def run_diagnose(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     sys.stdout.write(f"`{benchmark}` {args.split} stream seed {args.seed}, {args.count} clips\n{render_kinds(report)}")
+    return 0
+
+
+def run_ablation(args: argparse.Namespace) -> int:
+    from model.evaluation.ablation import ablation_table, load_rows
+
+    rows = load_rows(Path(args.runs))
+    if not rows:
+        sys.stderr.write(f"no <objective>-seed<N>/eval.json under {args.runs} (run `make ablation` first)\n")
+        return 2
+    sys.stdout.write(ablation_table(rows))
     return 0
