@@ -113,7 +113,7 @@ retrain: install data
 # 512 calibration clips (seed 30) and evaluated on the same 1,024 test clips (seed 31). Resumable too. One thread per
 # run: once the start run has finished, two seeds can run side by side on two cores
 # (`make ablation ABLATION_SEEDS=0 & make ablation ABLATION_SEEDS=1`).
-ABLATION_STEPS ?= 1500
+ABLATION_STEPS ?= 800
 ABLATION_START ?= pretrain_local_still:4000,placement:2000
 ABLATION_SEEDS ?= 0 1
 ABLATION_FLAGS ?= --workers 1 --threads 1
